@@ -2,19 +2,36 @@
 
 Prompts of different lengths are right-padded. For a causal model right padding changes nothing at the real
 positions, so every metric is read at the per-prompt ``end`` role (the last real token), never at ``[-1]``.
+
+Prompt pairs written as text (JSONL, one pair a line) name their roles by the words they sit on::
+
+    {"clean": "Alice and Bob went to the park. She gave the ball to", "corrupt": "... He gave the ball to",
+     "answer": " Bob", "foil": " Alice", "roles": {"pronoun": "She", "antecedent": "Alice", "distractor": "Bob"}}
+
+A role is a word or phrase of the clean text, matched case-sensitively at word boundaries ("he" never matches
+inside "the") and at token boundaries (the phrase starts and ends where tokens do); the first such occurrence
+unless given as ``{"text": "Bob", "occurrence": 2}`` (counted from 1). A phrase spanning several tokens sits at
+its last token, the one that has read the whole phrase.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from probes.errors import ProbesError
 
 END = "end"
+RECORD_KEYS = ("clean", "corrupt", "answer", "foil", "roles")
 
 
 @dataclass
@@ -77,6 +94,64 @@ class PromptSet:
         """Build a prompt set from token ids, for toy models that have no tokenizer."""
         return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}))
 
+    @classmethod
+    def from_strings(cls, model: HookedTransformer, records: list[dict], task: str = "custom") -> PromptSet:
+        """Tokenise text records (the JSONL format of the module docstring) into a prompt set for ``model``.
+
+        Errors name the record, counted from 1.
+        """
+        return _from_records(model, list(records), [f"record {i}" for i in range(1, len(records) + 1)], task)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, model: HookedTransformer, task: str = "custom") -> PromptSet:
+        """Read one prompt pair per line (blank lines skipped); errors name the file and line."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ProbesError(f"cannot read prompt file {path}: {getattr(err, 'strerror', None) or err}") from None
+        records, where = [], []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ProbesError(f"{path} line {number}: not valid JSON ({err})") from None
+            records.append(record)
+            where.append(f"{path} line {number}")
+        if not records:
+            raise ProbesError(f"{path} holds no prompt pairs: write one JSON object per line")
+        return _from_records(model, records, where, task)
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write the text records (with this set's labels) one a line; atomic, so a reader never sees half a file."""
+        if len(self.texts) != len(self):
+            raise ProbesError(
+                f"this '{self.task}' prompt set was built from token ids and has no text to write; "
+                "only prompt sets made from strings (from_strings, from_jsonl, text tasks) can be saved as JSONL"
+            )
+        path = Path(path)
+        lines = []
+        for i, text in enumerate(self.texts):
+            record = {key: text[key] for key in RECORD_KEYS}
+            if self.labels:
+                record["labels"] = {key: values[i] for key, values in self.labels.items()}
+            try:
+                lines.append(json.dumps(record, ensure_ascii=False))
+            except TypeError as err:
+                raise ProbesError(f"prompt {i} cannot be written as JSON ({err}); keep labels to str/int/float") from None
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(tmp, path)
+        except OSError as err:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise ProbesError(f"cannot write prompt file {path}: {err.strerror or err}") from None
+
     def __len__(self) -> int:
         return self.clean.shape[0]
 
@@ -109,3 +184,128 @@ class PromptSet:
             labels={k: [v[i] for i in ids] for k, v in self.labels.items()},
             texts=[self.texts[i] for i in ids] if self.texts else [],
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text records -> tokens and role positions
+
+
+def _from_records(model: HookedTransformer, records: list[dict], where: list[str], task: str) -> PromptSet:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ProbesError("this model has no tokenizer, so text prompts cannot be used; use PromptSet.from_tokens")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ProbesError("role matching needs a fast tokenizer (offset mappings); give the model a tokenizer.json")
+    if not records:
+        raise ProbesError("no prompt records given")
+    for record, loc in zip(records, where):
+        _check_record(record, loc)
+    role_names = list(records[0]["roles"])
+    texts = [r["clean"] for r in records] + [r["corrupt"] for r in records]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    bos = [tokenizer.bos_token_id] if model.cfg.default_prepend_bos and tokenizer.bos_token_id is not None else []
+    n = len(records)
+    clean_ids, corrupt_ids, answer, foil = [], [], [], []
+    roles: dict[str, list[int]] = {name: [] for name in role_names}
+    for i, (record, loc) in enumerate(zip(records, where)):
+        clean, corrupt = encoded["input_ids"][i], encoded["input_ids"][n + i]
+        if len(clean) != len(corrupt):
+            raise ProbesError(
+                f"{loc}: clean and corrupt tokenise to different lengths ({len(clean)} vs {len(corrupt)} tokens) in "
+                f"corrupt {record['corrupt']!r}; a minimal pair must change tokens, not add or remove them"
+            )
+        if set(record["roles"]) != set(role_names):
+            raise ProbesError(
+                f"{loc}: roles {sorted(record['roles'])} differ from the first record's {sorted(role_names)}; "
+                "every prompt in a set needs the same roles"
+            )
+        clean_ids.append(bos + clean)
+        corrupt_ids.append(bos + corrupt)
+        answer.append(_single_token(tokenizer, record, "answer", loc))
+        foil.append(_single_token(tokenizer, record, "foil", loc))
+        offsets = encoded["offset_mapping"][i]
+        for name in role_names:
+            roles[name].append(len(bos) + _role_position(record["clean"], offsets, name, record["roles"][name], loc))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    label_keys = list(dict.fromkeys(key for r in records for key in r.get("labels", {})))
+    return PromptSet(
+        _right_pad(clean_ids, pad),
+        _right_pad(corrupt_ids, pad),
+        torch.tensor(answer),
+        torch.tensor(foil),
+        {name: torch.tensor(pos) for name, pos in roles.items()} | {END: torch.tensor([len(c) - 1 for c in clean_ids])},
+        task=task,
+        labels={key: [r.get("labels", {}).get(key) for r in records] for key in label_keys},
+        texts=records,
+    )
+
+
+def _check_record(record: object, loc: str) -> None:
+    if not isinstance(record, dict):
+        raise ProbesError(f"{loc}: a prompt pair must be a JSON object with keys {', '.join(RECORD_KEYS)}")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        missing_keys = ", ".join(repr(k) for k in missing)
+        raise ProbesError(f"{loc}: missing {missing_keys}; a prompt pair needs {', '.join(RECORD_KEYS)}")
+    for key in RECORD_KEYS[:4]:
+        if not isinstance(record[key], str) or not record[key]:
+            raise ProbesError(f"{loc}: '{key}' must be a non-empty string, got {record[key]!r}")
+    if not isinstance(record["roles"], dict) or not record["roles"]:
+        raise ProbesError(f"{loc}: 'roles' must be an object mapping role names to words of the clean text")
+    if END in record["roles"]:
+        raise ProbesError(f"{loc}: role name '{END}' is reserved (it is always the last real token); rename that role")
+    if not isinstance(record.get("labels", {}), dict):
+        raise ProbesError(f"{loc}: 'labels' must be an object mapping label names to values")
+
+
+def _single_token(tokenizer, record: dict, key: str, loc: str) -> int:
+    ids = tokenizer(record[key], add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ProbesError(
+            f"{loc}: {key} {record[key]!r} is {len(ids)} tokens {pieces} for this tokenizer; answers and foils "
+            "must be single tokens (mind the leading space)"
+        )
+    return ids[0]
+
+
+def _role_position(text: str, offsets: list[tuple[int, int]], name: str, spec: object, loc: str) -> int:
+    """Index (without BOS) of the last token of the ``occurrence``-th match of the role phrase in ``text``."""
+    if isinstance(spec, dict) and set(spec) <= {"text", "occurrence"}:
+        phrase, occurrence = spec.get("text"), spec.get("occurrence", 1)
+    else:
+        phrase, occurrence = spec, 1
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ProbesError(
+            f"{loc}: role '{name}' must be a word of the clean text or "
+            f"{{\"text\": ..., \"occurrence\": k}}, got {spec!r}"
+        )
+    if isinstance(occurrence, bool) or not isinstance(occurrence, int) or occurrence < 1:
+        raise ProbesError(f"{loc}: role '{name}' occurrence must be an integer counted from 1, got {occurrence!r}")
+    phrase = phrase.strip()
+    token_at = [-1] * len(text)  # character -> index of the token covering it
+    for t, (start, stop) in enumerate(offsets):
+        for c in range(start, stop):
+            token_at[c] = t
+    found = 0
+    for match in re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", text):
+        first, last = token_at[match.start()], token_at[match.end() - 1]
+        if first < 0 or last < 0:
+            continue
+        starts_a_token = not text[offsets[first][0] : match.start()].strip()  # only a leading space before it
+        if starts_a_token and offsets[last][1] == match.end():
+            found += 1
+            if found == occurrence:
+                return last
+    where = "" if occurrence == 1 else f" {occurrence} times"
+    raise ProbesError(
+        f"{loc}: role '{name}' {phrase!r} does not occur{where} as a whole word at token boundaries in the clean "
+        f"text {text!r}"
+    )
+
+
+def _right_pad(rows: list[list[int]], pad: int) -> Int[Tensor, "prompt pos"]:
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out

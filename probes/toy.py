@@ -271,8 +271,10 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0) -> PromptSet:
 def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> PromptSet:
     """``<bos> r r``: at the end the induction head predicts ``r[0]``, the token after the first ``r[-1]``.
 
-    ``r`` has distinct tokens so the induction target is unique. The corrupt prompt is ``<bos> r r'`` with ``r'``
-    disjoint from ``r``, so nothing in it can be induced; the foil is a token in neither.
+    ``r`` has distinct tokens so the induction target is unique. The corrupt prompt is ``<bos> r' r`` with ``r'``
+    disjoint from ``r``: the same last half, but no earlier occurrence to induce from, so the pair isolates the
+    memory induction reads (and heads that build it, like the previous-token head, get a causal effect). The foil
+    is a token in neither.
     """
     _check_n(n)
     n_ctx = toy.model.cfg.n_ctx
@@ -284,7 +286,7 @@ def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> P
         r = rng.sample(_NON_SPECIAL, length)
         r_other = rng.sample([t for t in _NON_SPECIAL if t not in r], length)
         clean.append([BOS, *r, *r])
-        corrupt.append([BOS, *r, *r_other])
+        corrupt.append([BOS, *r_other, *r])
         answer.append(r[0])
         foil.append(rng.choice([t for t in _NON_SPECIAL if t not in r and t not in r_other]))
     return PromptSet.from_tokens(
@@ -292,6 +294,6 @@ def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> P
         torch.tensor(corrupt),
         torch.tensor(answer),
         torch.tensor(foil),
-        {"end": torch.full((n,), 2 * length), "previous": torch.full((n,), length + 1)},
+        {"end": torch.full((n,), 2 * length), "induction_target": torch.full((n,), length + 1)},
         task="induction",
     )

@@ -164,16 +164,16 @@ def test_repeated_prompts(toy: ToyModel, repeats: PromptSet) -> None:
     body = repeats.clean[:, 1:]
     assert (repeats.clean[:, 0] == BOS).all() and torch.equal(body[:, :length], body[:, length:])
     assert not torch.isin(body, torch.tensor([BOS, SHE, HE])).any()
-    assert torch.equal(repeats.corrupt[:, : length + 1], repeats.clean[:, : length + 1])
+    assert torch.equal(repeats.corrupt[:, length + 1 :], repeats.clean[:, length + 1 :])
     idx = torch.arange(N)
     for i in range(N):
-        first, second = set(repeats.clean[i, 1 : length + 1].tolist()), set(repeats.corrupt[i, length + 1 :].tolist())
+        first, second = set(repeats.clean[i, 1 : length + 1].tolist()), set(repeats.corrupt[i, 1 : length + 1].tolist())
         assert len(first) == length and first.isdisjoint(second)
         assert int(repeats.foil[i]) not in first | second
     last = repeats.clean[idx, repeats.end]
     first_occurrence = (repeats.clean == last[:, None]).int().argmax(-1)
-    assert torch.equal(repeats.role("previous"), first_occurrence + 1)
-    assert torch.equal(repeats.clean[idx, repeats.role("previous")], repeats.answer)
+    assert torch.equal(repeats.role("induction_target"), first_occurrence + 1)
+    assert torch.equal(repeats.clean[idx, repeats.role("induction_target")], repeats.answer)
     with pytest.raises(ProbesError):
         repeated_prompts(toy, 2, length=8)
     with pytest.raises(ProbesError):
@@ -188,7 +188,7 @@ def test_induction_head_predicts_the_repeat(toy: ToyModel, repeats: PromptSet) -
         ablated = toy.model.run_with_hooks(repeats.clean, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", _ablate(head))])
     idx = torch.arange(N)
     assert torch.equal(_at_end(clean, repeats).argmax(-1), repeats.answer)
-    assert (cache["pattern", layer][idx, head, repeats.end, repeats.role("previous")] > 0.9).all()
+    assert (cache["pattern", layer][idx, head, repeats.end, repeats.role("induction_target")] > 0.9).all()
     assert (_logit_diff(clean, repeats) > 4).all()
     assert (_logit_diff(corrupt, repeats).abs() < 0.5).all()
     assert (_logit_diff(ablated, repeats).abs() < 0.5).all()

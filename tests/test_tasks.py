@@ -1,0 +1,156 @@
+"""Task generators build the minimal pairs they promise, balanced and reproducible; baselines match plain logits.
+
+Structure is checked token by token against the tokenizer (decoding what sits at each role); behaviour is checked
+on the toy model, whose right answers are known by construction.
+"""
+
+from collections import Counter
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from probes import tasks
+from probes.errors import ProbesError
+from probes.prompts import PromptSet
+from probes.toy import BOS, D_VOCAB, FEMALE_NAMES, ToyModel, pronoun_prompts
+
+N = 16
+
+
+def _token(model: HookedTransformer, token_id) -> str:
+    return model.tokenizer.decode([int(token_id)])
+
+
+def _differing_positions(prompts: PromptSet) -> list[list[int]]:
+    return [(prompts.clean[i] != prompts.corrupt[i]).nonzero()[:, 0].tolist() for i in range(len(prompts))]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("task", ["ioi", "pronoun_resolution", "gender_tag", "previous_token", "induction"])
+def test_generators_are_deterministic_in_seed(smollm2: HookedTransformer, task: str) -> None:
+    make = tasks.GENERATORS[task]
+    a, b, c = make(smollm2, N, seed=0), make(smollm2, N, seed=0), make(smollm2, N, seed=1)
+    assert a.task == task and len(a) == N
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.corrupt, b.corrupt) and a.labels == b.labels
+    assert not torch.equal(a.clean, c.clean)
+    assert not torch.equal(a.answer, a.foil)
+    single = smollm2.tokenizer([_token(smollm2, t) for t in torch.cat([a.answer, a.foil])], add_special_tokens=False)
+    assert all(len(ids) == 1 for ids in single["input_ids"])
+
+
+@pytest.mark.real
+def test_pronoun_resolution_answer_is_the_other_name(smollm2: HookedTransformer) -> None:
+    prompts = tasks.pronoun_resolution(smollm2, N)
+    cells = Counter(zip(prompts.labels["antecedent_gender"], prompts.labels["order"]))
+    assert len(cells) == 4 and set(cells.values()) == {N // 4}
+    assert len(tasks.PRONOUN_TEMPLATES) >= 10 and len(set(prompts.labels["template"])) == N // 4
+    for i in range(N):
+        pronoun, distractor = prompts.role("pronoun")[i], prompts.role("distractor")[i]
+        assert _differing_positions(prompts)[i] == [int(pronoun)]
+        said = _token(smollm2, prompts.clean[i, pronoun]).lower()
+        flipped = _token(smollm2, prompts.corrupt[i, pronoun]).lower()
+        female = prompts.labels["antecedent_gender"][i] == "female"
+        assert (said, flipped) == ((" she", " he") if female else (" he", " she"))
+        antecedent = prompts.labels["antecedent"][i]
+        assert smollm2.tokenizer.decode(prompts.clean[i, 1 : prompts.role("antecedent")[i] + 1]).endswith(antecedent)
+        assert _token(smollm2, prompts.foil[i]) == " " + antecedent
+        other = _token(smollm2, prompts.answer[i])  # the answer is the other name
+        assert smollm2.tokenizer.decode(prompts.clean[i, 1 : distractor + 1]).endswith(other.strip())
+        assert other != " " + antecedent
+        first = prompts.role("antecedent")[i] < distractor
+        assert bool(first) == (prompts.labels["order"][i] == "antecedent_first")
+        assert (antecedent in tasks.FEMALE_NAMES) == female
+
+
+@pytest.mark.real
+def test_gender_tag_swaps_only_the_name(smollm2: HookedTransformer) -> None:
+    prompts = tasks.gender_tag(smollm2, N)
+    assert Counter(prompts.labels["gender"]) == {"female": N // 2, "male": N // 2}
+    for i in range(N):
+        name = prompts.role("name")[i]
+        assert _differing_positions(prompts)[i] == [int(name)]
+        female = prompts.labels["gender"][i] == "female"
+        assert _token(smollm2, prompts.clean[i, name]) == " " + prompts.labels["name"][i]
+        assert (prompts.labels["name"][i] in tasks.FEMALE_NAMES) == female
+        assert (_token(smollm2, prompts.corrupt[i, name]).strip() in tasks.FEMALE_NAMES) != female
+        assert (_token(smollm2, prompts.answer[i]), _token(smollm2, prompts.foil[i])) == (
+            (" she", " he") if female else (" he", " she")
+        )
+        assert _token(smollm2, prompts.clean[i, prompts.end[i]]) == "'t"
+
+
+@pytest.mark.real
+def test_ioi_roles_and_abc_corruption(smollm2: HookedTransformer) -> None:
+    assert len(tasks.single_tokens(smollm2, tasks.FEMALE_NAMES + tasks.MALE_NAMES, "ioi")) >= 50
+    assert len(tasks.IOI_TEMPLATES) >= 10
+    prompts = tasks.ioi(smollm2, N)
+    assert Counter(prompts.labels["order"]) == {"BABA": N // 2, "ABBA": N // 2}
+    for i in range(N):
+        io, s1, s2 = (int(prompts.role(r)[i]) for r in ("IO", "S1", "S2"))
+        assert prompts.clean[i, io] == prompts.answer[i]
+        assert prompts.clean[i, s1] == prompts.clean[i, s2] == prompts.foil[i]
+        assert (s1 < io) == (prompts.labels["order"][i] == "BABA") and s2 > max(io, s1)
+        assert _token(smollm2, prompts.answer[i]) == " " + prompts.labels["IO"][i]
+        assert _differing_positions(prompts)[i] == sorted([io, s1, s2])
+        replaced = prompts.corrupt[i, [io, s1, s2]]
+        assert len(set(replaced.tolist())) == 3
+        assert not torch.isin(replaced, torch.stack([prompts.answer[i], prompts.foil[i]])).any()
+
+
+@pytest.mark.real
+def test_random_token_tasks_avoid_special_tokens(smollm2: HookedTransformer) -> None:
+    special = torch.tensor(smollm2.tokenizer.all_special_ids)
+    for prompts in (tasks.previous_token(smollm2, 4), tasks.induction(smollm2, 4)):
+        assert (prompts.clean[:, 0] == smollm2.tokenizer.bos_token_id).all()
+        assert not torch.isin(prompts.clean[:, 1:], special).any()
+        assert not torch.isin(prompts.corrupt[:, 1:], special).any()
+
+
+def test_random_token_tasks_on_a_tokenizerless_model(toy_model: ToyModel) -> None:
+    prev = tasks.previous_token(toy_model.model, N, seed=3)
+    n_pos = toy_model.model.cfg.n_ctx  # the default length fills the toy's context
+    assert prev.clean.shape == (N, n_pos) and (prev.clean[:, 0] == BOS).all() and (prev.clean[:, 1:] != BOS).all()
+    assert torch.equal(prev.role("previous"), prev.end - 1)
+    idx = torch.arange(N)
+    assert torch.equal(prev.clean[idx, prev.role("previous")], prev.answer)
+    assert torch.equal(prev.corrupt[idx, prev.role("previous")], prev.foil)
+    assert all(d == [n_pos - 2] for d in _differing_positions(prev))
+    assert all(len(set(row.tolist())) == n_pos for row in prev.clean)  # distinct tokens: no accidental repeats
+
+    rep = tasks.induction(toy_model.model, N, seed=3, length=5)
+    assert rep.clean.shape == (N, 11) and torch.equal(rep.clean[:, 1:6], rep.clean[:, 6:])
+    assert torch.equal(rep.clean[idx, rep.role("induction_target")], rep.answer)
+    assert torch.equal(rep.corrupt[:, 6:], rep.clean[:, 6:])  # same last half, nothing earlier to induce from
+    for i in range(N):
+        first, fresh = set(rep.clean[i, 1:6].tolist()), set(rep.corrupt[i, 1:6].tolist())
+        assert first.isdisjoint(fresh) and len(fresh) == 5 and int(rep.foil[i]) not in first | fresh
+    with pytest.raises(ProbesError, match="length must be"):
+        tasks.induction(toy_model.model, 2, length=8)
+    with pytest.raises(ProbesError, match="token pool"):
+        tasks.induction(toy_model.model, 2, length=5, vocab=torch.arange(3, 10))
+    with pytest.raises(ProbesError, match="no tokenizer"):
+        tasks.ioi(toy_model.model, 2)
+    with pytest.raises(ProbesError, match="positive integer"):
+        tasks.gender_tag(toy_model.model, 0)
+    with pytest.raises(ProbesError, match="unknown task 'copying'"):
+        tasks.generate(toy_model.model, "copying", 2)
+
+
+def test_baseline_agrees_with_plain_logits(toy_model: ToyModel) -> None:
+    names_and_fillers = torch.arange(FEMALE_NAMES.start, D_VOCAB)  # no pronouns: the antecedent head stays quiet
+    for prompts in (pronoun_prompts(toy_model, N, seed=1), tasks.induction(toy_model.model, N, length=6, vocab=names_and_fillers)):
+        result = tasks.baseline(toy_model.model, prompts)
+        with torch.no_grad():
+            idx = torch.arange(N)
+            clean = toy_model.model(prompts.clean)[idx, prompts.end]
+            corrupt = toy_model.model(prompts.corrupt)[idx, prompts.end]
+        diff = clean[idx, prompts.answer] - clean[idx, prompts.foil]
+        corrupt_diff = corrupt[idx, prompts.answer] - corrupt[idx, prompts.foil]
+        assert result["n"] == N and result["task"] == prompts.task
+        assert result["accuracy_top1"] == (clean.argmax(-1) == prompts.answer).float().mean().item() == 1.0
+        assert result["accuracy_vs_foil"] == (diff > 0).float().mean().item()
+        assert result["clean_logit_diff"] == pytest.approx(diff.mean().item(), abs=1e-4)
+        assert result["corrupt_logit_diff"] == pytest.approx(corrupt_diff.mean().item(), abs=1e-4)
+        low, high = result["clean_logit_diff_ci"]
+        assert low <= result["clean_logit_diff"] <= high and result["clean_logit_diff"] > 4
