@@ -21,6 +21,7 @@ from conftest import IOI_PROMPTS  # noqa: E402  (the 8 prompts the logit-equalit
 
 import probes  # noqa: E402
 from probes import models  # noqa: E402
+from probes.io import atomic_dir  # noqa: E402
 
 
 def seconds_per_call(fn, repeats: int) -> float:
@@ -45,7 +46,7 @@ def hf_model(name: str):
     from transformers import AutoModelForCausalLM
 
     spec = models.PACKAGED[name]
-    with models._atomic_dir(Path("/tmp") / f"probes-bench-{name}") as scratch:
+    with atomic_dir(Path("/tmp") / f"probes-bench-{name}") as scratch:
         gguf = spec.locate_gguf(spec.package_dir(), scratch)
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
 

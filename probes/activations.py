@@ -22,9 +22,6 @@ directory appears only once complete. :class:`Activations` reads it back one hoo
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -42,6 +39,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from probes.errors import ProbesError
+from probes.io import atomic_dir
 from probes.prompts import PromptSet
 
 RESID_KINDS = ("resid_pre", "resid_post")
@@ -167,9 +165,7 @@ def harvest(
     out_dir = Path(out_dir)
     _check_writable(out_dir, overwrite)
     tokens_all = prompts.clean if side == "clean" else prompts.corrupt
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shards, shapes = [], {}
         batches = tqdm(range(0, len(prompts), batch_size), desc=f"harvest {len(prompts)}", unit="batch", disable=None)
         for number, start in enumerate(batches):
@@ -205,13 +201,6 @@ def harvest(
             "labels": {key: [_json_value(v) for v in values] for key, values in prompts.labels.items()},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Activations(out_dir)
 
 

@@ -20,17 +20,16 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from platformdirs import user_cache_dir
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from probes.errors import ProbesError
+from probes.io import atomic_dir
 from probes.layout import relayout_for_speed
 
 CACHE_ENV = "PROBES_CACHE"
@@ -211,21 +210,6 @@ def _required_bytes(spec: PackagedModel) -> int:
     return {"smollm2-135m": 1_000_000_000, "gemma-3-270m": 2_800_000_000}[spec.name]
 
 
-@contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a scratch directory beside ``final`` that replaces it only if the block completes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; these are ordinary directories
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_cache(name: str, *, quiet: bool = False) -> Path:
     """Convert a packaged model into its cache directory, atomically: a failed build leaves nothing behind."""
     spec = PACKAGED[name]
@@ -240,7 +224,7 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
     if not quiet:
         print(f"probes: converting packaged {name} to float32 safetensors in {final} (once)...", file=sys.stderr)
     try:
-        with _atomic_dir(final) as tmp:
+        with atomic_dir(final) as tmp:
             scratch = tmp / "scratch"
             scratch.mkdir()
             _convert_gguf(spec, scratch, tmp)
@@ -317,7 +301,7 @@ def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     final = Path(path)
-    with _atomic_dir(final) as tmp:
+    with atomic_dir(final) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.named_parameters()}, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(_config_to_json(model.cfg), indent=1))
         if model.tokenizer is not None:

@@ -40,7 +40,7 @@ from transformer_lens import HookedTransformer
 from probes.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
 from probes.errors import ProbesError
 from probes.prompts import PromptSet
-from probes.results import atomic_path
+from probes.io import atomic_path
 
 PROMPT = "prompt"  # ``group_by=PROMPT``: each prompt is its own group (rows of one sequence stay together)
 NO_HEAD = -1  # the ``head`` column of residual-stream rows

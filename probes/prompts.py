@@ -17,9 +17,7 @@ its last token, the one that has read the whole phrase.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from probes.errors import ProbesError
+from probes.io import write_text
 
 END = "end"
 RECORD_KEYS = ("clean", "corrupt", "answer", "foil", "roles")
@@ -141,15 +140,9 @@ class PromptSet:
                 lines.append(json.dumps(record, ensure_ascii=False))
             except TypeError as err:
                 raise ProbesError(f"prompt {i} cannot be written as JSON ({err}); keep labels to str/int/float") from None
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            os.replace(tmp, path)
+            write_text(path, "\n".join(lines) + "\n")
         except OSError as err:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             raise ProbesError(f"cannot write prompt file {path}: {err.strerror or err}") from None
 
     def __len__(self) -> int:

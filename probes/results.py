@@ -52,9 +52,6 @@ import json
 import math
 import os
 import platform
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -64,6 +61,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from probes.errors import ProbesError
+from probes.io import atomic_path, write_text
+from probes.stats import Estimate, nan_if_none
+from probes.verdicts import VERDICTS
 
 FORMAT = 1
 RESULTS = "results.json"
@@ -77,40 +77,9 @@ PROMPTS = "prompts.jsonl"
 Kind = Literal["attention", "causal", "representational"]
 KINDS: tuple[Kind, ...] = ("attention", "causal", "representational")
 
-# verdict -> what it means, in the words the report shows next to every badge
-VERDICTS: dict[str, str] = {
-    "supported": "the head attends as claimed and patching it moves the answer: attention and effect agree",
-    "attention_only": "the head attends as claimed but patching it changes nothing: the story is decorative",
-    "effect_only": "the head matters for the answer, but not by attending where the claim says",
-    "refuted": "the head neither attends as claimed nor matters for the answer",
-    "inconclusive": "the intervals are too wide to decide with this many prompts",
-}
-
 PROBE_MEASURES = ("accuracy", "control_accuracy", "selectivity")
 PER_PROMPT_COLUMNS = ("prompt", "layer", "head", "measure", "value")
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "scipy", "scikit-learn", "pandas", "plotly")
-
-
-def _float(x: Any) -> float:
-    """JSON ``null`` (how NaN is stored) back to NaN."""
-    return math.nan if x is None else float(x)
-
-
-@dataclass
-class Estimate:
-    """A number with its bootstrap interval; ``n`` prompts behind it and a (corrected) p-value where tested."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int | None = None
-    p_value: float | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Estimate:
-        p = d.get("p_value")
-        p_value = None if p is None else float(p)
-        return cls(_float(d["value"]), _float(d["ci_low"]), _float(d["ci_high"]), d.get("n"), p_value)
 
 
 @dataclass
@@ -156,7 +125,7 @@ class ClaimRecord:
             sentence=d["sentence"],
             foil=d.get("foil"),
             evidence={k: Estimate.from_dict(v) for k, v in d.get("evidence", {}).items()},
-            thresholds={k: _float(v) for k, v in d.get("thresholds", {}).items()},
+            thresholds={k: nan_if_none(v) for k, v in d.get("thresholds", {}).items()},
         )
 
 
@@ -275,26 +244,6 @@ def jsonable(x: Any) -> Any:
     if x is None or isinstance(x, (str, int, bool)):
         return x
     raise TypeError(f"cannot store a {type(x).__name__} in results.json: {x!r}")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only if the body finishes: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to anyone else
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:

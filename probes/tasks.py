@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import torch
 from jaxtyping import Int
-from scipy.stats import bootstrap
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from probes.errors import ProbesError
 from probes.metrics import answer_is_top1, logit_diff
 from probes.prompts import PromptSet
+from probes.stats import bootstrap_mean
 
 FEMALE_NAMES = (
     "Mary Anna Sarah Emma Lucy Kate Alice Laura Jessica Emily Rachel Rose Grace Julia Linda Susan Karen Lisa "
@@ -395,14 +394,6 @@ def baseline(model: HookedTransformer, prompts: PromptSet, confidence: float = 0
         "accuracy_vs_foil": (clean > 0).float().mean().item(),
     }
     for side, values in (("clean", clean), ("corrupt", corrupt)):
-        low, high = _bootstrap_ci(values, confidence, seed)
-        out |= {f"{side}_logit_diff": values.mean().item(), f"{side}_logit_diff_ci": [low, high]}
+        _, low, high = bootstrap_mean(values.double().numpy(), confidence, seed)
+        out |= {f"{side}_logit_diff": values.mean().item(), f"{side}_logit_diff_ci": [float(low), float(high)]}
     return out
-
-
-def _bootstrap_ci(values: Tensor, confidence: float, seed: int) -> tuple[float, float]:
-    x = values.double().numpy()
-    if len(x) < 2 or np.ptp(x) == 0:
-        return float(x.mean()), float(x.mean())  # no spread to resample
-    res = bootstrap((x,), np.mean, confidence_level=confidence, method="percentile", random_state=seed)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -1,6 +1,5 @@
 """Loading real models: logits equal the plain HF model's, the cache is checked and rebuilt, bad input is clear."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import torch
 
 import probes
 from probes import models
+from probes.io import atomic_dir
 from probes.errors import ProbesError
 
 from conftest import IOI_PROMPTS
@@ -23,7 +23,7 @@ def _hf_model(name):
     from transformers import AutoModelForCausalLM
 
     spec = models.PACKAGED[name]
-    with models._atomic_dir(Path(os.environ.get("TMPDIR", "/tmp")) / f"probes-hf-{name}") as scratch:
+    with atomic_dir(Path(os.environ.get("TMPDIR", "/tmp")) / f"probes-hf-{name}") as scratch:
         gguf = spec.locate_gguf(spec.package_dir(), scratch)
         return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
 

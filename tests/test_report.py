@@ -19,6 +19,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from probes.errors import ProbesError
+from probes.io import atomic_path
 from probes.report import render, script_json
 from probes.results import (
     ClaimRecord,
@@ -27,7 +28,7 @@ from probes.results import (
     Measure,
     ModelInfo,
     RunResults,
-    atomic_path,
+
     read_run,
     write_run,
 )
