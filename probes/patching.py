@@ -1,0 +1,582 @@
+"""Activation patching: the exact per-prompt effect on the metric of swapping one activation between minimal pairs.
+
+Denoising runs the corrupt prompt with one activation taken from the clean run (does this piece *restore* the
+answer?); noising runs the clean prompt with one activation from the corrupt run (is this piece *necessary*?).
+The numbers equal TransformerLens's ``transformer_lens.patching`` functions (checked by the tests), at a fraction
+of the cost, because every patched run skips work that cannot change its result:
+
+1. **Start at the patched layer.** Layers before it see nothing of the patch, so each patched run starts from
+   the cached residual stream of the run it patches into (``start_at_layer``).
+2. **Compute only positions that can change.** Prompts are grouped by read-off position, and nothing after it
+   is computed. In a causal model every position before the first token where a group's clean and corrupt
+   prompts differ has identical activations in both runs, so a patch changes nothing there: patched runs
+   compute only the later positions, attending to the earlier ones through a frozen key/value cache.
+3. **Batch the variants, staggered.** Patches of a few consecutive layers (each head, or each position, of
+   each prompt) run as one batch in which each run joins at the layer it patches, in chunks sized to a memory
+   budget: few, large operations, and memory that does not grow with the number of heads.
+4. **Read only the metric.** Each run stops at the final residual stream and projects it on the answer and foil
+   unembedding columns (:mod:`probes.metrics`): no full-vocabulary logits.
+
+A sweep can be checkpointed: each finished layer is written atomically (safetensors) under ``checkpoint_dir``,
+keyed by a fingerprint of the model, the prompts and the sweep, and a rerun with the same inputs skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from probes.errors import ProbesError
+from probes.metrics import logit_diff_from_resid
+from probes.prompts import PromptSet
+
+Direction = Literal["denoising", "noising"]
+DIRECTIONS = ("denoising", "noising")
+CHECKPOINT_FORMAT = 1
+# Patched runs of up to this many consecutive layers share one staggered batch (each run joins at its own layer):
+# a sweep then makes ~4x fewer block calls than layer by layer, while a window still finishes (and is
+# checkpointed) every few layers.
+WINDOW_LAYERS = 5
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a component's patch goes: a hook in each block, and which axes of its activation matter."""
+
+    hook: str  # hook name inside ``blocks.{layer}``
+    variant_axis: int  # the axis one patch selects along: head, key/value head or position
+    pos_axis: int  # the (query) position axis, cut to the positions a patched run computes
+    per_position: bool  # variants are positions (residual-stream components) rather than heads
+
+
+SITES: dict[str, Site] = {
+    "z": Site("attn.hook_z", variant_axis=2, pos_axis=1, per_position=False),
+    "pattern": Site("attn.hook_pattern", variant_axis=1, pos_axis=2, per_position=False),
+    "q": Site("attn.hook_q", variant_axis=2, pos_axis=1, per_position=False),
+    "k": Site("attn.hook_k", variant_axis=2, pos_axis=1, per_position=False),
+    "v": Site("attn.hook_v", variant_axis=2, pos_axis=1, per_position=False),
+    "resid_pre": Site("hook_resid_pre", variant_axis=1, pos_axis=1, per_position=True),
+    "attn_out": Site("hook_attn_out", variant_axis=1, pos_axis=1, per_position=True),
+    "mlp_out": Site("hook_mlp_out", variant_axis=1, pos_axis=1, per_position=True),
+}
+HEAD_COMPONENTS = tuple(name for name, site in SITES.items() if not site.per_position)
+RESID_COMPONENTS = tuple(name for name, site in SITES.items() if site.per_position)
+
+
+@dataclass
+class PatchingResult:
+    """Per-prompt metric of every patched run of a sweep, with the two baselines it is read against.
+
+    ``patched[i, layer, j]`` is the logit difference of prompt ``i`` with variant ``j`` of ``layer`` patched
+    (``j`` is a head, a key/value head or a position, see ``index``); NaN where the sweep did not run it.
+    """
+
+    patched: Float[Tensor, "prompt layer index"]
+    clean: Float[Tensor, " prompt"]
+    corrupt: Float[Tensor, " prompt"]
+    component: str
+    direction: Direction
+    index: Literal["head", "kv_head", "pos"]
+    kv_groups: Int[Tensor, "kv_head group"] | None = None  # query heads sharing each key/value head (k, v)
+
+    @property
+    def baseline(self) -> Float[Tensor, " prompt"]:
+        """The metric of the run patched into: corrupt when denoising, clean when noising."""
+        return self.corrupt if self.direction == "denoising" else self.clean
+
+    @property
+    def effect(self) -> Float[Tensor, "prompt layer index"]:
+        """How far the patch moved the metric: patched minus the unpatched run it went into."""
+        return self.patched - self.baseline[:, None, None]
+
+    @property
+    def normalised(self) -> Float[Tensor, "prompt layer index"]:
+        """Per prompt, 0 = the corrupt metric, 1 = the clean metric (inf/NaN where the two coincide)."""
+        gap = (self.clean - self.corrupt)[:, None, None]
+        return (self.patched - self.corrupt[:, None, None]) / gap
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (prompt, layer, index) that was run: patched metric, effect and normalised effect."""
+        n, n_layers, n_index = self.patched.shape
+        grid = torch.stack(
+            torch.meshgrid(torch.arange(n), torch.arange(n_layers), torch.arange(n_index), indexing="ij"), -1
+        ).reshape(-1, 3)
+        frame = pd.DataFrame(grid.numpy(), columns=["prompt", "layer", self.index])
+        frame["patched"] = self.patched.reshape(-1).numpy()
+        frame["effect"] = self.effect.reshape(-1).numpy()
+        frame["normalised"] = self.normalised.reshape(-1).numpy()
+        frame["component"] = self.component
+        frame["direction"] = self.direction
+        return frame[frame["patched"].notna()].reset_index(drop=True)
+
+
+def kv_groups(model: HookedTransformer) -> Int[Tensor, "kv_head group"]:
+    """Row ``g`` lists the query heads that read key/value head ``g`` (TransformerLens repeats kv heads in order)."""
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    return torch.arange(model.cfg.n_heads).reshape(n_kv, model.cfg.n_heads // n_kv)
+
+
+def patch_activations(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "z",
+    direction: Direction = "denoising",
+    *,
+    layers: Sequence[int] | None = None,
+    cells: Sequence[tuple[int, int]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    memory_mb: float = 1024.0,
+    progress: bool = True,
+) -> PatchingResult:
+    """Patch every head (``z``, ``pattern``, ``q``, ``k``, ``v``) or every position (``resid_pre``, ``attn_out``,
+    ``mlp_out``) of every layer, one at a time, and record each prompt's metric.
+
+    ``layers`` restricts the sweep to some layers, ``cells`` to explicit ``(layer, head-or-position)`` pairs
+    (what a screen-then-verify pass re-checks); the rest of ``patched`` is NaN. Grouped-query models patch a
+    key/value head for ``k``/``v``: the index axis then has ``n_key_value_heads`` entries and
+    ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of one batch
+    of patched runs; ``checkpoint_dir`` makes an interrupted sweep resume where it stopped.
+    """
+    site = _check_inputs(model, prompts, component, direction, memory_mb)
+    n_index = int(prompts.end.max()) + 1 if site.per_position else _n_heads(model, component)
+    todo = _cells_by_layer(model, component, n_index, layers, cells)
+    target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
+
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = _Checkpoint(Path(checkpoint_dir), model, prompts, component, direction, todo)
+    done = {layer: checkpoint.load(layer, (len(prompts), len(todo[layer]))) for layer in todo} if checkpoint else {}
+    done = {layer: values for layer, values in done.items() if values is not None}
+    remaining = [layer for layer in todo if layer not in done]
+
+    buckets = [_prepare_bucket(model, prompts, members, target, source, site, remaining) for members in _buckets(prompts)]
+    target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
+    for bucket in buckets:
+        target_metric[bucket.members], source_metric[bucket.members] = bucket.target_metric, bucket.source_metric
+    clean, corrupt = (source_metric, target_metric) if direction == "denoising" else (target_metric, source_metric)
+
+    patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
+    for layer, values in done.items():
+        patched[:, layer, todo[layer]] = values
+    budget = memory_mb * 2**20
+    bar = tqdm(
+        total=len(todo),
+        initial=len(done),
+        desc=f"patching {component}",
+        unit="layer",
+        disable=None if progress else True,
+    )
+    with bar:
+        for window in _windows(remaining, todo, buckets, budget):
+            values = {layer: torch.empty(len(prompts), len(todo[layer])) for layer in window}
+            for bucket in buckets:
+                _patch_window(model, bucket, site, window, todo, values, budget)
+            for layer in window:
+                if checkpoint:
+                    checkpoint.save(layer, values[layer])
+                patched[:, layer, todo[layer]] = values[layer]
+            bar.update(len(window))
+    return PatchingResult(
+        patched,
+        clean,
+        corrupt,
+        component,
+        direction,
+        index="pos" if site.per_position else ("kv_head" if n_index != model.cfg.n_heads else "head"),
+        kv_groups=kv_groups(model) if component in ("k", "v") else None,
+    )
+
+
+def patch_heads(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "z",
+    direction: Direction = "denoising",
+    **kwargs,
+) -> Float[Tensor, "prompt layer head"]:
+    """Effect of patching each head on each prompt's logit difference: patched minus the run patched into.
+
+    ``component`` is ``z`` (the head's output), ``pattern``, ``q``, ``k`` or ``v``; keyword arguments go to
+    :func:`patch_activations`, whose :class:`PatchingResult` also gives the normalised effect and baselines.
+    """
+    if component not in HEAD_COMPONENTS:
+        raise ProbesError(f"patch_heads patches {', '.join(HEAD_COMPONENTS)}, not '{component}'")
+    return patch_activations(model, prompts, component, direction, **kwargs).effect
+
+
+def patch_resid(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "resid_pre",
+    direction: Direction = "denoising",
+    **kwargs,
+) -> Float[Tensor, "prompt layer pos"]:
+    """Effect of patching the residual stream (``resid_pre``), or a layer's ``attn_out`` or ``mlp_out``, at each
+    position, on each prompt's logit difference (same conventions as :func:`patch_heads`)."""
+    if component not in RESID_COMPONENTS:
+        raise ProbesError(f"patch_resid patches {', '.join(RESID_COMPONENTS)}, not '{component}'")
+    return patch_activations(model, prompts, component, direction, **kwargs).effect
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
+    if component not in SITES:
+        raise ProbesError(f"unknown component '{component}'; choose one of: {', '.join(SITES)}")
+    if direction not in DIRECTIONS:
+        raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
+    if memory_mb <= 0:
+        raise ProbesError(f"memory_mb must be positive, got {memory_mb}")
+    if len(prompts) == 0:
+        raise ProbesError("the prompt set is empty: there is nothing to patch")
+    if component == "mlp_out" and model.cfg.attn_only:
+        raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
+    if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
+        raise ProbesError("patching needs a causal model whose residual stream carries its positions")
+    if prompts.clean.max() >= model.cfg.d_vocab or prompts.corrupt.max() >= model.cfg.d_vocab:
+        raise ProbesError(f"prompt token ids reach past the model's vocabulary of {model.cfg.d_vocab}: wrong model?")
+    return SITES[component]
+
+
+def _n_heads(model: HookedTransformer, component: str) -> int:
+    """Query heads, except for keys and values of grouped-query models, which have their own (fewer) heads."""
+    if component in ("k", "v") and model.cfg.n_key_value_heads is not None:
+        return model.cfg.n_key_value_heads
+    return model.cfg.n_heads
+
+
+def _cells_by_layer(
+    model: HookedTransformer,
+    component: str,
+    n_index: int,
+    layers: Sequence[int] | None,
+    cells: Sequence[tuple[int, int]] | None,
+) -> dict[int, list[int]]:
+    """Which indices to patch in each layer, layers in increasing order."""
+    n_layers = model.cfg.n_layers
+    if layers is not None and cells is not None:
+        raise ProbesError("give either layers or cells, not both")
+    if cells is None:
+        chosen = range(n_layers) if layers is None else layers
+        cells = [(layer, index) for layer in chosen for index in range(n_index)]
+    todo: dict[int, set[int]] = {}
+    for layer, index in cells:
+        if not 0 <= layer < n_layers:
+            raise ProbesError(f"layer {layer} does not exist: the model has layers 0..{n_layers - 1}")
+        if not 0 <= index < n_index:
+            raise ProbesError(f"index {index} of '{component}' does not exist: valid indices are 0..{n_index - 1}")
+        todo.setdefault(int(layer), set()).add(int(index))
+    if not todo:
+        raise ProbesError("nothing to patch: layers or cells is empty")
+    return {layer: sorted(todo[layer]) for layer in sorted(todo)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two unpatched runs
+
+
+@dataclass
+class _Bucket:
+    """Prompts read off at the same position: their patched runs compute the same positions, so they batch.
+
+    Every position before ``split`` holds the same token in both runs of every member, so (the model being
+    causal) the same activations: patched runs compute only positions ``split..end`` and read the target run's
+    keys and values for the rest from ``prefix``.
+    """
+
+    members: Int[Tensor, " member"]  # indices into the prompt set
+    split: int
+    end: int
+    answer: Int[Tensor, " member"]
+    foil: Int[Tensor, " member"]
+    target_resid: dict[int, Float[Tensor, "member suffix d_model"]]  # resid_pre of the run patched into
+    source_acts: dict[int, Tensor]  # the patched component of the other run, suffix only, variant axis first
+    prefix: TransformerLensKeyValueCache | None  # the target run's keys and values before ``split``
+    target_metric: Float[Tensor, " member"]
+    source_metric: Float[Tensor, " member"]
+    row_bytes: int  # rough memory of one patched run through one block
+
+
+def _buckets(prompts: PromptSet) -> list[Int[Tensor, " member"]]:
+    return [torch.nonzero(prompts.end == end)[:, 0] for end in prompts.end.unique()]
+
+
+@torch.no_grad()
+def _prepare_bucket(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    members: Int[Tensor, " member"],
+    target_tokens: Int[Tensor, "prompt pos"],
+    source_tokens: Int[Tensor, "prompt pos"],
+    site: Site,
+    layers: list[int],
+) -> _Bucket:
+    """Run both sides once, caching what the patched runs start from and what they patch in."""
+    end = int(prompts.end[members[0]])
+    target, source = target_tokens[members, : end + 1], source_tokens[members, : end + 1]
+    differs = (target != source).any(0)
+    split = int(differs.int().argmax()) if differs.any() else end
+    n_layers = model.cfg.n_layers
+    # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(members))
+    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    target_final, target_cache = model.run_with_cache(
+        target,
+        past_kv_cache=cache,
+        attention_mask=torch.ones_like(target),
+        stop_at_layer=n_layers,
+        names_filter=lambda name: name in resid_names,
+    )
+    site_names = {f"blocks.{layer}.{site.hook}" for layer in layers}
+    source_final, source_cache = model.run_with_cache(
+        source, stop_at_layer=n_layers, names_filter=lambda name: name in site_names
+    )
+    for entry in cache.entries:
+        entry.past_keys, entry.past_values = entry.past_keys[:, :split], entry.past_values[:, :split]
+    cache.previous_attention_mask = cache.previous_attention_mask[:, :split]
+    cache.freeze()
+    answer, foil = prompts.answer[members], prompts.foil[members]
+    n_suffix = end + 1 - split
+
+    def metric(final: Float[Tensor, "member pos d_model"]) -> Float[Tensor, " member"]:
+        return logit_diff_from_resid(model, final[:, end], answer, foil).float()
+
+    return _Bucket(
+        members=members,
+        split=split,
+        end=end,
+        answer=answer,
+        foil=foil,
+        target_resid={layer: target_cache[f"blocks.{layer}.hook_resid_pre"][:, split:] for layer in layers},
+        source_acts={
+            layer: source_cache[f"blocks.{layer}.{site.hook}"]
+            .narrow(site.pos_axis, split, n_suffix)
+            .movedim(site.variant_axis, 1)
+            for layer in layers
+        },
+        prefix=cache if split else None,
+        target_metric=metric(target_final),
+        source_metric=metric(source_final),
+        row_bytes=_row_bytes(model, split, n_suffix),
+    )
+
+
+def _row_bytes(model: HookedTransformer, split: int, n_suffix: int) -> int:
+    """Rough float32 footprint of one patched run through one block: residual, attention and MLP activations at
+    the computed positions, attention scores, and its copy of one layer's prefix keys and values."""
+    cfg = model.cfg
+    per_position = 8 * cfg.d_model + 3 * (cfg.d_mlp or 0) + 4 * cfg.n_heads * cfg.d_head
+    scores = 3 * cfg.n_heads * n_suffix * (split + n_suffix)
+    prefix = 2 * split * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    return 4 * (n_suffix * per_position + scores + prefix)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patched runs
+
+
+@dataclass
+class _Rows:
+    """Patched runs, one per row, sorted by the layer they patch."""
+
+    layer: Int[Tensor, " row"]
+    member: Int[Tensor, " row"]  # which prompt of the bucket
+    column: Int[Tensor, " row"]  # which of the layer's requested indices (a column of that layer's results)
+    at: Int[Tensor, " row"]  # where that index sits on the variant axis of the computed activation
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+    def __getitem__(self, index: slice) -> _Rows:
+        return _Rows(self.layer[index], self.member[index], self.column[index], self.at[index])
+
+
+def _windows(remaining: list[int], todo: dict[int, list[int]], buckets: list[_Bucket], budget: float) -> list[list[int]]:
+    """Consecutive layers whose patched runs fit the memory budget together: at least one layer each, at most
+    ``WINDOW_LAYERS`` so that progress and checkpoints advance often."""
+    windows: list[list[int]] = []
+    load = 0.0
+    for layer in remaining:
+        need = max(len(b.members) * len(todo[layer]) * b.row_bytes for b in buckets)
+        if windows and len(windows[-1]) < WINDOW_LAYERS and load + need <= budget:
+            windows[-1].append(layer)
+            load += need
+        else:
+            windows.append([layer])
+            load = need
+    return windows
+
+
+def _window_rows(bucket: _Bucket, site: Site, window: list[int], todo: dict[int, list[int]]) -> _Rows:
+    """One row per (layer, index, member) whose patch can change the metric, in layer order."""
+    layer_, member, column_, at_ = [], [], [], []
+    n = len(bucket.members)
+    for layer in window:
+        index = torch.as_tensor(todo[layer])
+        column = torch.arange(len(index))
+        if site.per_position:  # outside split..end a patch swaps identical activations or comes after the read-off
+            column = column[(index >= bucket.split) & (index <= bucket.end)]
+        at = index[column] - (bucket.split if site.per_position else 0)
+        layer_.append(torch.full((n * len(column),), layer))
+        member.append(torch.arange(n).repeat(len(column)))
+        column_.append(column.repeat_interleave(n))
+        at_.append(at.repeat_interleave(n))
+    return _Rows(torch.cat(layer_), torch.cat(member), torch.cat(column_), torch.cat(at_))
+
+
+def _patch_window(
+    model: HookedTransformer,
+    bucket: _Bucket,
+    site: Site,
+    window: list[int],
+    todo: dict[int, list[int]],
+    values: dict[int, Float[Tensor, "prompt index"]],
+    budget: float,
+) -> None:
+    """Fill ``values`` for this bucket's prompts, one batch of patched runs per memory budget."""
+    if site.per_position:  # patches that cannot change the metric leave the run patched into as it was
+        for layer in window:
+            values[layer][bucket.members] = bucket.target_metric[:, None]
+    rows = _window_rows(bucket, site, window, todo)
+    per_batch = max(1, int(budget // bucket.row_bytes))
+    for start in range(0, len(rows), per_batch):
+        batch = rows[start : start + per_batch]
+        metric = _staggered_run(model, bucket, site, batch)
+        for layer in batch.layer.unique().tolist():
+            mine = batch.layer == layer
+            values[layer][bucket.members[batch.member[mine]], batch.column[mine]] = metric[mine]
+
+
+@torch.no_grad()
+def _staggered_run(model: HookedTransformer, bucket: _Bucket, site: Site, rows: _Rows) -> Float[Tensor, " row"]:
+    """Patched runs that start at different layers, as one batch: each row joins at the layer it patches, from
+    the target run's residual stream there, so no block runs for a row before its patch."""
+    resid = bucket.target_resid[int(rows.layer[0])][:0]
+    joined = 0
+    for layer in range(int(rows.layer[0]), model.cfg.n_layers):
+        hooks = []
+        stop = int((rows.layer <= layer).sum())
+        if stop > joined:
+            new = rows[joined:stop]
+            resid = torch.cat([resid, bucket.target_resid[layer][new.member]])
+            patch = bucket.source_acts[layer][new.member, new.at]
+            hooks = [(f"blocks.{layer}.{site.hook}", _patch_hook(site, joined, new.at, patch))]
+            joined = stop
+        resid = model.run_with_hooks(
+            resid,
+            start_at_layer=layer,
+            stop_at_layer=layer + 1,
+            past_kv_cache=_row_prefix(bucket, rows.member[:joined], layer),
+            fwd_hooks=hooks,
+        )
+    read = resid[:, bucket.end - bucket.split]
+    return logit_diff_from_resid(model, read, bucket.answer[rows.member], bucket.foil[rows.member]).float()
+
+
+def _patch_hook(site: Site, first_row: int, at: Int[Tensor, " new"], patch: Tensor):
+    """Row ``first_row + i`` gets ``patch[i]`` at variant ``at[i]``; earlier rows (patched upstream) pass as they are."""
+    rows = first_row + torch.arange(len(at))
+
+    def hook(activation: Tensor, hook) -> Tensor:
+        activation.movedim(site.variant_axis, 1)[rows, at] = patch
+        return activation
+
+    return hook
+
+
+def _row_prefix(bucket: _Bucket, members: Int[Tensor, " row"], layer: int) -> TransformerLensKeyValueCache | None:
+    """The prefix keys and values of ``layer``, one copy per row; a one-block run reads no other layer's entry,
+    so those are passed through untouched."""
+    if bucket.prefix is None:
+        return None
+    entries = list(bucket.prefix.entries)
+    entry = entries[layer]
+    entries[layer] = TransformerLensKeyValueCacheEntry(entry.past_keys[members], entry.past_values[members], frozen=True)
+    return TransformerLensKeyValueCache(entries, bucket.prefix.previous_attention_mask[members], frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class _Checkpoint:
+    """Per-layer results of one sweep, in a directory named by a fingerprint of everything they depend on."""
+
+    def __init__(
+        self,
+        root: Path,
+        model: HookedTransformer,
+        prompts: PromptSet,
+        component: str,
+        direction: str,
+        todo: dict[int, list[int]],
+    ) -> None:
+        self.fingerprint = _fingerprint(model, prompts, component, direction, todo)
+        self.dir = root / f"{component}-{direction}-{self.fingerprint[:16]}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ProbesError(f"cannot create checkpoint directory {self.dir}: {err.strerror or err}") from None
+
+    def path(self, layer: int) -> Path:
+        return self.dir / f"layer{layer:03d}.safetensors"
+
+    def load(self, layer: int, shape: tuple[int, int]) -> Float[Tensor, "prompt index"] | None:
+        """A finished layer, or None if it is missing, unreadable or from other inputs."""
+        try:
+            with safe_open(str(self.path(layer)), framework="pt") as f:
+                if (f.metadata() or {}).get("fingerprint") != self.fingerprint:
+                    return None
+                values = f.get_tensor("patched")
+        except (OSError, SafetensorError):  # missing or truncated: the layer is simply recomputed
+            return None
+        return values if tuple(values.shape) == shape else None
+
+    def save(self, layer: int, values: Float[Tensor, "prompt index"]) -> None:
+        """Write to a temporary file, then rename: a kill mid-write never leaves a half-written layer."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".layer{layer:03d}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"patched": values.contiguous()}, tmp, metadata={"fingerprint": self.fingerprint})
+            os.replace(tmp, self.path(layer))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _fingerprint(
+    model: HookedTransformer, prompts: PromptSet, component: str, direction: str, todo: dict[int, list[int]]
+) -> str:
+    """sha256 of the sweep settings, the prompts and a digest of every weight (name, shape, sum, norm and 16
+    values spread over it): under a second for a 270M-parameter model, and changed by any edit of the weights
+    in practice. A digest that differs only by rounding (another thread count) just means recomputing."""
+    digest = hashlib.sha256()
+    settings = {"format": CHECKPOINT_FORMAT, "component": component, "direction": direction, "cells": todo}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for tensor in (prompts.clean, prompts.corrupt, prompts.answer, prompts.foil, prompts.end):
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            spread = torch.arange(16) * (param.numel() - 1) // 15
+            summary = (float(param.sum()), float(torch.linalg.vector_norm(param)), torch.take(param, spread).tolist())
+            digest.update(f"{name}{tuple(param.shape)}{summary!r}".encode())
+    return digest.hexdigest()
