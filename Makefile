@@ -31,6 +31,11 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not real"
 
+# The default analysis: coreference in Gemma-3-270m, then previous-token heads and induction; prints report paths.
+demo: setup
+	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference
+	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 16 --out reports/demo-previous-token
+
 bench: setup
 	$(PY) bench/forward.py
 

@@ -1,4 +1,4 @@
-"""Command line: ``probes models``.
+"""Command line: ``probes models | run ANALYSIS.toml | report RUN_DIR``.
 
 Every user-facing failure is a :class:`ProbesError`: printed as one line on stderr, exit code 2, no traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from probes.errors import ProbesError
 
@@ -31,6 +32,40 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"\ncache: {cache_root()} (set PROBES_CACHE to move it)")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run an analysis spec, write the run directory and its report, print a one-screen summary."""
+    import time
+
+    from probes.analysis import AnalysisSpec, run_analysis
+    from probes.report import render
+
+    spec = AnalysisSpec.from_toml(args.analysis)
+    for key in ("model", "prompts", "n", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(spec, key, value)
+    if args.prompts is not None:
+        spec.task = None
+    spec.check("command line")
+    out = Path(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}")
+    start = time.perf_counter()
+    _, claimed = run_analysis(spec, out)
+    index = render(out)
+    print(f"\n{spec.title or Path(args.analysis).stem}: {spec.model}, {spec.task or spec.prompts}, "
+          f"{time.perf_counter() - start:.0f} s")
+    width = max((len(r.verdict) for r in claimed), default=0)
+    for result in claimed:
+        print(f"  {result.verdict.ljust(width)}  {result.sentence.rsplit(':', 1)[0]}")
+    print(f"report: {index}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Re-render a run directory's index.html from its results (no model needed)."""
+    from probes.report import render
+
+    print(f"report: {render(args.run_dir)}")
+
+
 def _installed(spec) -> bool:
     try:
         spec.package_dir()
@@ -44,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list packaged models, whether each is cached, size and licence")
     models.set_defaults(func=cmd_models)
+    run = sub.add_parser("run", help="run an analysis spec (analyses/*.toml) and write its report")
+    run.add_argument("analysis", help="path of the analysis TOML")
+    run.add_argument("--model", help="override the spec's model (packaged name, local directory or hub name)")
+    run.add_argument("--prompts", help="a JSONL file of your own minimal pairs (replaces the spec's task)")
+    run.add_argument("--n", type=int, help="number of prompts to generate")
+    run.add_argument("--seed", type=int, help="seed for prompt generation and bootstrap")
+    run.add_argument("--out", help="run directory (default reports/ANALYSIS-MODEL)")
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="re-render RUN_DIR/index.html from its results")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

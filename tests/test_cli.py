@@ -1,0 +1,92 @@
+"""The scripted path end to end: analysis TOML -> run directory -> report; bad input is one line and exit 2."""
+
+import json
+
+import pytest
+
+from probes import cli
+from probes.models import save_model_dir
+from probes.results import read_run
+
+from conftest import IOI_PROMPTS
+
+
+@pytest.fixture(scope="module")
+def toy_dir(toy_model, tmp_path_factory):
+    return save_model_dir(toy_model.model, tmp_path_factory.mktemp("models") / "toy")
+
+
+def _spec(path, **fields):
+    lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, capsys):
+    spec = _spec(
+        tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="previous",
+        direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:2"],
+    )
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "report: " in out and "supported" in out
+    run = read_run(tmp_path / "run")
+    assert run.n_prompts == 12 and len(run.heads) == 8
+    verdicts = {c.head: c.verdict for c in run.claims}
+    assert verdicts[toy_model.heads.previous_token] == "supported"
+    assert (tmp_path / "run" / "index.html").stat().st_size > 100_000
+    for name in ("heads.csv", "heads.parquet", "per_prompt.parquet", "prompts.jsonl"):
+        assert (tmp_path / "run" / name).is_file()
+    assert cli.main(["report", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "colour": 1}, "unknown key(s) colour"),
+        ({"model": "x", "src": "end", "task": "induction"}, "missing required key(s) dst"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "poetry"}, "unknown task 'poetry'"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["top:3"]}, "claim 'top:3'"),
+    ],
+)
+def test_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, fields, message):
+    spec = _spec(tmp_path / "bad.toml", **fields)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and str(spec) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_files_are_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert cli.main(["report", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "not found" in errors[0] and "no results.json" in errors[1]
+
+
+def test_unknown_role_is_one_line(toy_dir, tmp_path, capsys):
+    spec = _spec(tmp_path / "r.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="antecedent")
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown role 'antecedent'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real
+def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
+    pairs = []
+    for text in IOI_PROMPTS[:4]:
+        words = text.replace(",", "").split()
+        a, b = words[1], words[3]
+        pairs.append({"clean": text, "corrupt": text.replace(f", {b} ", f", {a} "), "answer": f" {a}", "foil": f" {b}",
+                      "roles": {"S2": {"text": b, "occurrence": 2}, "IO": a}})
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    spec = _spec(tmp_path / "own.toml", model="smollm2-135m", task="ioi", src="end", dst="IO", foil="S2",
+                 claims=["top_attention:1"])
+    assert cli.main(["run", str(spec), "--prompts", str(jsonl), "--out", str(tmp_path / "run")]) == 0
+    assert read_run(tmp_path / "run").n_prompts == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**pairs[0], "corrupt": pairs[0]["clean"] + " and"}) + "\n")
+    assert cli.main(["run", str(spec), "--prompts", str(bad), "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 1" in err[0]
