@@ -1,0 +1,93 @@
+"""The notebooks run top to bottom on the packaged models, show figures and reach verdicts.
+
+Each notebook is executed in a fresh kernel of *this* interpreter (a throwaway kernelspec pointing at
+``sys.executable``, so a user-level "python3" kernel elsewhere can never be picked up instead), from the
+notebooks directory so relative paths such as ``my_pairs.jsonl`` resolve. Outputs stay in memory: the committed
+notebooks are never written.
+"""
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+from probes.claims import VERDICTS
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_FILES = ["01_coreference.ipynb", "02_previous_token.ipynb", "03_your_own_claim.ipynb"]
+CELL_TIMEOUT_S = 600  # the slowest cell (two claim evaluations) took up to ~130 s on 2 busy cores
+KERNEL = "probes-notebook-test"
+VERDICT_TAG = "verdict"  # cells with this tag print verdict sentences
+VERDICT_WORD = re.compile(rf"\b({'|'.join(VERDICTS)})\b")
+
+
+@pytest.fixture(scope="module")
+def kernel_specs(tmp_path_factory) -> KernelSpecManager:
+    """A kernelspec manager that knows one kernel: ipykernel running in the interpreter running the tests."""
+    kernels = tmp_path_factory.mktemp("kernels")
+    (kernels / KERNEL).mkdir()
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "probes (test interpreter)",
+        "language": "python",
+    }
+    (kernels / KERNEL / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(kernels)], ensure_native_kernel=False)
+
+
+def execute(path: Path, kernel_specs: KernelSpecManager) -> tuple[nbformat.NotebookNode, float]:
+    """Run every cell in order; a cell that raises fails the test with its traceback (nbclient's default)."""
+    nb = nbformat.read(path, as_version=4)
+    manager = KernelManager(kernel_name=KERNEL, kernel_spec_manager=kernel_specs)
+    client = NotebookClient(nb, km=manager, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - start
+
+
+def outputs(cell) -> list:
+    return cell.get("outputs", []) if cell.cell_type == "code" else []
+
+
+def is_figure(output) -> bool:
+    """A rendered plotly figure (its HTML calls Plotly.newPlot) or an image."""
+    if output.output_type not in ("display_data", "execute_result"):
+        return False
+    data = output.get("data", {})
+    return "Plotly.newPlot" in data.get("text/html", "") or any(key.startswith("image/") for key in data)
+
+
+def printed(cell) -> str:
+    return "".join(o.get("text", "") for o in outputs(cell) if o.output_type == "stream" and o.name == "stdout")
+
+
+def test_notebooks_are_committed_without_outputs():
+    for name in NOTEBOOK_FILES:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        for cell in nb.cells:
+            assert not outputs(cell) and cell.get("execution_count") is None, f"{name}: clear outputs before committing"
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", NOTEBOOK_FILES)
+def test_notebook_runs_shows_figures_and_reaches_verdicts(name, kernel_specs, record_property):
+    nb, seconds = execute(NOTEBOOKS / name, kernel_specs)
+    record_property("seconds", round(seconds, 1))
+    print(f"{name}: executed in {seconds:.0f} s")
+
+    errors = [o for cell in nb.cells for o in outputs(cell) if o.output_type == "error"]
+    assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+    assert any(is_figure(o) for cell in nb.cells for o in outputs(cell)), f"{name}: no figure was displayed"
+
+    verdict_cells = [cell for cell in nb.cells if VERDICT_TAG in cell.metadata.get("tags", [])]
+    assert verdict_cells, f"{name}: no cell is tagged '{VERDICT_TAG}'"
+    for cell in verdict_cells:
+        text = printed(cell)
+        assert VERDICT_WORD.search(text), f"{name}: a verdict cell printed no verdict: {text!r}"
