@@ -4,7 +4,7 @@ TransformerLens: ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos
 full logits per head; its metric is the batch mean of the logit difference). The kit: ``probes.patch_activations``
 (per-prompt values; their mean over prompts is compared with TransformerLens's number for every head). Then
 attribution patching: its time, and its Pearson r and top-10 overlap with the exact sweep. Usage:
-    python bench/patching.py [--model smollm2-135m] [--n 8] [--seed 0] [--threads T] [--memory-mb 1024]
+    python bench/patching.py [--model smollm2-135m] [--n 8] [--seed 0] [--corruption abc|flip_s2] [--threads T]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", choices=list(models.PACKAGED))
     parser.add_argument("--n", type=int, default=8, help="IOI pairs (probes.tasks.ioi)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corruption", default="abc", choices=tasks.IOI_CORRUPTIONS,
+                        help="abc: all names fresh (little shared prefix); flip_s2: only S2 changes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory-mb", type=float, default=1024.0, help="the kit's memory budget per batch")
     args = parser.parse_args()
@@ -54,7 +56,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model = probes.load_model(args.model)
-    prompts = tasks.ioi(model, args.n, seed=args.seed)
+    prompts = tasks.ioi(model, args.n, seed=args.seed, corruption=args.corruption)
     cfg = model.cfg
     print(
         f"{args.model}: {cfg.n_layers} layers x {cfg.n_heads} heads = {cfg.n_layers * cfg.n_heads} heads, "

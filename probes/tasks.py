@@ -205,17 +205,25 @@ def gender_tag(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
     return PromptSet.from_strings(model, records, task=task)
 
 
-def ioi(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
+IOI_CORRUPTIONS = ("abc", "flip_s2")
+
+
+def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc") -> PromptSet:
     """Indirect object identification (Wang et al. 2022): "... Mary and John ... John gave a drink to" -> " Mary".
 
-    Orders alternate BABA (``i`` even: subject first) and ABBA; pairs of prompts share a template. The corrupt
-    prompt is Wang et al.'s "ABC" distribution: the three name slots (S1, IO, S2) get three fresh distinct
-    names, so it keeps the sentence and its length but no name is repeated and neither IO nor S occurs; the
-    logit difference there measures what the model says without the task's information. Answer IO, foil S.
-    Roles: ``IO``, ``S1``, ``S2``, ``end``.
+    Orders alternate BABA (``i`` even: subject first) and ABBA; pairs of prompts share a template. Answer IO,
+    foil S; roles ``IO``, ``S1``, ``S2``, ``end``. Two corruptions:
+
+    - ``"abc"`` (default): Wang et al.'s ABC distribution: the three name slots (S1, IO, S2) get three fresh
+      distinct names, so it keeps the sentence and its length but no name is repeated and neither IO nor S
+      occurs; the logit difference there measures what the model says without the task's information.
+    - ``"flip_s2"``: only the repeated subject S2 becomes the IO name (TransformerLens's exploratory-analysis
+      demo), so the correct answer flips to S; clean and corrupt share every token before S2.
     """
     task = "ioi"
     _check_n(n)
+    if corruption not in IOI_CORRUPTIONS:
+        raise ProbesError(f"unknown IOI corruption '{corruption}'; choose one of: {', '.join(IOI_CORRUPTIONS)}")
     rng = random.Random(seed)
     names = _pool(model, FEMALE_NAMES + MALE_NAMES, "names", task, 5)
     places, objects = _pool(model, PLACES, "places", task, 1), _pool(model, OBJECTS, "objects", task, 1)
@@ -231,9 +239,12 @@ def ioi(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
             text = text.replace("{S} and {IO}", "{IO} and {S}", 1)
         first, second = ("S", "IO") if baba else ("IO", "S")
         clean = text.format(S=s, IO=io, place=place, object=obj)
-        # ABC: the first two names become c1, c2 and the repeated subject becomes a third name c3
-        abc = text.replace("{" + first + "}", "{c1}", 1).replace("{" + second + "}", "{c2}", 1)
-        corrupt = abc.replace("{S}", "{c3}").format(c1=c1, c2=c2, c3=c3, place=place, object=obj)
+        if corruption == "abc":  # the first two names become c1, c2 and the repeated subject a third name c3
+            abc = text.replace("{" + first + "}", "{c1}", 1).replace("{" + second + "}", "{c2}", 1)
+            corrupt = abc.replace("{S}", "{c3}").format(c1=c1, c2=c2, c3=c3, place=place, object=obj)
+        else:  # the second (last) subject mention becomes the indirect object
+            at = text.rindex("{S}")
+            corrupt = (text[:at] + "{IO}" + text[at + 3 :]).format(S=s, IO=io, place=place, object=obj)
         records.append(
             {
                 "clean": clean,
