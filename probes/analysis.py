@@ -258,7 +258,7 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
             "accuracy_top1": Estimate(base["accuracy_top1"], float("nan"), float("nan"), n=base["n"]),
         },
         claims=[_record(r) for r in claimed],
-        verdict_rule=claims_mod.__doc__.split("Verdict rule", 1)[1].strip(),
+        verdict_rule=claims_mod.__doc__.split("Verdict rule", 1)[1].strip().replace("``", ""),
         examples=_examples(model, prompts, chosen, spec.examples),
         probes=probes_table,
         per_prompt=_per_prompt_table(claimed),

@@ -154,3 +154,15 @@ def test_baseline_agrees_with_plain_logits(toy_model: ToyModel) -> None:
         assert result["corrupt_logit_diff"] == pytest.approx(corrupt_diff.mean().item(), abs=1e-4)
         low, high = result["clean_logit_diff_ci"]
         assert low <= result["clean_logit_diff"] <= high and result["clean_logit_diff"] > 4
+
+
+@pytest.mark.real
+def test_ioi_flip_s2_changes_only_the_second_subject(smollm2: HookedTransformer) -> None:
+    prompts = tasks.ioi(smollm2, N, corruption="flip_s2")
+    idx = torch.arange(N)
+    assert _differing_positions(prompts) == [[int(p)] for p in prompts.role("S2")]
+    assert torch.equal(prompts.corrupt[idx, prompts.role("S2")], prompts.clean[idx, prompts.role("IO")])
+    base = tasks.baseline(smollm2, prompts)
+    assert base["clean_logit_diff"] > 0 > base["corrupt_logit_diff"]  # the right answer flips to S
+    with pytest.raises(ProbesError, match="unknown IOI corruption"):
+        tasks.ioi(smollm2, 2, corruption="xyz")
