@@ -147,8 +147,9 @@ def _selected_heads(spec: AnalysisSpec, table: pd.DataFrame, n_layers: int, n_he
                 raise ProbesError(f"claim head {a}.{b} does not exist: the model has {n_layers} layers x {n_heads} heads")
             picked = [(a, b)]
         else:
-            column = "attention" if a == "top_attention" else "effect_z"
-            ranked = table.reindex(table[column].abs().sort_values(ascending=False).index)
+            # attention: the heads that attend to the target most; effect: the largest effect either way
+            score = table["attention"] if a == "top_attention" else table["effect_z"].abs()
+            ranked = table.reindex(score.sort_values(ascending=False).index)
             picked = list(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))[:b]
         heads += [h for h in picked if h not in heads]
     return heads

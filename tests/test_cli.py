@@ -90,3 +90,14 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
     assert cli.main(["run", str(spec), "--prompts", str(bad), "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "line 1" in err[0]
+
+
+def test_claim_selectors_rank_attention_by_sign_and_effect_by_size():
+    import pandas as pd
+
+    from probes.analysis import AnalysisSpec, _selected_heads
+
+    table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                          "attention": [0.5, -0.9, 0.1, 0.0], "effect_z": [0.1, 0.2, -0.8, 0.3]})
+    spec = AnalysisSpec(model="m", src="a", dst="b", task="ioi", claims=["top_attention:1", "top_effect:2", [0, 1]])
+    assert _selected_heads(spec, table, n_layers=2, n_heads=2) == [(0, 0), (1, 0), (1, 1), (0, 1)]
