@@ -202,7 +202,10 @@ def _sentence(
 def _head_estimates(ev: HeadEvidence, heads: list[Head], seed: int) -> tuple[dict[Head, dict[str, Estimate]], dict]:
     """Estimates for each head; p-values adjusted over all the heads tested together."""
     layers, cols = zip(*heads)
-    pick = lambda a: a[:, list(layers), list(cols)]  # noqa: E731  [prompt, head]
+
+    def pick(values: np.ndarray) -> np.ndarray:  # [prompt, layer, head] -> [prompt, tested head]
+        return values[:, list(layers), list(cols)]
+
     per_prompt = {
         "attention": pick(ev.attention),
         "attention_target": pick(ev.attention_target),
@@ -213,7 +216,7 @@ def _head_estimates(ev: HeadEvidence, heads: list[Head], seed: int) -> tuple[dic
         "effect_pattern": pick(ev.effect_pattern),
     }
     p_values = {
-        "attention": adjust_p(signed_rank_p(per_prompt["attention"] - 0.0, alternative="greater")),
+        "attention": adjust_p(signed_rank_p(per_prompt["attention"], alternative="greater")),
         "effect_z": adjust_p(signed_rank_p(per_prompt["effect_z"])),
         "effect_pattern": adjust_p(signed_rank_p(per_prompt["effect_pattern"])),
     }

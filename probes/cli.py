@@ -23,7 +23,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         status = cache_status(spec.name)
         model_dir = cached_model_dir(spec.name)
         size = sum(f.stat().st_size for f in model_dir.iterdir()) / 1e6 if status != "not cached" else None
-        installed = "installed" if _installed(spec) else f"not installed ({spec.install})"
+        installed = "installed" if spec.is_installed() else f"not installed ({spec.install})"
         rows.append((spec.name, status, "-" if size is None else f"{size:,.0f} MB", installed, spec.licence, spec.source))
     header = ("name", "cache", "size", "package", "licence", "source")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header) - 1)]
@@ -64,14 +64,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     from probes.report import render
 
     print(f"report: {render(args.run_dir)}")
-
-
-def _installed(spec) -> bool:
-    try:
-        spec.package_dir()
-    except ProbesError:
-        return False
-    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

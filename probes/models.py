@@ -60,6 +60,9 @@ class PackagedModel:
             raise ProbesError(f"the model package '{self.module}' for {self.name} is not installed; run: {self.install}")
         return Path(list(spec.submodule_search_locations)[0])
 
+    def is_installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
 
 def _smollm2_gguf(package_dir: Path, scratch: Path) -> Path:
     # The package's __init__ imports llama-cpp, which we neither need nor install: use its folder only.
