@@ -8,7 +8,6 @@ and weights before the re-layout, so the ratio isolates that change. Usage:
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from baseline import transformerlens_as_shipped  # noqa: E402
 from conftest import IOI_PROMPTS  # noqa: E402  (the 8 prompts the logit-equality test uses)
 
 import probes  # noqa: E402
@@ -34,14 +34,6 @@ def seconds_per_call(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def unrelayout(model):
-    """A copy of ``model`` with every parameter made contiguous again: TransformerLens's own layout."""
-    plain = copy.deepcopy(model)
-    for param in plain.parameters():
-        param.data = param.data.contiguous()
-    return plain
-
-
 def hf_model(name: str):
     from transformers import AutoModelForCausalLM
 
@@ -54,7 +46,7 @@ def hf_model(name: str):
 @torch.no_grad()
 def bench(name: str, repeats: int) -> None:
     kit = probes.load_model(name)
-    tl = unrelayout(kit)
+    tl = transformerlens_as_shipped(kit)
     hf = hf_model(name)
     tokens = kit.to_tokens(IOI_PROMPTS, padding_side="right")
     t_hf = seconds_per_call(lambda: hf(tokens), repeats)

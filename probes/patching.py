@@ -14,7 +14,8 @@ of the cost, because every patched run skips work that cannot change its result:
 3. **Batch the variants, staggered.** Patches of a few consecutive layers (each head, or each position, of
    each prompt) run as one batch in which each run joins at the layer it patches, in chunks sized to a memory
    budget: few, large operations, and memory that does not grow with the number of heads.
-4. **Read only the metric.** Each run stops at the final residual stream and projects it on the answer and foil
+4. **Read only the metric.** The last block computes the read-off position alone (the others matter there only
+   as keys and values), and each run stops at the final residual stream, projected on the answer and foil
    unembedding columns (:mod:`probes.metrics`): no full-vocabulary logits.
 
 A sweep can be checkpointed: each finished layer is written atomically (safetensors) under ``checkpoint_dir``,
@@ -41,6 +42,8 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.components import TransformerBlock
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from probes.errors import ProbesError
 from probes.metrics import logit_diff_from_resid
@@ -295,7 +298,8 @@ def _cells_by_layer(
 
 @dataclass
 class _Bucket:
-    """Prompts read off at the same position: their patched runs compute the same positions, so they batch.
+    """Prompts read off at the same position whose pairs first differ at the same position: their patched runs
+    compute the same positions, so they batch.
 
     Every position before ``split`` holds the same token in both runs of every member, so (the model being
     causal) the same activations: patched runs compute only positions ``split..end`` and read the target run's
@@ -309,14 +313,19 @@ class _Bucket:
     foil: Int[Tensor, " member"]
     target_resid: dict[int, Float[Tensor, "member suffix d_model"]]  # resid_pre of the run patched into
     source_acts: dict[int, Tensor]  # the patched component of the other run, suffix only, variant axis first
-    prefix: TransformerLensKeyValueCache | None  # the target run's keys and values before ``split``
+    prefix: list[tuple[Tensor, Tensor]] | None  # per layer, the target run's keys and values before ``split``
     target_metric: Float[Tensor, " member"]
     source_metric: Float[Tensor, " member"]
     row_bytes: int  # rough memory of one patched run through one block
 
 
 def _buckets(prompts: PromptSet) -> list[Int[Tensor, " member"]]:
-    return [torch.nonzero(prompts.end == end)[:, 0] for end in prompts.end.unique()]
+    """Prompt indices grouped by (read-off position, first position where clean and corrupt differ)."""
+    positions = torch.arange(prompts.n_pos)
+    differs = (prompts.clean != prompts.corrupt) & (positions <= prompts.end[:, None])
+    first = torch.where(differs.any(1), differs.int().argmax(1), prompts.end)
+    keys = torch.stack([prompts.end, first], 1)
+    return [torch.nonzero((keys == key).all(1))[:, 0] for key in keys.unique(dim=0)]
 
 
 @torch.no_grad()
@@ -349,10 +358,6 @@ def _prepare_bucket(
     source_final, source_cache = model.run_with_cache(
         source, stop_at_layer=n_layers, names_filter=lambda name: name in site_names
     )
-    for entry in cache.entries:
-        entry.past_keys, entry.past_values = entry.past_keys[:, :split], entry.past_values[:, :split]
-    cache.previous_attention_mask = cache.previous_attention_mask[:, :split]
-    cache.freeze()
     answer, foil = prompts.answer[members], prompts.foil[members]
     n_suffix = end + 1 - split
 
@@ -372,7 +377,7 @@ def _prepare_bucket(
             .movedim(site.variant_axis, 1)
             for layer in layers
         },
-        prefix=cache if split else None,
+        prefix=[(entry.past_keys[:, :split], entry.past_values[:, :split]) for entry in cache.entries] if split else None,
         target_metric=metric(target_final),
         source_metric=metric(source_final),
         row_bytes=_row_bytes(model, split, n_suffix),
@@ -468,49 +473,85 @@ def _patch_window(
 @torch.no_grad()
 def _staggered_run(model: HookedTransformer, bucket: _Bucket, site: Site, rows: _Rows) -> Float[Tensor, " row"]:
     """Patched runs that start at different layers, as one batch: each row joins at the layer it patches, from
-    the target run's residual stream there, so no block runs for a row before its patch."""
+    the target run's residual stream there, so no block runs for a row before its patch.
+
+    Blocks are called directly, as ``HookedTransformer.forward`` calls them after ``start_at_layer``, with one
+    plain torch hook on the patched hook point: ``run_with_hooks`` would add and remove hooks on every hook
+    point of the model for each block, which costs as much as a short block itself."""
     resid = bucket.target_resid[int(rows.layer[0])][:0]
     joined = 0
+    last = model.cfg.n_layers - 1
     for layer in range(int(rows.layer[0]), model.cfg.n_layers):
-        hooks = []
+        block = model.blocks[layer]
         stop = int((rows.layer <= layer).sum())
+        prefix = _row_prefix(bucket, rows.member[:stop], layer)
+        if stop == joined and layer == last and resid.shape[1] > 1 and _keys_values_separate(model):
+            resid = _read_off_block(block, resid, prefix)
+            continue
+        handle = None
         if stop > joined:
             new = rows[joined:stop]
             resid = torch.cat([resid, bucket.target_resid[layer][new.member]])
-            patch = bucket.source_acts[layer][new.member, new.at]
-            hooks = [(f"blocks.{layer}.{site.hook}", _patch_hook(site, joined, new.at, patch))]
+            patch = _patch_hook(site, joined, new.at, bucket.source_acts[layer][new.member, new.at])
+            handle = block.get_submodule(site.hook).register_forward_hook(patch)
             joined = stop
-        resid = model.run_with_hooks(
-            resid,
-            start_at_layer=layer,
-            stop_at_layer=layer + 1,
-            past_kv_cache=_row_prefix(bucket, rows.member[:joined], layer),
-            fwd_hooks=hooks,
-        )
-    read = resid[:, bucket.end - bucket.split]
-    return logit_diff_from_resid(model, read, bucket.answer[rows.member], bucket.foil[rows.member]).float()
+        try:
+            resid = block(resid, past_kv_cache_entry=prefix)
+        finally:
+            if handle is not None:
+                handle.remove()
+    return logit_diff_from_resid(model, resid[:, -1], bucket.answer[rows.member], bucket.foil[rows.member]).float()
+
+
+# Configurations whose attention takes keys and values from ``ln1(resid)`` through ``calculate_qkv_matrices``
+# straight into the key/value cache (see AbstractAttention.forward and TransformerBlock.forward in
+# transformer_lens 3.9); the others run the last block in full.
+_QK_NORM_IN_FORWARD = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def _keys_values_separate(model: HookedTransformer) -> bool:
+    cfg = model.cfg
+    return not (
+        cfg.use_attn_in
+        or cfg.use_split_qkv_input
+        or cfg.clip_qkv is not None
+        or cfg.original_architecture in POST_NORM_ARCHITECTURES
+        or cfg.original_architecture in _QK_NORM_IN_FORWARD
+    )
+
+
+def _read_off_block(
+    block: TransformerBlock, resid: Float[Tensor, "row pos d_model"], prefix: TransformerLensKeyValueCacheEntry | None
+) -> Float[Tensor, "row 1 d_model"]:
+    """The last block at the read-off (last) position only. Upstream of it the other positions matter to the
+    metric only as keys and values, so they get ``ln1`` and the key/value projection, and no attention output
+    or MLP: about one layer less per patched run."""
+    context = block.ln1(resid[:, :-1])
+    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], context, context)
+    if prefix is not None:
+        keys, values = torch.cat([prefix.past_keys, keys], 1), torch.cat([prefix.past_values, values], 1)
+    entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
+    return block(resid[:, -1:], past_kv_cache_entry=entry)
 
 
 def _patch_hook(site: Site, first_row: int, at: Int[Tensor, " new"], patch: Tensor):
-    """Row ``first_row + i`` gets ``patch[i]`` at variant ``at[i]``; earlier rows (patched upstream) pass as they are."""
+    """A forward hook giving row ``first_row + i`` ``patch[i]`` at variant ``at[i]``; earlier rows (patched
+    upstream) pass as they are."""
     rows = first_row + torch.arange(len(at))
 
-    def hook(activation: Tensor, hook) -> Tensor:
+    def hook(module, inputs, activation: Tensor) -> Tensor:
         activation.movedim(site.variant_axis, 1)[rows, at] = patch
         return activation
 
     return hook
 
 
-def _row_prefix(bucket: _Bucket, members: Int[Tensor, " row"], layer: int) -> TransformerLensKeyValueCache | None:
-    """The prefix keys and values of ``layer``, one copy per row; a one-block run reads no other layer's entry,
-    so those are passed through untouched."""
+def _row_prefix(bucket: _Bucket, members: Int[Tensor, " row"], layer: int) -> TransformerLensKeyValueCacheEntry | None:
+    """The target run's keys and values of ``layer`` before ``split``, one copy per row."""
     if bucket.prefix is None:
         return None
-    entries = list(bucket.prefix.entries)
-    entry = entries[layer]
-    entries[layer] = TransformerLensKeyValueCacheEntry(entry.past_keys[members], entry.past_values[members], frozen=True)
-    return TransformerLensKeyValueCache(entries, bucket.prefix.previous_attention_mask[members], frozen=True)
+    keys, values = bucket.prefix[layer]
+    return TransformerLensKeyValueCacheEntry(keys[members], values[members], frozen=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

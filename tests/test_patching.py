@@ -75,13 +75,19 @@ def _transformer_lens_sweep(model: HookedTransformer, prompts: PromptSet, compon
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
 @pytest.mark.parametrize("component", list(TL_SWEEPS))
-def test_equals_transformer_lens_on_the_toy(toy_model: ToyModel, ragged: PromptSet, component: str, direction: str) -> None:
+@pytest.mark.parametrize("layers", [None, [0]], ids=["all-layers", "first-layer"])
+def test_equals_transformer_lens_on_the_toy(
+    toy_model: ToyModel, ragged: PromptSet, component: str, direction: str, layers: list[int] | None
+) -> None:
+    """All layers: some runs join at the last block, which then runs in full. Only the first layer: every run
+    reaches the last block already patched, which then computes the read-off position alone."""
     model = toy_model.model
     expected = _transformer_lens_sweep(model, ragged, component, direction)
-    result = patch_activations(model, ragged, component, direction, progress=False)
+    result = patch_activations(model, ragged, component, direction, layers=layers, progress=False)
     got = result.patched.mean(0)
     assert got.shape == expected.shape  # [layer, head] or [layer, pos]
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    swept = slice(None) if layers is None else layers
+    torch.testing.assert_close(got[swept], expected[swept], atol=1e-4, rtol=0)
     baseline = ragged.corrupt if direction == "denoising" else ragged.clean
     with torch.no_grad():
         torch.testing.assert_close(result.baseline.mean(), _mean_logit_diff(model(baseline), ragged), atol=1e-4, rtol=0)
@@ -248,10 +254,14 @@ def test_head_outputs_equal_transformer_lens_on_real_models(name: str, request: 
     model: HookedTransformer = request.getfixturevalue(name)
     prompts = tasks.ioi(model, 3)
     last_layer, last_head = model.cfg.n_layers - 1, model.cfg.n_heads - 1
-    cells = [(0, 0), (0, last_head), (last_layer // 2, 1), (last_layer, 0), (last_layer, last_head)]
-    expected = _transformer_lens_cells(model, prompts, "z", cells)
-    got = patch_activations(model, prompts, "z", cells=cells, progress=False)
-    torch.testing.assert_close(torch.stack([got.patched[:, layer, head].mean() for layer, head in cells]), expected, atol=1e-4, rtol=0)
+    upstream = [(0, 0), (0, last_head), (last_layer // 2, 1)]  # the last block runs at the read-off position only
+    last = [(last_layer, 0), (last_layer, last_head)]  # runs joining at the last block run it in full
+    expected = _transformer_lens_cells(model, prompts, "z", upstream + last)
+    got = []
+    for cells in (upstream, last):
+        patched = patch_activations(model, prompts, "z", cells=cells, progress=False).patched
+        got += [patched[:, layer, head].mean() for layer, head in cells]
+    torch.testing.assert_close(torch.stack(got), expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.real
