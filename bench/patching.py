@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import time
 from functools import partial
 
@@ -73,14 +74,10 @@ def main() -> None:
     )
     rss_before = peak_rss_mb()
 
-    start = time.perf_counter()
-    ours = patch_activations(model, prompts, "z", memory_mb=args.memory_mb)
-    t_ours = time.perf_counter() - start
-    rss_ours = peak_rss_mb()
-
-    start = time.perf_counter()
-    attribution = attribute_heads(model, prompts)
-    t_attr = time.perf_counter() - start
+    def our_sweep():
+        start = time.perf_counter()
+        result = patch_activations(model, prompts, "z", memory_mb=args.memory_mb, progress=False)
+        return result, time.perf_counter() - start
 
     def transformerlens_sweep(tl_model):
         start = time.perf_counter()
@@ -91,8 +88,18 @@ def main() -> None:
             )
         return result, time.perf_counter() - start
 
+    # The machine's speed drifts over minutes: the kit's sweep runs before, between and after TransformerLens's
+    # two, and its median time is the one compared.
+    ours, t_first = our_sweep()
+    rss_ours = peak_rss_mb()
+    start = time.perf_counter()
+    attribution = attribute_heads(model, prompts)
+    t_attr = time.perf_counter() - start
     reference, t_tl = transformerlens_sweep(transformerlens_as_shipped(model))
+    t_between = our_sweep()[1]
     _, t_tl_relaid = transformerlens_sweep(model)
+    t_last = our_sweep()[1]
+    t_ours = statistics.median([t_first, t_between, t_last])
 
     difference = (ours.patched.mean(0) - reference).abs().max().item()
     exact, estimate = ours.effect, attribution
@@ -104,6 +111,7 @@ def main() -> None:
         f"  the same on the kit's re-laid-out weights          {t_tl_relaid:8.1f} s   {t_tl / t_tl_relaid:.1f}x faster\n"
         f"probes.patch_activations (z, denoising)              {t_ours:8.1f} s   {t_tl / t_ours:.1f}x faster "
         f"({t_tl_relaid / t_ours:.1f}x against re-laid-out TransformerLens)\n"
+        f"  median of three sweeps: {t_first:.1f} s, {t_between:.1f} s, {t_last:.1f} s (before, between, after)\n"
         f"  max |mean over prompts - TransformerLens| = {difference:.2e} (logits; baselines: clean "
         f"{ours.clean.mean():.2f}, corrupt {ours.corrupt.mean():.2f})\n"
         f"  peak RSS {rss_before:.0f} MB after loading, {rss_ours:.0f} MB after the sweep "
