@@ -168,7 +168,10 @@ def patch_activations(
     done = {layer: values for layer, values in done.items() if values is not None}
     remaining = [layer for layer in todo if layer not in done]
 
-    buckets = [_prepare_bucket(model, prompts, members, target, source, site, remaining) for members in _buckets(prompts)]
+    buckets = [
+        _prepare_bucket(model, prompts, members, end, split, target, source, site, remaining)
+        for members, end, split in _buckets(prompts)
+    ]
     target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
     for bucket in buckets:
         target_metric[bucket.members], source_metric[bucket.members] = bucket.target_metric, bucket.source_metric
@@ -319,13 +322,14 @@ class _Bucket:
     row_bytes: int  # rough memory of one patched run through one block
 
 
-def _buckets(prompts: PromptSet) -> list[Int[Tensor, " member"]]:
-    """Prompt indices grouped by (read-off position, first position where clean and corrupt differ)."""
+def _buckets(prompts: PromptSet) -> list[tuple[Int[Tensor, " member"], int, int]]:
+    """Prompt indices grouped by read-off position ``end`` and ``split``, the first position where clean and
+    corrupt differ (``end`` if they never do before it), as ``(members, end, split)``."""
     positions = torch.arange(prompts.n_pos)
     differs = (prompts.clean != prompts.corrupt) & (positions <= prompts.end[:, None])
     first = torch.where(differs.any(1), differs.int().argmax(1), prompts.end)
     keys = torch.stack([prompts.end, first], 1)
-    return [torch.nonzero((keys == key).all(1))[:, 0] for key in keys.unique(dim=0)]
+    return [(torch.nonzero((keys == key).all(1))[:, 0], int(key[0]), int(key[1])) for key in keys.unique(dim=0)]
 
 
 @torch.no_grad()
@@ -333,16 +337,15 @@ def _prepare_bucket(
     model: HookedTransformer,
     prompts: PromptSet,
     members: Int[Tensor, " member"],
+    end: int,
+    split: int,
     target_tokens: Int[Tensor, "prompt pos"],
     source_tokens: Int[Tensor, "prompt pos"],
     site: Site,
     layers: list[int],
 ) -> _Bucket:
     """Run both sides once, caching what the patched runs start from and what they patch in."""
-    end = int(prompts.end[members[0]])
     target, source = target_tokens[members, : end + 1], source_tokens[members, : end + 1]
-    differs = (target != source).any(0)
-    split = int(differs.int().argmax()) if differs.any() else end
     n_layers = model.cfg.n_layers
     # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(members))
