@@ -2,7 +2,9 @@
 
 TransformerLens: ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` (one full forward pass with
 full logits per head; its metric is the batch mean of the logit difference), timed twice: on the model as
-TransformerLens ships it (the baseline) and on the kit's re-laid-out weights (what the re-layout alone gives).
+TransformerLens ships it (the baseline), and with the kit's kernel-level levers (re-laid-out weights and oneDNN's
+linear, ``probes.kernels``), which splits the kit's speed-up into what faster kernels give and what the sweep
+skips. The float32 matrix-product rates of MKL and oneDNN on a block's MLP shape are printed too.
 The kit: ``probes.patch_activations`` (per-prompt values; their mean over prompts is compared with
 TransformerLens's number for every head). Then attribution patching: its time, and its Pearson r and top-10
 overlap with the exact sweep.
@@ -31,6 +33,7 @@ from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 import probes
 from probes import models, tasks
 from probes.attribution import attribute_heads
+from probes.kernels import onednn_linear
 from probes.patching import patch_activations
 from probes.prompts import PromptSet
 
@@ -49,6 +52,22 @@ def top(scores: torch.Tensor, k: int) -> set[tuple[int, int]]:
     """The k heads with the largest |score|, as (layer, head)."""
     n_heads = scores.shape[-1]
     return {divmod(int(i), n_heads) for i in scores.abs().flatten().argsort(descending=True)[:k]}
+
+
+def linear_gflops(kernel_on: bool, rows: int, d_in: int, d_out: int, rounds: int = 5, repeats: int = 20) -> float:
+    """float32 rate of ``F.linear`` at one shape, with torch's default kernel or oneDNN's: the best of a few
+    rounds, since the machine's speed drifts."""
+    x, weight = torch.randn(rows, d_in), torch.randn(d_out, d_in)
+    best = float("inf")
+    with onednn_linear(kernel_on):
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                torch.nn.functional.linear(x, weight)
+            best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * rows * d_in * d_out / best / 1e9
 
 
 def main() -> None:
@@ -97,9 +116,13 @@ def main() -> None:
     t_attr = time.perf_counter() - start
     reference, t_tl = transformerlens_sweep(transformerlens_as_shipped(model))
     t_between = our_sweep()[1]
-    _, t_tl_relaid = transformerlens_sweep(model)
+    with onednn_linear():
+        _, t_tl_kernels = transformerlens_sweep(model)
     t_last = our_sweep()[1]
     t_ours = statistics.median([t_first, t_between, t_last])
+
+    mlp_shape = (len(prompts) * cfg.n_heads * 5, cfg.d_model, cfg.d_mlp)  # one layer of runs x ~5 positions
+    rate_default, rate_onednn = linear_gflops(False, *mlp_shape), linear_gflops(True, *mlp_shape)
 
     difference = (ours.patched.mean(0) - reference).abs().max().item()
     exact, estimate = ours.effect, attribution
@@ -108,9 +131,10 @@ def main() -> None:
     overlap = len(top(exact.mean(0), 10) & top(estimate.mean(0), 10))
     print(
         f"TransformerLens get_act_patch_attn_head_out_all_pos  {t_tl:8.1f} s   (TransformerLens as shipped)\n"
-        f"  the same on the kit's re-laid-out weights          {t_tl_relaid:8.1f} s   {t_tl / t_tl_relaid:.1f}x faster\n"
+        f"  the same with the kit's kernels                    {t_tl_kernels:8.1f} s   {t_tl / t_tl_kernels:.1f}x faster "
+        f"(re-laid-out weights, oneDNN linear)\n"
         f"probes.patch_activations (z, denoising)              {t_ours:8.1f} s   {t_tl / t_ours:.1f}x faster "
-        f"({t_tl_relaid / t_ours:.1f}x against re-laid-out TransformerLens)\n"
+        f"({t_tl_kernels / t_ours:.1f}x against TransformerLens with the kit's kernels)\n"
         f"  median of three sweeps: {t_first:.1f} s, {t_between:.1f} s, {t_last:.1f} s (before, between, after)\n"
         f"  max |mean over prompts - TransformerLens| = {difference:.2e} (logits; baselines: clean "
         f"{ours.clean.mean():.2f}, corrupt {ours.corrupt.mean():.2f})\n"
@@ -119,6 +143,8 @@ def main() -> None:
         f"probes.attribute_heads                               {t_attr:8.1f} s   {t_tl / t_attr:.0f}x faster than TL\n"
         f"  vs exact effects: Pearson r {r_heads:.3f} over head means, {r_prompts:.3f} over (prompt, head); "
         f"top-10 heads shared {overlap}/10\n"
+        f"float32 linear, {mlp_shape[0]}x{mlp_shape[1]}x{mlp_shape[2]}: torch's default {rate_default:.0f} GFLOP/s, "
+        f"oneDNN {rate_onednn:.0f} GFLOP/s\n"
         f"load average at the end {os.getloadavg()[0]:.1f}"
     )
 

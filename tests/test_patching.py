@@ -4,6 +4,7 @@ Ground truth: the toy's planted heads (the antecedent head carries the answer th
 decoy attends the same way with a zero OV circuit), and ``transformer_lens.patching`` run on the same prompts.
 """
 
+import threading
 from functools import partial
 
 import pandas as pd
@@ -191,8 +192,13 @@ def test_wrong_component_or_no_prompts(toy_model: ToyModel, pronouns: PromptSet)
 def test_interrupted_sweep_resumes_where_it_stopped(
     toy_model: ToyModel, pronouns: PromptSet, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One worker, so that which layers ran before the kill is deterministic."""
     model = toy_model.model
     uninterrupted = patch_activations(model, pronouns, "z", progress=False)
+
+    def sweep(model: HookedTransformer, prompts: PromptSet) -> patching.PatchingResult:
+        return patch_activations(model, prompts, "z", checkpoint_dir=tmp_path, progress=False, workers=1)
+
     monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)  # one layer per window, so a kill can fall between layers
     real_window = patching._patch_window
     computed: list[int] = []
@@ -205,7 +211,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
 
     monkeypatch.setattr(patching, "_patch_window", killed_at_layer_1)
     with pytest.raises(KeyboardInterrupt):
-        patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False)
+        sweep(model, pronouns)
     (sweep_dir,) = tmp_path.iterdir()
     assert [p.name for p in sweep_dir.iterdir()] == ["layer000.safetensors"]  # no half-written file
     with safe_open(str(sweep_dir / "layer000.safetensors"), framework="pt") as f:
@@ -217,21 +223,65 @@ def test_interrupted_sweep_resumes_where_it_stopped(
 
     monkeypatch.setattr(patching, "_patch_window", counting)
     computed.clear()
-    resumed = patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False)
+    resumed = sweep(model, pronouns)
     assert computed == [1]  # layer 0 came from the checkpoint
     torch.testing.assert_close(resumed.patched, uninterrupted.patched, atol=1e-6, rtol=0)
 
     computed.clear()
-    patch_activations(model, pronouns.subset(slice(0, 4)), "z", checkpoint_dir=tmp_path, progress=False)
+    sweep(model, pronouns.subset(slice(0, 4)))
     assert computed == [0, 1]  # other prompts, other fingerprint: nothing reused
     computed.clear()
-    patch_activations(build(seed=5).model, pronouns, "z", checkpoint_dir=tmp_path, progress=False)
+    sweep(build(seed=5).model, pronouns)
     assert computed == [0, 1]  # other weights: nothing reused
     (sweep_dir / "layer001.safetensors").write_bytes(b"truncated")
     computed.clear()
-    again = patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False)
+    again = sweep(model, pronouns)
     assert computed == [1]  # an unreadable layer is recomputed
     torch.testing.assert_close(again.patched, uninterrupted.patched, atol=1e-6, rtol=0)
+
+
+def test_parallel_workers_give_the_same_numbers(toy_model: ToyModel, ragged: PromptSet, monkeypatch) -> None:
+    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)  # more (window, bucket) jobs than workers
+    for component in ("z", "pattern", "resid_pre"):
+        one = patch_activations(toy_model.model, ragged, component, progress=False, workers=1)
+        three = patch_activations(toy_model.model, ragged, component, progress=False, workers=3)
+        torch.testing.assert_close(three.patched, one.patched, atol=1e-6, rtol=0)
+
+
+def test_a_patch_hook_acts_only_in_the_thread_that_made_it() -> None:
+    """Workers run the same hook point at once: each must see only its own patch."""
+    site = patching.SITES["z"]
+    hook = patching._patch_hook(site, 0, torch.tensor([1]), torch.ones(1, 3, 4))
+    elsewhere = torch.zeros(1, 3, 2, 4)  # [row, pos, head, d_head]
+    worker = threading.Thread(target=hook, args=(None, (), elsewhere))
+    worker.start()
+    worker.join()
+    assert not elsewhere.any()
+    here = hook(None, (), torch.zeros(1, 3, 2, 4))
+    assert (here[:, :, 1] == 1).all() and not here[:, :, 0].any()
+
+
+def test_a_failing_worker_stops_the_sweep_and_keeps_finished_layers(
+    toy_model: ToyModel, pronouns: PromptSet, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = toy_model.model
+    uninterrupted = patch_activations(model, pronouns, "z", progress=False)
+    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)
+    real_window = patching._patch_window
+
+    def failing_at_layer_1(model, bucket, site, window, *args):
+        if window == [1]:
+            raise MemoryError("out of memory in a worker")
+        return real_window(model, bucket, site, window, *args)
+
+    monkeypatch.setattr(patching, "_patch_window", failing_at_layer_1)
+    with pytest.raises(MemoryError, match="in a worker"):
+        patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
+    (sweep_dir,) = tmp_path.iterdir()
+    assert [p.name for p in sweep_dir.iterdir()] == ["layer000.safetensors"]  # finished by the other worker
+    monkeypatch.setattr(patching, "_patch_window", real_window)
+    resumed = patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
+    torch.testing.assert_close(resumed.patched, uninterrupted.patched, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
