@@ -50,9 +50,7 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import (
-    TransformerLensKeyValueCacheEntry,
-)
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.components import TransformerBlock
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
@@ -68,6 +66,8 @@ CHECKPOINT_FORMAT = 1
 # a sweep then makes ~4x fewer block calls than layer by layer, while a window still finishes (and is
 # checkpointed) every few layers.
 WINDOW_LAYERS = 5
+# Worker threads by default on CPU: one per torch thread, up to this many (more mostly wait for the interpreter lock).
+MAX_AUTO_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,7 @@ def patch_activations(
     most 4; 1 elsewhere).
     """
     site = _check_inputs(model, prompts, component, direction, memory_mb)
+    n_workers = _n_workers(model, workers)
     n_index = int(prompts.end.max()) + 1 if site.per_position else _n_heads(model, component)
     todo = _cells_by_layer(model, component, n_index, layers, cells)
     target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
@@ -198,8 +199,7 @@ def patch_activations(
     patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
     for layer, values in done.items():
         patched[:, layer, todo[layer]] = values
-    n_workers = _n_workers(model, workers)
-    budget = memory_mb * 2**20 / n_workers
+    budget = memory_mb * 2**20 / n_workers  # each worker's batches
     windows = _windows(remaining, todo, buckets, budget)
     bar = tqdm(
         total=len(todo),
@@ -490,13 +490,10 @@ def _patch_window(
             values[layer][bucket.members[batch.member[mine]], batch.column[mine]] = metric[mine]
 
 
-MAX_AUTO_WORKERS = 4  # more Python threads mostly wait for the interpreter lock
-
-
 def _n_workers(model: HookedTransformer, workers: int | None) -> int:
     if workers is not None:
-        if workers < 1:
-            raise ProbesError(f"workers must be at least 1, got {workers}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ProbesError(f"workers must be a whole number of at least 1, got {workers!r}")
         return workers
     on_cpu = torch.device(model.cfg.device).type == "cpu"
     return min(torch.get_num_threads(), MAX_AUTO_WORKERS) if on_cpu else 1

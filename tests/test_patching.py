@@ -187,6 +187,8 @@ def test_wrong_component_or_no_prompts(toy_model: ToyModel, pronouns: PromptSet)
         patch_resid(toy_model.model, pronouns, "z")
     with pytest.raises(ProbesError, match="empty"):
         patch_heads(toy_model.model, pronouns.subset([]))
+    with pytest.raises(ProbesError, match="workers"):
+        patch_heads(toy_model.model, pronouns, workers=0)
 
 
 def test_interrupted_sweep_resumes_where_it_stopped(
