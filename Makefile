@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference
 	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 16 --out reports/demo-previous-token
 
-# Each benchmark times TransformerLens and the kit in the same run and prints the ratio (~15 min in all).
+# Each benchmark times TransformerLens and the kit in the same run and prints the ratio (~12 min in all).
 bench: setup
 	$(PY) bench/forward.py
 	$(PY) bench/patching.py

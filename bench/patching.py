@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--corruption", default="flip_s2", choices=tasks.IOI_CORRUPTIONS,
                         help="flip_s2: only S2 changes (TransformerLens's demo pairs); abc: all names fresh")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--memory-mb", type=float, default=1024.0, help="the kit's memory budget per batch")
+    parser.add_argument("--memory-mb", type=float, default=1024.0, help="the kit's memory budget for the batches in flight")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,7 +18,7 @@ of the cost, because every patched run skips work that cannot change its result:
    as keys and values), and each run stops at the final residual stream, projected on the answer and foil
    unembedding columns (:mod:`probes.metrics`): no full-vocabulary logits.
 5. **Use the faster float32 kernel.** Linear layers run on oneDNN where this torch has it
-   (:mod:`probes.kernels`): the same products, about twice as fast as MKL's on AMD CPUs.
+   (:mod:`probes.kernels`): the same products, about twice as fast as MKL's on this project's AMD CPU.
 6. **Run batches side by side.** Worker threads each take a batch of patched runs with a share of torch's
    threads. A batch is short sequences, so much of its time goes to Python and small element-wise kernels
    that one thread runs as well as two: on two cores two single-threaded workers beat one two-threaded run.
@@ -30,8 +30,10 @@ keyed by a fingerprint of the model, the prompts and the sweep, and a rerun with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import numbers
 import os
 import tempfile
 import threading
@@ -167,11 +169,11 @@ def patch_activations(
     ``layers`` restricts the sweep to some layers, ``cells`` to explicit ``(layer, head-or-position)`` pairs
     (what a screen-then-verify pass re-checks); the rest of ``patched`` is NaN. Grouped-query models patch a
     key/value head for ``k``/``v``: the index axis then has ``n_key_value_heads`` entries and
-    ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of one batch
-    of patched runs; ``checkpoint_dir`` makes an interrupted sweep resume where it stopped. ``onednn=False``
-    keeps torch's default matrix-product kernel (:func:`probes.kernels.onednn_linear`). ``workers`` threads
-    share the batches, each with an equal share of torch's threads (default on CPU: one per torch thread, at
-    most 4; 1 elsewhere).
+    ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of the batches
+    of patched runs in flight (each worker's batches get an equal share); ``checkpoint_dir`` makes an interrupted
+    sweep resume where it stopped. ``onednn=False`` keeps torch's default matrix-product kernel
+    (:func:`probes.kernels.onednn_linear`). ``workers`` threads share the batches, each with an equal share of
+    torch's threads (default on CPU: one per torch thread, at most 4; see :func:`_n_workers`).
     """
     site = _check_inputs(model, prompts, component, direction, memory_mb)
     n_workers = _n_workers(model, workers)
@@ -208,8 +210,9 @@ def patch_activations(
         unit="layer",
         disable=None if progress else True,
     )
-    with bar:
-        for window, values in _sweep(model, buckets, site, windows, todo, budget, n_workers, onednn, len(prompts)):
+    sweep = _sweep(model, buckets, site, windows, todo, budget, n_workers, onednn, len(prompts))
+    with bar, contextlib.closing(sweep):
+        for window, values in sweep:
             for layer in window:
                 if checkpoint:
                     checkpoint.save(layer, values[layer])
@@ -475,14 +478,18 @@ def _patch_window(
     todo: dict[int, list[int]],
     values: dict[int, Float[Tensor, "prompt index"]],
     budget: float,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Fill ``values`` for this bucket's prompts, one batch of patched runs per memory budget."""
+    """Fill ``values`` for this bucket's prompts, one batch of patched runs per memory budget; once ``stop``
+    is set, give up before the next batch."""
     if site.per_position:  # patches that cannot change the metric leave the run patched into as it was
         for layer in window:
             values[layer][bucket.members] = bucket.target_metric[:, None]
     rows = _window_rows(bucket, site, window, todo)
     per_batch = max(1, int(budget // bucket.row_bytes))
     for start in range(0, len(rows), per_batch):
+        if stop is not None and stop.is_set():
+            raise _Stopped
         batch = rows[start : start + per_batch]
         metric = _staggered_run(model, bucket, site, batch)
         for layer in batch.layer.unique().tolist():
@@ -491,12 +498,23 @@ def _patch_window(
 
 
 def _n_workers(model: HookedTransformer, workers: int | None) -> int:
+    """The requested workers, or the default: one per torch thread up to ``MAX_AUTO_WORKERS`` on CPU, else one.
+    Also one where the caller's thread state would not reach worker threads (autocast, torch function modes),
+    and for Qwen's dynamic NTK rotary, whose table TransformerLens rebuilds inside forward."""
     if workers is not None:
-        if not isinstance(workers, int) or workers < 1:
+        if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
             raise ProbesError(f"workers must be a whole number of at least 1, got {workers!r}")
-        return workers
-    on_cpu = torch.device(model.cfg.device).type == "cpu"
-    return min(torch.get_num_threads(), MAX_AUTO_WORKERS) if on_cpu else 1
+        return int(workers)
+    device = torch.device(model.cfg.device).type
+    if device != "cpu" or model.cfg.use_dynamic_ntk_rope or torch.is_autocast_enabled(device):
+        return 1
+    if torch.overrides._get_current_function_mode_stack():
+        return 1
+    return min(torch.get_num_threads(), MAX_AUTO_WORKERS)
+
+
+class _Stopped(Exception):
+    """A worker gave up its job because the sweep is ending."""
 
 
 def _sweep(
@@ -510,14 +528,20 @@ def _sweep(
     onednn: bool,
     n_prompts: int,
 ) -> Iterator[tuple[list[int], dict[int, Float[Tensor, "prompt index"]]]]:
-    """Each window with its values, as soon as every bucket of it is done. With several workers, (window,
-    bucket) jobs run on that many threads, torch's threads split among them. A failing job cancels the jobs not
-    yet started; windows finished by the others are still yielded (and so checkpointed), then the error is raised."""
+    """Each window with its values, as soon as every bucket of it is done.
+
+    With several workers, (window, bucket) jobs run on that many threads, torch's threads split among them.
+    Worker threads start after every bucket ran at full length on this thread, so caches TransformerLens fills
+    inside forward (rotary, alibi) are already complete. A failing job cancels the jobs not yet started; windows
+    finished by the others are still yielded (and so checkpointed), then the error is raised. Leaving early
+    (Ctrl-C, an error of the caller) stops running jobs at their next batch.
+    """
     values = {id(window): {layer: torch.empty(n_prompts, len(todo[layer])) for layer in window} for window in windows}
+    stop = threading.Event()
 
     def job(window: list[int], bucket: _Bucket) -> list[int]:
         with onednn_linear(onednn):  # torch function modes are per thread
-            _patch_window(model, bucket, site, window, todo, values[id(window)], budget)
+            _patch_window(model, bucket, site, window, todo, values[id(window)], budget, stop)
         return window
 
     if workers == 1:
@@ -547,6 +571,7 @@ def _sweep(
                     if not left[id(window)]:
                         yield window, values.pop(id(window))
             finally:
+                stop.set()
                 for future in futures:
                     future.cancel()
             if failure is not None:

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from transformer_lens import HookedTransformer
 
 from probes import patching, tasks
+from probes.kernels import onednn_linear
 from probes.errors import ProbesError
 from probes.patching import kv_groups, patch_activations, patch_heads, patch_resid
 from probes.prompts import PromptSet
@@ -263,6 +264,32 @@ def test_a_patch_hook_acts_only_in_the_thread_that_made_it() -> None:
     assert (here[:, :, 1] == 1).all() and not here[:, :, 0].any()
 
 
+def test_default_workers_follow_torch_threads_except_where_thread_state_would_be_lost(toy_model: ToyModel) -> None:
+    model = toy_model.model
+    assert patching._n_workers(model, None) == min(torch.get_num_threads(), patching.MAX_AUTO_WORKERS)
+    assert patching._n_workers(model, 3) == 3
+    with torch.autocast("cpu"):
+        assert patching._n_workers(model, None) == 1  # autocast would not reach worker threads
+    with onednn_linear():
+        assert patching._n_workers(model, None) == 1  # nor would a torch function mode
+
+
+def test_an_error_of_the_caller_stops_the_workers(
+    toy_model: ToyModel, pronouns: PromptSet, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)
+    threads = torch.get_num_threads()
+
+    def disk_full(self, layer, values):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(patching._Checkpoint, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        patch_activations(toy_model.model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("probes-patching")]
+    assert torch.get_num_threads() == threads
+
+
 def test_a_failing_worker_stops_the_sweep_and_keeps_finished_layers(
     toy_model: ToyModel, pronouns: PromptSet, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,6 +304,8 @@ def test_a_failing_worker_stops_the_sweep_and_keeps_finished_layers(
         return real_window(model, bucket, site, window, *args)
 
     monkeypatch.setattr(patching, "_patch_window", failing_at_layer_1)
+    # Jobs start in submission order, so layer 0's jobs are running or done when layer 1's fails; the toy has
+    # no layer 2 whose job could slip in before the cancel.
     with pytest.raises(MemoryError, match="in a worker"):
         patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
     (sweep_dir,) = tmp_path.iterdir()
