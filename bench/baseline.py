@@ -1,4 +1,4 @@
-"""What the benchmarks compare against: TransformerLens as shipped.
+"""What the benchmarks share: the baseline they compare against (TransformerLens as shipped) and the timer.
 
 The kit's models have their weights re-laid out (probes.layout), which TransformerLens's own functions also
 profit from. A fair baseline is the same model and weights in TransformerLens's own layout, as a TransformerLens
@@ -8,6 +8,9 @@ user has them.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
+from collections.abc import Callable
 
 from transformer_lens import HookedTransformer
 
@@ -18,3 +21,14 @@ def transformerlens_as_shipped(model: HookedTransformer) -> HookedTransformer:
     for param in plain.parameters():
         param.data = param.data.contiguous()
     return plain
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call: the machine's speed drifts."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

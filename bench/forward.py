@@ -8,30 +8,18 @@ and weights before the re-layout, so the ratio isolates that change. Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from baseline import transformerlens_as_shipped  # noqa: E402
+from baseline import seconds_per_call, transformerlens_as_shipped  # noqa: E402
 from conftest import IOI_PROMPTS  # noqa: E402  (the 8 prompts the logit-equality test uses)
 
 import probes  # noqa: E402
 from probes import models  # noqa: E402
 from probes.io import atomic_dir  # noqa: E402
-
-
-def seconds_per_call(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hf_model(name: str):

@@ -27,7 +27,7 @@ from functools import partial
 
 import numpy as np
 import torch
-from baseline import transformerlens_as_shipped
+from baseline import seconds_per_call, transformerlens_as_shipped
 from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
 import probes
@@ -54,20 +54,12 @@ def top(scores: torch.Tensor, k: int) -> set[tuple[int, int]]:
     return {divmod(int(i), n_heads) for i in scores.abs().flatten().argsort(descending=True)[:k]}
 
 
-def linear_gflops(kernel_on: bool, rows: int, d_in: int, d_out: int, rounds: int = 5, repeats: int = 20) -> float:
-    """float32 rate of ``F.linear`` at one shape, with torch's default kernel or oneDNN's: the best of a few
-    rounds, since the machine's speed drifts."""
+def linear_gflops(kernel_on: bool, rows: int, d_in: int, d_out: int, repeats: int = 100) -> float:
+    """float32 rate of ``F.linear`` at one shape, with torch's default kernel or oneDNN's."""
     x, weight = torch.randn(rows, d_in), torch.randn(d_out, d_in)
-    best = float("inf")
     with onednn_linear(kernel_on):
-        for _ in range(3):
-            torch.nn.functional.linear(x, weight)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                torch.nn.functional.linear(x, weight)
-            best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * rows * d_in * d_out / best / 1e9
+        seconds = seconds_per_call(lambda: torch.nn.functional.linear(x, weight), repeats)
+    return 2 * rows * d_in * d_out / seconds / 1e9
 
 
 def main() -> None:

@@ -536,26 +536,26 @@ def _sweep(
     finished by the others are still yielded (and so checkpointed), then the error is raised. Leaving early
     (Ctrl-C, an error of the caller) stops running jobs at their next batch.
     """
-    values = {id(window): {layer: torch.empty(n_prompts, len(todo[layer])) for layer in window} for window in windows}
+    values = [{layer: torch.empty(n_prompts, len(todo[layer])) for layer in window} for window in windows]
     stop = threading.Event()
 
-    def job(window: list[int], bucket: _Bucket) -> list[int]:
+    def job(w: int, bucket: _Bucket) -> int:
         with onednn_linear(onednn):  # torch function modes are per thread
-            _patch_window(model, bucket, site, window, todo, values[id(window)], budget, stop)
-        return window
+            _patch_window(model, bucket, site, windows[w], todo, values[w], budget, stop)
+        return w
 
     if workers == 1:
-        for window in windows:
+        for w, window in enumerate(windows):
             for bucket in buckets:
-                job(window, bucket)
-            yield window, values.pop(id(window))
+                job(w, bucket)
+            yield window, values[w]
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // workers))
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="probes-patching") as pool:
-            futures = [pool.submit(job, window, bucket) for window in windows for bucket in buckets]
-            left = {id(window): len(buckets) for window in windows}
+            futures = [pool.submit(job, w, bucket) for w in range(len(windows)) for bucket in buckets]
+            left = [len(buckets)] * len(windows)  # jobs of each window still running or queued
             failure = None
             try:
                 for future in as_completed(futures):
@@ -566,10 +566,10 @@ def _sweep(
                         for pending in futures:
                             pending.cancel()
                         continue
-                    window = future.result()
-                    left[id(window)] -= 1
-                    if not left[id(window)]:
-                        yield window, values.pop(id(window))
+                    w = future.result()
+                    left[w] -= 1
+                    if not left[w]:
+                        yield windows[w], values[w]
             finally:
                 stop.set()
                 for future in futures:

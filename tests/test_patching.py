@@ -15,8 +15,8 @@ from safetensors import safe_open
 from transformer_lens import HookedTransformer
 
 from probes import patching, tasks
-from probes.kernels import onednn_linear
 from probes.errors import ProbesError
+from probes.kernels import onednn_linear
 from probes.patching import kv_groups, patch_activations, patch_heads, patch_resid
 from probes.prompts import PromptSet
 from probes.toy import FILLERS, ToyModel, build, pronoun_prompts, repeated_prompts
