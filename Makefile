@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser test test-fast demo bench clean
+.PHONY: setup browser layers test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,14 @@ browser:
 	  echo "installing Debian's chromium for the report browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# The pipeline's layers (pyproject.toml [tool.importlinter]): no module imports a later stage.
+layers: setup
+	$(VENV)/bin/lint-imports
+
+test: setup browser layers
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup layers
 	$(PY) -m pytest -q -m "not real"
 
 # The default analysis: coreference in Gemma-3-270m, then previous-token heads and induction; prints report paths.

@@ -33,7 +33,7 @@ def _rss_mb() -> float:
 
 def child(n: int, batch_size: int) -> dict:
     import probes
-    from probes.tasks import pronoun_resolution
+    from probes.prompts.tasks import pronoun_resolution
 
     model = probes.load_model("smollm2-135m")
     prompts = pronoun_resolution(model, n, seed=0)

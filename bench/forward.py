@@ -18,8 +18,8 @@ from baseline import seconds_per_call, transformerlens_as_shipped  # noqa: E402
 from conftest import IOI_PROMPTS  # noqa: E402  (the 8 prompts the logit-equality test uses)
 
 import probes  # noqa: E402
-from probes import models  # noqa: E402
-from probes.io import atomic_dir  # noqa: E402
+from probes.models import loading as models  # noqa: E402
+from probes.core.io import atomic_dir  # noqa: E402
 
 
 def hf_model(name: str):

@@ -31,11 +31,12 @@ from baseline import seconds_per_call, transformerlens_as_shipped
 from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
 import probes
-from probes import models, tasks
-from probes.attribution import attribute_heads
-from probes.kernels import onednn_linear
-from probes.patching import patch_activations
-from probes.prompts import PromptSet
+from probes import tasks
+from probes.models import loading as models
+from probes.evidence.attribution import attribute_heads
+from probes.models.kernels import onednn_linear
+from probes.evidence.patching import patch_activations
+from probes.prompts.promptset import PromptSet
 
 
 def peak_rss_mb() -> float:

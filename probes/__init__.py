@@ -8,39 +8,53 @@ from __future__ import annotations
 
 import importlib
 
-from probes.errors import ProbesError
+from probes.core.errors import ProbesError
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "probes.models",
-    "PromptSet": "probes.prompts",
-    "role_attention": "probes.attention",
-    "norm_weighted_attention": "probes.attention",
-    "head_scores": "probes.attention",
-    "head_score_samples": "probes.attention",
-    "patch_heads": "probes.patching",
-    "patch_resid": "probes.patching",
-    "patch_activations": "probes.patching",
-    "PatchingResult": "probes.patching",
-    "kv_groups": "probes.patching",
-    "attribute_heads": "probes.attribution",
-    "screen_then_verify": "probes.attribution",
-    "Screening": "probes.attribution",
-    "Activations": "probes.activations",
-    "harvest": "probes.activations",
-    "probe": "probes.probing",
-    "probe_activations": "probes.probing",
-    "antecedent_gender": "probes.probing",
-    "antecedent_identity": "probes.probing",
-    "previous_token_identity": "probes.probing",
-    "control_labels": "probes.probing",
-    "save_table": "probes.probing",
-    "Claim": "probes.claims",
-    "Thresholds": "probes.claims",
-    "evaluate": "probes.claims",
+    "load_model": "probes.models.loading",
+    "PromptSet": "probes.prompts.promptset",
+    "role_attention": "probes.evidence.attention",
+    "norm_weighted_attention": "probes.evidence.attention",
+    "head_scores": "probes.evidence.attention",
+    "head_score_samples": "probes.evidence.attention",
+    "behaviour": "probes.evidence.behaviour",
+    "patch_heads": "probes.evidence.patching",
+    "patch_resid": "probes.evidence.patching",
+    "patch_activations": "probes.evidence.patching",
+    "PatchingResult": "probes.evidence.patching",
+    "kv_groups": "probes.models.architecture",
+    "attribute_heads": "probes.evidence.attribution",
+    "screen_then_verify": "probes.evidence.attribution",
+    "Screening": "probes.evidence.attribution",
+    "Activations": "probes.evidence.activations",
+    "harvest": "probes.evidence.activations",
+    "probe": "probes.evidence.probing",
+    "probe_activations": "probes.evidence.probing",
+    "antecedent_gender": "probes.evidence.probing",
+    "antecedent_identity": "probes.evidence.probing",
+    "previous_token_identity": "probes.evidence.probing",
+    "control_labels": "probes.evidence.probing",
+    "save_table": "probes.evidence.probing",
+    "Claim": "probes.claims.types",
+    "Thresholds": "probes.claims.types",
+    "ClaimResult": "probes.claims.types",
+    "evaluate": "probes.claims.evaluation",
 }
-_SUBMODULES = ("tasks", "toy", "models", "prompts", "attention", "patching", "attribution", "activations",
-               "probing", "claims", "stats", "analysis", "results", "report")
+# short names for the stages' most used modules: ``probes.tasks``, ``probes.toy`` (the contract's names) ...
+_SUBMODULES = {
+    "tasks": "probes.prompts.tasks",
+    "toy": "probes.models.toy",
+    "models": "probes.models",
+    "prompts": "probes.prompts",
+    "evidence": "probes.evidence",
+    "patching": "probes.evidence.patching",
+    "probing": "probes.evidence.probing",
+    "claims": "probes.claims",
+    "stats": "probes.core.stats",
+    "run": "probes.run",
+    "report": "probes.report",
+}
 
 __all__ = ["ProbesError", *_EXPORTS, *_SUBMODULES]
 
@@ -49,7 +63,7 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     if name in _SUBMODULES:
-        return importlib.import_module(f"probes.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'probes' has no attribute '{name}'")
 
 

@@ -9,14 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from probes.errors import ProbesError
+from probes.core.errors import ProbesError
 
 EXIT_BAD_INPUT = 2
 
 
 def cmd_models(args: argparse.Namespace) -> None:
     """List the packaged models: cached or not, size on disk, licence."""
-    from probes.models import PACKAGED, cache_root, cache_status, cached_model_dir
+    from probes.models.cache import cache_root, cache_status, cached_model_dir
+    from probes.models.registry import PACKAGED
 
     rows = []
     for spec in PACKAGED.values():
@@ -36,8 +37,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run an analysis spec, write the run directory and its report, print a one-screen summary."""
     import time
 
-    from probes.analysis import AnalysisSpec, run_analysis
-    from probes.report import render
+    from probes.run.pipeline import run_analysis
+    from probes.run.spec import AnalysisSpec
+    from probes.report.render import render
 
     spec = AnalysisSpec.from_toml(args.analysis)
     for key in ("model", "prompts", "n", "seed"):
@@ -61,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Re-render a run directory's index.html from its results (no model needed)."""
-    from probes.report import render
+    from probes.report.render import render
 
     print(f"report: {render(args.run_dir)}")
 

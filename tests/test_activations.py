@@ -7,17 +7,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from probes import activations, tasks, toy
-from probes.activations import ALL_POSITIONS, Activations, ProbePoint, harvest
-from probes.errors import ProbesError
-from probes.prompts import PromptSet
+from probes import tasks, toy
+from probes.evidence import activations
+from probes.evidence.activations import ALL_POSITIONS, Activations, ProbePoint, harvest
+from probes.core.errors import ProbesError
+from probes.prompts.promptset import PromptSet
 
 N = 20
 
 
 @pytest.fixture(scope="module")
 def pronouns(toy_model: toy.ToyModel) -> PromptSet:
-    return toy.pronoun_prompts(toy_model, N, seed=4)
+    return tasks.pronoun_prompts(toy_model, N, seed=4)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ decoy's OV circuit is zero, so the gradient through its output is exactly zero.
 import pytest
 import torch
 
-from probes.attribution import attribute_heads, screen_then_verify
-from probes.errors import ProbesError
-from probes.patching import patch_activations
-from probes.prompts import PromptSet
-from probes.toy import ToyModel, pronoun_prompts
+from probes.evidence.attribution import attribute_heads, screen_then_verify
+from probes.core.errors import ProbesError
+from probes.evidence.patching import patch_activations
+from probes.prompts.promptset import PromptSet
+from probes.models.toy import ToyModel
+from probes.prompts.tasks import pronoun_prompts
 
 N = 8
 

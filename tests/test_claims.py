@@ -1,14 +1,21 @@
 """Verdicts on the planted toy model, where which head does what is known by construction."""
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from probes import toy
-from probes.claims import Claim, Thresholds, evaluate
+from probes import tasks
+from probes.claims.evaluation import evaluate
+from probes.claims.types import Claim, Thresholds
+
+# the tested measures and the alternative each is tested against (attention: does the head attend *more*;
+# effects: does patching move the answer either way)
+ALTERNATIVES = {"attention": "greater", "effect_z": "two-sided", "effect_pattern": "two-sided"}
 
 
 @pytest.fixture(scope="module")
 def pronoun_prompts(toy_model):
-    return toy.pronoun_prompts(toy_model, 24, seed=1)
+    return tasks.pronoun_prompts(toy_model, 24, seed=1)
 
 
 def _claim(head):
@@ -16,12 +23,14 @@ def _claim(head):
 
 
 def test_planted_antecedent_head_is_supported(toy_model, pronoun_prompts):
-    result = evaluate(toy_model.model, pronoun_prompts, _claim(toy_model.heads.antecedent))
+    layer, head = toy_model.heads.antecedent
+    result = evaluate(toy_model.model, pronoun_prompts, _claim((layer, head)))
     assert result.verdict == "supported"
     assert result.evidence["attention"].ci_low > 0.9
     assert result.evidence["effect_z"].ci_low > 0.9
     assert result.evidence["effect_pattern"].value > 0.9  # its pattern alone carries the answer
-    assert "head 1.1 attends from the pronoun to the antecedent" in result.sentence and result.sentence.endswith("supported")
+    assert f"head {layer}.{head} attends from the pronoun to the antecedent" in result.sentence
+    assert result.sentence.endswith("supported")
 
 
 def test_decoy_attends_but_changes_nothing(toy_model, pronoun_prompts):
@@ -39,20 +48,38 @@ def test_untouched_head_is_refuted(toy_model, pronoun_prompts, index):
 
 
 def test_three_prompts_are_inconclusive_not_confident(toy_model):
-    few = toy.pronoun_prompts(toy_model, 3)
+    few = tasks.pronoun_prompts(toy_model, 3)
     for head in (toy_model.heads.antecedent, toy_model.heads.decoy, toy_model.heads.untouched[0]):
         result = evaluate(toy_model.model, few, _claim(head))
         assert result.verdict == "inconclusive"
         assert "only 3 prompts" in result.sentence
 
 
-def test_deterministic_given_seed(toy_model, pronoun_prompts):
-    a = evaluate(toy_model.model, pronoun_prompts, _claim(toy_model.heads.untouched[1]), seed=3)
-    b = evaluate(toy_model.model, pronoun_prompts, _claim(toy_model.heads.untouched[1]), seed=3)
-    assert a.verdict == b.verdict and a.evidence == b.evidence
+def test_same_seed_same_result_and_another_seed_other_intervals(toy_model, pronoun_prompts):
+    claim = _claim(toy_model.heads.untouched[1])
+    a = evaluate(toy_model.model, pronoun_prompts, claim, seed=3)
+    b = evaluate(toy_model.model, pronoun_prompts, claim, seed=3)
+    c = evaluate(toy_model.model, pronoun_prompts, claim, seed=4)
+    assert a.verdict == b.verdict and a.sentence == b.sentence and a.evidence == b.evidence
+    # the seed drives the bootstrap only: the point estimates do not move, the intervals do -- each measure's
+    # whose prompts take more than two values (a 0/1 measure such as attends_fraction has so few possible
+    # resample means that its percentile interval can land on the same two under any seed)
+    assert {k: e.value for k, e in a.evidence.items()} == {k: e.value for k, e in c.evidence.items()}
+    resampled = [k for k, values in a.per_prompt.items() if len(np.unique(values)) > 2]
+    assert {"attention", "effect_z", "effect_pattern", "norm_attention"} <= set(resampled)
+    for name in [*resampled, "attention_effect_correlation"]:
+        before, after = a.evidence[name], c.evidence[name]
+        assert (before.ci_low, before.ci_high) != (after.ci_low, after.ci_high), name
 
 
-def test_find_the_heads_tests_every_head_with_correction(toy_model, pronoun_prompts):
+def test_gap_interval_follows_the_seed(toy_model, pronoun_prompts):
+    claim = _claim(toy_model.heads.antecedent)
+    a = evaluate(toy_model.model, pronoun_prompts, claim, seed=3).evidence["gap_logits"]
+    c = evaluate(toy_model.model, pronoun_prompts, claim, seed=4).evidence["gap_logits"]
+    assert a.value == c.value and (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+
+
+def test_find_the_heads_tests_every_head(toy_model, pronoun_prompts):
     result = evaluate(toy_model.model, pronoun_prompts, _claim(None))
     verdicts = {r.claim.head: r.verdict for r in result.heads}
     assert len(verdicts) == 8
@@ -60,12 +87,33 @@ def test_find_the_heads_tests_every_head_with_correction(toy_model, pronoun_prom
     assert verdicts[toy_model.heads.decoy] == "attention_only"
     assert result.verdict == "supported" and result.claim.head is None
     table = result.to_frame()
+    assert len(table) == 8
     assert set(table.columns) >= {"layer", "head", "verdict", "attention", "attention_p_value", "effect_z_ci_low"}
+
+
+def test_p_values_are_benjamini_hochberg_over_all_heads_tested_together(toy_model, pronoun_prompts):
+    """Recompute every head's p-value from its per-prompt values with scipy alone, then adjust over all heads."""
+    result = evaluate(toy_model.model, pronoun_prompts, _claim(None))
+    tested = {name for r in result.heads for name, est in r.evidence.items()
+              if est.p_value is not None and name in r.per_prompt}
+    assert tested == set(ALTERNATIVES)
+    adjusted_anything = False
+    for name, alternative in ALTERNATIVES.items():
+        raw = np.array([
+            # a head whose values are all exactly zero has nothing to rank: p = 1
+            stats.wilcoxon(v, alternative=alternative, zero_method="zsplit").pvalue if np.any(v != 0) else 1.0
+            for v in (np.asarray(r.per_prompt[name], dtype=float) for r in result.heads)
+        ])
+        expected = stats.false_discovery_control(raw, method="bh")
+        reported = np.array([r.evidence[name].p_value for r in result.heads])
+        np.testing.assert_allclose(reported, expected, rtol=1e-12, err_msg=name)
+        adjusted_anything |= not np.allclose(expected, raw)
+    assert adjusted_anything  # the comparison can tell adjusted from raw p-values (and per-head from all-heads BH)
 
 
 def test_previous_token_head_is_necessary_for_induction(toy_model):
     """Noising: the planted previous-token head attends to the previous token and induction breaks without it."""
-    prompts = toy.repeated_prompts(toy_model, 16)
+    prompts = tasks.repeated_prompts(toy_model, 16)
     claim = Claim(toy_model.heads.previous_token, src="end", dst="previous")
     result = evaluate(toy_model.model, prompts, claim, direction="noising")
     assert result.verdict == "supported"

@@ -4,9 +4,14 @@ import json
 
 import pytest
 
+from markupsafe import escape
+from plotly.offline import get_plotlyjs
+
 from probes import cli
-from probes.models import save_model_dir
-from probes.results import read_run
+from probes.claims.types import Thresholds
+from probes.claims.verdicts import rule_lines
+from probes.models.loading import save_model_dir
+from probes.run.rundir import read_run
 
 from conftest import IOI_PROMPTS
 
@@ -16,25 +21,34 @@ def toy_dir(toy_model, tmp_path_factory):
     return save_model_dir(toy_model.model, tmp_path_factory.mktemp("models") / "toy")
 
 
-def _spec(path, **fields):
+def _spec(path, thresholds=None, **fields):
     lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    if thresholds:
+        lines += ["[thresholds]", *(f"{k} = {json.dumps(v)}" for k, v in thresholds.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, capsys):
+    thresholds = Thresholds(effect=0.25, min_prompts=12)  # not the defaults: the run must carry these
     spec = _spec(
         tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="previous",
         direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:2"],
+        thresholds={"effect": thresholds.effect, "min_prompts": thresholds.min_prompts},
     )
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "report: " in out and "supported" in out
     run = read_run(tmp_path / "run")
     assert run.n_prompts == 12 and len(run.heads) == 8
-    verdicts = {c.head: c.verdict for c in run.claims}
+    verdicts = {c.claim.head: c.verdict for c in run.claims}
     assert verdicts[toy_model.heads.previous_token] == "supported"
-    assert (tmp_path / "run" / "index.html").stat().st_size > 100_000
+    assert all(c.thresholds == thresholds for c in run.claims)
+    # the rule stored with the run, and shown in its report, is the code's rule at the spec's thresholds
+    assert run.verdict_rule == rule_lines(thresholds) != rule_lines(Thresholds())
+    html = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert all(str(escape(line)) in html for line in run.verdict_rule)
+    assert len(html.encode()) > len(get_plotlyjs())  # the page inlines plotly
     for name in ("heads.csv", "heads.parquet", "per_prompt.parquet", "prompts.jsonl"):
         assert (tmp_path / "run" / name).is_file()
     assert cli.main(["report", str(tmp_path / "run")]) == 0
@@ -95,7 +109,7 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
 def test_claim_selectors_rank_attention_by_sign_and_effect_by_size():
     import pandas as pd
 
-    from probes.analysis import AnalysisSpec, _selected_heads
+    from probes.run.pipeline import AnalysisSpec, _selected_heads
 
     table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
                           "attention": [0.5, -0.9, 0.1, 0.0], "effect_z": [0.1, 0.2, -0.8, 0.3]})

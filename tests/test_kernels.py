@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probes import kernels
-from probes.kernels import onednn_available, onednn_linear
-from probes.patching import patch_activations
-from probes.toy import ToyModel, pronoun_prompts
+from probes.models import kernels
+from probes.models.kernels import onednn_available, onednn_linear
+from probes.evidence.patching import patch_activations
+from probes.models.toy import ToyModel
+from probes.prompts.tasks import pronoun_prompts
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN float32 linear")
 
@@ -22,13 +23,13 @@ pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch has n
 def onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The thread of every call routed to oneDNN."""
     calls: list[int] = []
-    real = kernels._onednn
+    real = kernels.onednn_product
 
     def spy(x, weight, bias):
         calls.append(threading.get_ident())
         return real(x, weight, bias)
 
-    monkeypatch.setattr(kernels, "_onednn", spy)
+    monkeypatch.setattr(kernels, "onednn_product", spy)
     return calls
 
 

@@ -1,5 +1,6 @@
 """Loading real models: logits equal the plain HF model's, the cache is checked and rebuilt, bad input is clear."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,9 +12,12 @@ import pytest
 import torch
 
 import probes
-from probes import models
-from probes.io import atomic_dir
-from probes.errors import ProbesError
+from probes.core.provenance import file_sha256
+from probes.core.errors import ProbesError
+from probes.core.io import atomic_dir
+from probes.models import loading as models
+from probes.models.layout import relayout_for_speed
+from probes.models.toy import N_CTX, NON_SPECIAL
 
 from conftest import IOI_PROMPTS
 
@@ -50,13 +54,19 @@ def test_ioi_answer_is_top1(fixture, request):
     assert model.tokenizer.decode(logits[0, -1].argmax()) == " Mary"
 
 
+def _toy_tokens(n: int, seed: int) -> torch.Tensor:
+    """A batch of full-context rows of the toy's ordinary tokens (names and fillers)."""
+    pool = torch.tensor(NON_SPECIAL)
+    return pool[torch.randint(len(pool), (n, N_CTX), generator=torch.Generator().manual_seed(seed))]
+
+
 def test_relayout_keeps_values_and_makes_forward_views(toy_model):
     """The re-laid-out weights hold the same numbers; the layout each forward call wants is now contiguous."""
     model = toy_model.model
-    tokens = torch.randint(3, 24, (4, 10))
+    tokens = _toy_tokens(4, seed=0)
     before = model(tokens)
     w_q = model.blocks[0].attn.W_Q.detach().clone()
-    models.relayout_for_speed(model)
+    relayout_for_speed(model)
     assert torch.equal(model.blocks[0].attn.W_Q, w_q)
     assert model.blocks[0].attn.W_Q.permute(0, 2, 1).is_contiguous()
     assert model.blocks[0].attn.W_O.permute(2, 0, 1).is_contiguous()
@@ -68,9 +78,9 @@ def test_local_directory_round_trip(toy_model, tmp_path):
     out = models.save_model_dir(toy_model.model, tmp_path / "toy")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     loaded = probes.load_model(out)
-    tokens = torch.randint(3, 24, (3, 8))
+    tokens = _toy_tokens(3, seed=1)
     assert torch.equal(loaded(tokens), toy_model.model(tokens))
-    assert loaded.provenance.weights_sha256 == models._sha256(out / "model.safetensors")
+    assert loaded.provenance.weights_sha256 == file_sha256(out / "model.safetensors")
 
 
 def test_local_directory_errors(toy_model, tmp_path):
@@ -93,7 +103,9 @@ def test_unknown_name_is_one_clear_error():
 
 def test_no_disk_space_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, 10**6))
+    free = shutil.disk_usage(tmp_path).free
+    needs_more = dataclasses.replace(models.PACKAGED["smollm2-135m"], disk_bytes=free * 10 + 1)
+    monkeypatch.setitem(models.PACKAGED, "smollm2-135m", needs_more)  # the registry says what a build needs
     with pytest.raises(ProbesError, match="not enough disk space"):
         models.build_cache("smollm2-135m")
     assert list(tmp_path.iterdir()) == []
@@ -106,7 +118,7 @@ def test_failed_build_leaves_nothing_half_written(tmp_path, monkeypatch):
         (out_dir / "model.safetensors").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(models, "_convert_gguf", disk_full)
+    monkeypatch.setattr(models, "convert_gguf", disk_full)
     with pytest.raises(ProbesError, match="No space left on device"):
         models.build_cache("smollm2-135m")
     assert list(tmp_path.iterdir()) == []

@@ -14,14 +14,21 @@ import transformer_lens.patching as tl_patching
 from safetensors import safe_open
 from transformer_lens import HookedTransformer
 
-from probes import patching, tasks
-from probes.errors import ProbesError
-from probes.kernels import onednn_linear
-from probes.patching import kv_groups, patch_activations, patch_heads, patch_resid
-from probes.prompts import PromptSet
-from probes.toy import FILLERS, ToyModel, build, pronoun_prompts, repeated_prompts
+import probes.evidence.patching as patching
+from probes import tasks
+from probes.core.errors import ProbesError
+from probes.evidence.patching import SITES, PatchingResult, patch_activations, patch_heads, patch_resid
+from probes.evidence.patching import checkpoint, engine, schedule
+from probes.models.architecture import kv_groups
+from probes.models.kernels import onednn_linear
+from probes.models.toy import FILLERS, ToyModel, build
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks import pronoun_prompts, repeated_prompts
 
 N = 8
+# A memory budget below one patched run: every batch is one run and every layer a window of its own, so a sweep
+# can stop between layers (and has more (window, bucket) jobs than workers).
+TINY_MB = 0.001
 TL_SWEEPS = {
     "z": tl_patching.get_act_patch_attn_head_out_all_pos,
     "pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
@@ -199,11 +206,14 @@ def test_interrupted_sweep_resumes_where_it_stopped(
     model = toy_model.model
     uninterrupted = patch_activations(model, pronouns, "z", progress=False)
 
-    def sweep(model: HookedTransformer, prompts: PromptSet) -> patching.PatchingResult:
-        return patch_activations(model, prompts, "z", checkpoint_dir=tmp_path, progress=False, workers=1)
+    def sweep(model: HookedTransformer, prompts: PromptSet) -> PatchingResult:
+        return patch_activations(
+            model, prompts, "z", checkpoint_dir=tmp_path, progress=False, workers=1, memory_mb=TINY_MB
+        )
 
-    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)  # one layer per window, so a kill can fall between layers
-    real_window = patching._patch_window
+    # The one seam: patch_activations calls engine.patch_window through the name it imported into the package, so
+    # that is the name replaced.
+    real_window = engine.patch_window
     computed: list[int] = []
 
     def killed_at_layer_1(model, bucket, site, window, *args):
@@ -212,7 +222,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
         computed.extend(window)
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "_patch_window", killed_at_layer_1)
+    monkeypatch.setattr(patching, "patch_window", killed_at_layer_1)
     with pytest.raises(KeyboardInterrupt):
         sweep(model, pronouns)
     (sweep_dir,) = tmp_path.iterdir()
@@ -224,7 +234,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
         computed.extend(window)
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "_patch_window", counting)
+    monkeypatch.setattr(patching, "patch_window", counting)
     computed.clear()
     resumed = sweep(model, pronouns)
     assert computed == [1]  # layer 0 came from the checkpoint
@@ -243,18 +253,21 @@ def test_interrupted_sweep_resumes_where_it_stopped(
     torch.testing.assert_close(again.patched, uninterrupted.patched, atol=1e-6, rtol=0)
 
 
-def test_parallel_workers_give_the_same_numbers(toy_model: ToyModel, ragged: PromptSet, monkeypatch) -> None:
-    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)  # more (window, bucket) jobs than workers
+@pytest.mark.parametrize("memory_mb", [1024.0, TINY_MB], ids=["one-window", "window-per-layer"])
+def test_parallel_workers_give_the_same_numbers(toy_model: ToyModel, ragged: PromptSet, memory_mb: float) -> None:
+    """The ragged set has more buckets than the two workers, and a tiny budget gives a window per layer too:
+    more (window, bucket) jobs than workers either way."""
+    workers = 2
+    assert len(engine.bucket_keys(ragged)) > workers
     for component in ("z", "pattern", "resid_pre"):
-        one = patch_activations(toy_model.model, ragged, component, progress=False, workers=1)
-        three = patch_activations(toy_model.model, ragged, component, progress=False, workers=3)
-        torch.testing.assert_close(three.patched, one.patched, atol=1e-6, rtol=0)
+        sweep = partial(patch_activations, toy_model.model, ragged, component, progress=False, memory_mb=memory_mb)
+        torch.testing.assert_close(sweep(workers=workers).patched, sweep(workers=1).patched, atol=1e-6, rtol=0)
 
 
 def test_a_patch_hook_acts_only_in_the_thread_that_made_it() -> None:
     """Workers run the same hook point at once: each must see only its own patch."""
-    site = patching.SITES["z"]
-    hook = patching._patch_hook(site, 0, torch.tensor([1]), torch.ones(1, 3, 4))
+    site = SITES["z"]
+    hook = engine.patch_hook(site, torch.tensor([0]), torch.tensor([1]), torch.ones(1, 3, 4))
     elsewhere = torch.zeros(1, 3, 2, 4)  # [row, pos, head, d_head]
     worker = threading.Thread(target=hook, args=(None, (), elsewhere))
     worker.start()
@@ -266,26 +279,27 @@ def test_a_patch_hook_acts_only_in_the_thread_that_made_it() -> None:
 
 def test_default_workers_follow_torch_threads_except_where_thread_state_would_be_lost(toy_model: ToyModel) -> None:
     model = toy_model.model
-    assert patching._n_workers(model, None) == min(torch.get_num_threads(), patching.MAX_AUTO_WORKERS)
-    assert patching._n_workers(model, 3) == 3
+    assert schedule.n_workers(model, None) == min(torch.get_num_threads(), schedule.MAX_AUTO_WORKERS)
+    assert schedule.n_workers(model, 3) == 3
     with torch.autocast("cpu"):
-        assert patching._n_workers(model, None) == 1  # autocast would not reach worker threads
+        assert schedule.n_workers(model, None) == 1  # autocast would not reach worker threads
     with onednn_linear():
-        assert patching._n_workers(model, None) == 1  # nor would a torch function mode
+        assert schedule.n_workers(model, None) == 1  # nor would a torch function mode
 
 
 def test_an_error_of_the_caller_stops_the_workers(
     toy_model: ToyModel, pronouns: PromptSet, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)
     threads = torch.get_num_threads()
 
     def disk_full(self, layer, values):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(patching._Checkpoint, "save", disk_full)
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        patch_activations(toy_model.model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
+        patch_activations(
+            toy_model.model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2, memory_mb=TINY_MB
+        )
     assert not [t for t in threading.enumerate() if t.name.startswith("probes-patching")]
     assert torch.get_num_threads() == threads
 
@@ -295,22 +309,21 @@ def test_a_failing_worker_stops_the_sweep_and_keeps_finished_layers(
 ) -> None:
     model = toy_model.model
     uninterrupted = patch_activations(model, pronouns, "z", progress=False)
-    monkeypatch.setattr(patching, "WINDOW_LAYERS", 1)
-    real_window = patching._patch_window
+    real_window = engine.patch_window
 
     def failing_at_layer_1(model, bucket, site, window, *args):
         if window == [1]:
             raise MemoryError("out of memory in a worker")
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "_patch_window", failing_at_layer_1)
+    monkeypatch.setattr(patching, "patch_window", failing_at_layer_1)
     # Jobs start in submission order, so layer 0's jobs are running or done when layer 1's fails; the toy has
     # no layer 2 whose job could slip in before the cancel.
     with pytest.raises(MemoryError, match="in a worker"):
-        patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
+        patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2, memory_mb=TINY_MB)
     (sweep_dir,) = tmp_path.iterdir()
     assert [p.name for p in sweep_dir.iterdir()] == ["layer000.safetensors"]  # finished by the other worker
-    monkeypatch.setattr(patching, "_patch_window", real_window)
+    monkeypatch.setattr(patching, "patch_window", real_window)
     resumed = patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
     torch.testing.assert_close(resumed.patched, uninterrupted.patched, atol=1e-6, rtol=0)
 

@@ -7,18 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.stats import bootstrap
 
 import probes
 from probes import tasks, toy
-from probes.activations import ALL_POSITIONS, Activations, ProbePoint, harvest
-from probes.errors import ProbesError
-from probes.probing import (
+from probes.evidence.activations import ALL_POSITIONS, Activations, ProbePoint, harvest
+from probes.core.errors import ProbesError
+from probes.evidence.probing import (
     COLUMNS,
     NO_HEAD,
     antecedent_gender,
     antecedent_identity,
-    bootstrap_accuracies,
     control_labels,
     make_target,
     out_of_fold_correct,
@@ -28,7 +26,7 @@ from probes.probing import (
     prompt_label_target,
     save_table,
 )
-from probes.results import PROBE_MEASURES
+from probes.run.rundir import PROBE_MEASURES
 
 
 def _row(table: pd.DataFrame, layer: int, head: int, target: str) -> pd.Series:
@@ -39,21 +37,25 @@ def _row(table: pd.DataFrame, layer: int, head: int, target: str) -> pd.Series:
 @pytest.fixture(scope="module")
 def pronoun_store(toy_model: toy.ToyModel, tmp_path_factory: pytest.TempPathFactory) -> Activations:
     # 96 prompts: every name appears in both templates, so a template-grouped fold has seen every class
-    prompts = toy.pronoun_prompts(toy_model, 96, seed=0)
+    prompts = tasks.pronoun_prompts(toy_model, 96, seed=0)
     out = tmp_path_factory.mktemp("probe") / "pronoun"
     return harvest(toy_model.model, prompts, out, ["resid_post", "z"], at="pronoun")
 
 
 def test_previous_token_head_decodes_the_previous_token(toy_model: toy.ToyModel, tmp_path: Path) -> None:
-    non_special = torch.arange(toy.FEMALE_NAMES.start, toy.D_VOCAB)
+    non_special = torch.tensor(toy.NON_SPECIAL)
     prompts = tasks.previous_token(toy_model.model, 60, seed=0, length=12, vocab=non_special)
     store = harvest(toy_model.model, prompts, tmp_path / "acts", ["z"], layers=[0], at=ALL_POSITIONS)
     planted, untouched = toy_model.heads.previous_token, toy_model.heads.untouched[0]
     points = [ProbePoint("blocks.0.attn.hook_z", "z", 0, head) for _, head in (planted, untouched)]
     table = probe_activations(store, [previous_token_identity], points, n_boot=300)
     good, other = (_row(table, 0, head, "previous_token") for _, head in (planted, untouched))
-    # 21 token types; the previous token also takes <bos> (at position 1)
-    assert good.n == 60 * 12 and good.n_types == 21 and good.n_classes == 22
+    # a row per position that has a previous token (1..end); the previous token also takes <bos> (at position 1)
+    n_rows = int(prompts.end.sum())  # positions 1..end of each prompt
+    token_types = prompts.clean[:, 1:].unique()  # the word type of a row is its own token
+    previous_tokens = prompts.clean[:, :-1].unique()
+    assert len(token_types) == len(toy.NON_SPECIAL) and len(previous_tokens) == len(toy.NON_SPECIAL) + 1
+    assert good.n == n_rows and good.n_types == len(token_types) and good.n_classes == len(previous_tokens)
     # the planted head writes the previous token's one-hot and nothing of the current token
     assert good.accuracy > 0.95 and good.control_accuracy < 0.3 and good.selectivity_ci_low > 0.6
     # an untouched head averages its context: some of the previous token leaks, no more than of the current one
@@ -66,7 +68,8 @@ def test_antecedent_identity_is_in_the_antecedent_head_not_the_decoy(
     table = probe_activations(pronoun_store, [antecedent_identity, antecedent_gender], n_boot=300)
     (layer, head), (_, decoy) = toy_model.heads.antecedent, toy_model.heads.decoy
     copied = _row(table, layer, head, "antecedent_identity")
-    assert copied.accuracy > 0.9 and copied.n_classes == 12 and copied.group_by == "template"
+    n_names = len(toy.FEMALE_NAMES) + len(toy.MALE_NAMES)  # the pronoun prompts use every name
+    assert copied.accuracy > 0.9 and copied.n_classes == n_names and copied.group_by == "template"
     assert _row(table, layer, decoy, "antecedent_identity").accuracy_ci_high < 0.3  # zero OV: its output is 0
     # gender, grouped by name, needs a feature shared across names: the residual stream has the pronoun's gender
     # dim, the antecedent head's output only the name's one-hot, which says nothing about an unseen name
@@ -77,12 +80,13 @@ def test_antecedent_identity_is_in_the_antecedent_head_not_the_decoy(
     assert resid.n_types == 2 and resid.control_accuracy == 1.0
 
 
-def test_table_is_tidy_and_saves(pronoun_store: Activations, tmp_path: Path) -> None:
+def test_table_is_tidy_and_saves(toy_model: toy.ToyModel, pronoun_store: Activations, tmp_path: Path) -> None:
     table = probe_activations(pronoun_store, [antecedent_gender], n_boot=100)
     assert list(table.columns) == COLUMNS
     with_ci = {f"{m}{s}" for m in PROBE_MEASURES for s in ("", "_ci_low", "_ci_high")}
-    assert {"layer", "head", "target"} | with_ci <= set(table.columns)  # what probes.results expects
-    assert len(table) == 2 * (1 + 4) and (table.position == "pronoun").all()
+    assert {"layer", "head", "target"} | with_ci <= set(table.columns)  # what probes.run.rundir expects
+    cfg = toy_model.model.cfg  # the residual stream and every head, at each layer
+    assert len(table) == cfg.n_layers * (1 + cfg.n_heads) and (table.position == "pronoun").all()
     assert set(table[table.hook == "resid_post"]["head"]) == {NO_HEAD}
     assert np.allclose(table.selectivity, table.accuracy - table.control_accuracy)
     for measure in PROBE_MEASURES:
@@ -98,7 +102,7 @@ def test_table_is_tidy_and_saves(pronoun_store: Activations, tmp_path: Path) -> 
 def test_probe_in_one_call_matches_harvest_then_probe(
     toy_model: toy.ToyModel, pronoun_store: Activations, tmp_path: Path
 ) -> None:
-    prompts = toy.pronoun_prompts(toy_model, 96, seed=0)
+    prompts = tasks.pronoun_prompts(toy_model, 96, seed=0)
     direct = probe(toy_model.model, prompts, [antecedent_gender], ["resid_post"], layers=[1], at="pronoun", n_boot=100)
     points = [p for p in pronoun_store.points() if p.hook == "blocks.1.hook_resid_post"]
     stored = probe_activations(pronoun_store, [antecedent_gender], points, n_boot=100)
@@ -132,19 +136,6 @@ def test_grouped_folds_keep_groups_apart() -> None:
     features = np.eye(40)[groups] + 0.01 * rng.normal(size=(400, 40))
     assert out_of_fold_correct(features, labels, groups).mean() < 0.75
     assert out_of_fold_correct(features, labels, np.arange(400)).mean() > 0.95  # rows alone: groups leak
-
-
-def test_bootstrap_resamples_prompts_not_rows() -> None:
-    # ten rows per prompt, all right or all wrong: the interval is that of 30 prompts, not of 300 rows
-    rng = np.random.default_rng(0)
-    per_prompt = rng.random(30) < 0.6
-    prompts = np.repeat(np.arange(30), 10)
-    boot = bootstrap_accuracies(per_prompt[prompts], np.zeros(300, bool), prompts, n_boot=4000, seed=0)
-    low, high = np.percentile(boot[:, 0], [2.5, 97.5])
-    reference = bootstrap((per_prompt.astype(float),), np.mean, n_resamples=4000, method="percentile", random_state=1)
-    assert abs(low - reference.confidence_interval.low) < 0.04 and abs(high - reference.confidence_interval.high) < 0.04
-    assert high - low > 0.25
-    assert (boot[:, 1] == 0).all()
 
 
 def test_bad_targets(pronoun_store: Activations) -> None:

@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from probes.errors import ProbesError
-from probes.prompts import PromptSet
-from probes.toy import ToyModel, pronoun_prompts
+from probes.core.errors import ProbesError
+from probes.prompts.promptset import PromptSet
+from probes.models.toy import ToyModel
+from probes.prompts.tasks import pronoun_prompts
 
 PAIR = {
     "clean": "Alice and Bob went to the park. She gave the ball to",

@@ -10,28 +10,23 @@ import base64
 import json
 import math
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
-from probes.errors import ProbesError
-from probes.io import atomic_path
-from probes.report import render, script_json
-from probes.results import (
-    ClaimRecord,
-    Estimate,
-    Example,
-    Measure,
-    ModelInfo,
-    RunResults,
-
-    read_run,
-    write_run,
-)
+from probes.claims.measures import MEASURES
+from probes.claims.types import Claim, ClaimResult, Thresholds
+from probes.claims.verdicts import VERDICTS, rule_lines
+from probes.core.errors import ProbesError
+from probes.core.stats import Estimate
+from probes.report.render import render, script_json
+from probes.run.rundir import FORMAT, Example, ModelInfo, RunResults, read_run, write_run
 
 N_LAYERS, N_HEADS, N_PROMPTS = 12, 8, 6
 ATTENDS_ONLY, SUPPORTED = (5, 1), (9, 6)  # planted: one head only attends, one attends and matters
@@ -42,6 +37,8 @@ HOSTILE_PROMPTS = [
 ]
 TOKENS = "<bos>|Alice| and| Bob| went| to| the| park|.| She| gave| the| ball| to".split("|")
 ROLES = {"antecedent": 1, "distractor": 3, "pronoun": 9}
+THRESHOLDS = Thresholds(attention_margin=0.3, effect=0.1, alpha=0.05)
+ATTENTION_P = 0.0004  # the claims' adjusted p-value for attention: shown as "p < 0.001"
 
 
 def _estimates(value: np.ndarray, se: float) -> dict[str, np.ndarray]:
@@ -74,20 +71,20 @@ def _probes_table(rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _claim(heads: pd.DataFrame, head: tuple[int, int], verdict: str) -> ClaimRecord:
+def _claim(heads: pd.DataFrame, head: tuple[int, int], verdict: str, thresholds: Thresholds) -> ClaimResult:
     row = heads[(heads["layer"] == head[0]) & (heads["head"] == head[1])].iloc[0]
     evidence = {
         m: Estimate(row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], n=N_PROMPTS) for m in ("attention", "effect_z")
     }
-    evidence["attention"].p_value = 0.0004
+    evidence["attention"].p_value = ATTENTION_P
     a, e = evidence["attention"], evidence["effect_z"]
     sentence = (
         f"head {head[0]}.{head[1]} attends from the pronoun to the antecedent with weight {a.value:.2f} "
         f"[{a.ci_low:.2f}, {a.ci_high:.2f}], and patching it changes the answer by {e.value:.2f} logits "
         f"[{e.ci_low:.2f}, {e.ci_high:.2f}]: {verdict}"
     )
-    return ClaimRecord(head, "pronoun", "antecedent", verdict, sentence, foil="distractor", evidence=evidence,
-                       thresholds={"attention": 0.3, "effect_z": 0.1, "alpha": 0.05})  # fmt: skip
+    claim = Claim(head, "pronoun", "antecedent", foil="distractor")
+    return ClaimResult(claim, verdict, sentence, evidence, thresholds)
 
 
 def _pattern(rng: np.random.Generator, n: int, focus: dict[int, int]) -> list[list[float]]:
@@ -102,16 +99,14 @@ def _pattern(rng: np.random.Generator, n: int, focus: dict[int, int]) -> list[li
 
 def synthetic_run(
     out_dir: Path, *, claims: bool = True, probes: bool = True, examples: bool = True, prompts: bool = True,
-    kinds: tuple[str, ...] = ("attention", "causal"),
+    legs: tuple[str, ...] = ("attention", "causal"), thresholds: Thresholds = THRESHOLDS,
 ) -> RunResults:  # fmt: skip
     """Write a small run with planted heads and hostile prompt text into ``out_dir``; returns what was written."""
     rng = np.random.default_rng(0)
     heads = _heads_table(rng)
-    evidence = {
-        "attention": Measure("attention", "mean attention weight from the pronoun to the antecedent"),
-        "effect_z": Measure("causal", "logit-difference change when the head's output is patched clean -> corrupt"),
-    }
-    evidence = {k: m for k, m in evidence.items() if m.kind in kinds}
+    # the registry's entries for the two measures in the table, as a run directory stores them (no gather code)
+    evidence = {name: replace(MEASURES[name], gather=None) for name in ("attention", "effect_z")}
+    evidence = {k: m for k, m in evidence.items() if m.leg in legs}
     pairs = [
         {"clean": "Alice and Bob went to the park. She gave the ball to",
          "corrupt": "Alice and Bob went to the park. He gave the ball to",
@@ -129,8 +124,9 @@ def synthetic_run(
         heads=heads,
         evidence=evidence,
         baseline={"clean_logit_diff": Estimate(3.1, 2.7, 3.5, n=N_PROMPTS), "accuracy": Estimate(0.83, 0.5, 1.0)},
-        claims=[_claim(heads, ATTENDS_ONLY, "attention_only"), _claim(heads, SUPPORTED, "supported")] if claims else [],
-        verdict_rule="supported when both lower CI bounds clear their thresholds after Bonferroni correction.",
+        claims=[_claim(heads, head, verdict, thresholds)
+                for head, verdict in [(ATTENDS_ONLY, "attention_only"), (SUPPORTED, "supported")]] if claims else [],
+        verdict_rule=rule_lines(thresholds),  # what the pipeline stores: the rule at this run's thresholds
         examples=[
             # both claimed heads look from the pronoun (9) to the antecedent (1)
             Example(TOKENS, {f"{L}.{H}": _pattern(rng, len(TOKENS), {9: 1}) for L, H in (ATTENDS_ONLY, SUPPORTED)},
@@ -153,7 +149,9 @@ class Page(HTMLParser):
         super().__init__()
         self.scripts: list[tuple[dict, str]] = []
         self.attrs: list[tuple[str, dict]] = []
+        self.rule: list[str] = []  # the items of <ul class="rule">, as text (entities decoded)
         self._in_script: dict | None = None
+        self._in_rule = self._in_item = False
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
@@ -161,15 +159,26 @@ class Page(HTMLParser):
         if tag == "script":
             self._in_script = dict(attrs)
             self.scripts.append((self._in_script, ""))
+        if tag == "ul" and dict(attrs).get("class") == "rule":
+            self._in_rule = True
+        if tag == "li" and self._in_rule:
+            self._in_item = True
+            self.rule.append("")
 
     def handle_endtag(self, tag):
         if tag == "script":
             self._in_script = None
+        if tag == "ul":
+            self._in_rule = False
+        if tag == "li":
+            self._in_item = False
 
     def handle_data(self, data):
         if self._in_script is not None:
             attrs, text = self.scripts[-1]
             self.scripts[-1] = (attrs, text + data)
+        if self._in_item:
+            self.rule[-1] += data
 
     def figures(self) -> dict[str, dict]:
         (text,) = [text for attrs, text in self.scripts if attrs.get("id") == "figures"]
@@ -286,13 +295,17 @@ def test_claims_lead_the_page_with_sentence_verdict_and_numbers(full_run):
     assert claims_at < html.index('id="prompts"') < html.index('id="provenance"')
     for claim in run.claims:
         assert claim.sentence in html
-    assert html.count('class="badge"') == len(run.claims) + 5  # one per claim, one per verdict in the legend
-    assert "p &lt; 0.001" in html
-    assert "0" * 64 in html and run.command in html and run.verdict_rule in html
+        for est in claim.evidence.values():  # each estimate and its interval, to two decimals
+            assert f'<td class="num">{est.value:.2f}</td>' in html
+            assert f'<td class="ci">[{est.ci_low:.2f}, {est.ci_high:.2f}]</td>' in html
+    assert html.count('class="badge"') == len(run.claims) + len(VERDICTS)  # one per claim, one per legend verdict
+    assert ATTENTION_P < 0.001 and html.count("p &lt; 0.001") == len(run.claims)
+    assert Page(html).rule == run.verdict_rule
+    assert run.model.weights_sha256 in html and run.command in html
 
 
 def test_missing_data_omits_its_section(tmp_path):
-    synthetic_run(tmp_path, claims=False, probes=False, examples=False, prompts=False, kinds=("attention",))
+    synthetic_run(tmp_path, claims=False, probes=False, examples=False, prompts=False, legs=("attention",))
     html = render(tmp_path).read_text()
     for section in ("claims", "scatter", "examples", "prompts"):
         assert f'id="{section}"' not in html and f'href="#{section}"' not in html
@@ -308,10 +321,30 @@ def test_failed_write_keeps_the_previous_results_and_leaves_no_temp_files(tmp_pa
     run.command = object()  # not JSON: fails after the data is assembled
     with pytest.raises(TypeError):
         write_run(tmp_path, run)
-    with pytest.raises(RuntimeError), atomic_path(tmp_path / "index.html") as tmp:
-        tmp.write_text("<html>half a page")
-        raise RuntimeError("renderer crashed")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_render_that_fails_midway_leaves_the_previous_page_or_none(tmp_path):
+    """index.html is the last complete page or absent, never half a page, and no temp file is left behind."""
+    synthetic_run(tmp_path)
+    results = tmp_path / "results.json"
+    good = results.read_text(encoding="utf-8")
+    # package_versions is read only by the provenance section, at the end of the template: as a list (which
+    # read_run passes on) it makes jinja2 fail after the claims, figures and prompts have been rendered
+    broken = json.dumps(json.loads(good) | {"package_versions": ["not", "a", "mapping"]})
+
+    def attempt() -> dict[str, bytes]:
+        results.write_text(broken, encoding="utf-8")
+        with pytest.raises(jinja2.UndefinedError, match="items"):
+            render(tmp_path)
+        results.write_text(good, encoding="utf-8")
+        return {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "results.json"}
+
+    data = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "results.json"}
+    assert attempt() == data  # no page yet: still none
+    page = render(tmp_path).read_bytes()
+    assert page.rstrip().endswith(b"</html>")
+    assert attempt() == data | {"index.html": page}  # the earlier complete page, untouched
 
 
 def test_bad_runs_fail_with_one_clear_line(tmp_path):
@@ -332,6 +365,22 @@ def test_bad_runs_fail_with_one_clear_line(tmp_path):
     with pytest.raises(ProbesError, match="lacks probes.parquet named in results.json"):
         read_run(tmp_path)
     results = tmp_path / "results.json"
-    results.write_text(results.read_text().replace('"format": 1', '"format": 99'))
+    stored = json.loads(results.read_text())
+    assert stored["format"] == FORMAT
+    results.write_text(json.dumps(stored | {"format": 99}))
     with pytest.raises(ProbesError, match="format 99"):
         read_run(tmp_path)
+
+
+def test_the_verdict_rule_shown_is_the_codes_rule_at_the_runs_thresholds(tmp_path):
+    """The report lists probes.claims.verdicts.rule_lines at the run's thresholds, and follows them when they change."""
+    stricter = replace(THRESHOLDS, effect=0.35)
+    shown = {}
+    for name, thresholds in [("base", THRESHOLDS), ("stricter", stricter)]:
+        synthetic_run(tmp_path / name, thresholds=thresholds)
+        shown[name] = Page(render(tmp_path / name).read_text(encoding="utf-8")).rule
+        assert shown[name] == rule_lines(thresholds)
+    changed = [(a, b) for a, b in zip(shown["base"], shown["stricter"]) if a != b]
+    assert changed, "changing the effect threshold must change the rule shown"
+    for base_line, stricter_line in changed:
+        assert str(THRESHOLDS.effect) in base_line and str(stricter.effect) in stricter_line

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from probes.report import render
-from probes.results import RunResults
+from probes.report.render import render
+from probes.run.rundir import RunResults
 from test_report import Page, synthetic_run
 
 FLAGS = [
@@ -73,7 +73,9 @@ def test_every_figure_is_drawn(browsed):
         drawn[fig_id] = match.group(2)
         heatmaps = sum(trace["type"] == "heatmap" for trace in fig["data"])
         assert drawn[fig_id].count('<g class="hm"><image') == heatmaps, f"{fig_id} lacks heatmap images"
-    assert len(drawn) == 3 + 1 + 2  # attention, effect, probe panels; the scatter; two example prompts
+    # a heatmap per panel measure and per probe target, the scatter, one figure per example prompt
+    panels = sum(m.panel for m in run.evidence.values()) + run.probes["target"].nunique()
+    assert len(drawn) == panels + 1 + len(run.examples)
     # the scatter has one point per head with both estimates, each carrying its interval for the hover
     n_points = len(run.heads.dropna(subset=["attention", "effect_z"]))
     assert drawn["fig-scatter"].count('class="point plotly-customdata"') == n_points

@@ -11,9 +11,15 @@ import torch
 from transformer_lens import HookedTransformer
 
 from probes import tasks
-from probes.errors import ProbesError
-from probes.prompts import PromptSet
-from probes.toy import BOS, D_VOCAB, FEMALE_NAMES, ToyModel, pronoun_prompts
+from probes.core.errors import ProbesError
+from probes.evidence.behaviour import behaviour
+from probes.models.toy import BOS, NON_SPECIAL, ToyModel
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks import pronoun_prompts
+from probes.prompts.tasks.ioi import IOI_TEMPLATES
+from probes.prompts.tasks.pronoun import PRONOUN_TEMPLATES
+from probes.prompts.tasks.words import FEMALE_NAMES as FEMALE_WORDS
+from probes.prompts.tasks.words import MALE_NAMES as MALE_WORDS
 
 N = 16
 
@@ -44,7 +50,7 @@ def test_pronoun_resolution_answer_is_the_other_name(smollm2: HookedTransformer)
     prompts = tasks.pronoun_resolution(smollm2, N)
     cells = Counter(zip(prompts.labels["antecedent_gender"], prompts.labels["order"]))
     assert len(cells) == 4 and set(cells.values()) == {N // 4}
-    assert len(tasks.PRONOUN_TEMPLATES) >= 10 and len(set(prompts.labels["template"])) == N // 4
+    assert len(PRONOUN_TEMPLATES) >= 10 and len(set(prompts.labels["template"])) == N // 4
     for i in range(N):
         pronoun, distractor = prompts.role("pronoun")[i], prompts.role("distractor")[i]
         assert _differing_positions(prompts)[i] == [int(pronoun)]
@@ -60,7 +66,7 @@ def test_pronoun_resolution_answer_is_the_other_name(smollm2: HookedTransformer)
         assert other != " " + antecedent
         first = prompts.role("antecedent")[i] < distractor
         assert bool(first) == (prompts.labels["order"][i] == "antecedent_first")
-        assert (antecedent in tasks.FEMALE_NAMES) == female
+        assert (antecedent in FEMALE_WORDS) == female
 
 
 @pytest.mark.real
@@ -72,8 +78,8 @@ def test_gender_tag_swaps_only_the_name(smollm2: HookedTransformer) -> None:
         assert _differing_positions(prompts)[i] == [int(name)]
         female = prompts.labels["gender"][i] == "female"
         assert _token(smollm2, prompts.clean[i, name]) == " " + prompts.labels["name"][i]
-        assert (prompts.labels["name"][i] in tasks.FEMALE_NAMES) == female
-        assert (_token(smollm2, prompts.corrupt[i, name]).strip() in tasks.FEMALE_NAMES) != female
+        assert (prompts.labels["name"][i] in FEMALE_WORDS) == female
+        assert (_token(smollm2, prompts.corrupt[i, name]).strip() in FEMALE_WORDS) != female
         assert (_token(smollm2, prompts.answer[i]), _token(smollm2, prompts.foil[i])) == (
             (" she", " he") if female else (" he", " she")
         )
@@ -82,8 +88,8 @@ def test_gender_tag_swaps_only_the_name(smollm2: HookedTransformer) -> None:
 
 @pytest.mark.real
 def test_ioi_roles_and_abc_corruption(smollm2: HookedTransformer) -> None:
-    assert len(tasks.single_tokens(smollm2, tasks.FEMALE_NAMES + tasks.MALE_NAMES, "ioi")) >= 50
-    assert len(tasks.IOI_TEMPLATES) >= 10
+    assert len(tasks.single_tokens(smollm2, FEMALE_WORDS + MALE_WORDS, "ioi")) >= 50
+    assert len(IOI_TEMPLATES) >= 10
     prompts = tasks.ioi(smollm2, N)
     assert Counter(prompts.labels["order"]) == {"BABA": N // 2, "ABBA": N // 2}
     for i in range(N):
@@ -138,22 +144,26 @@ def test_random_token_tasks_on_a_tokenizerless_model(toy_model: ToyModel) -> Non
 
 
 def test_baseline_agrees_with_plain_logits(toy_model: ToyModel) -> None:
-    names_and_fillers = torch.arange(FEMALE_NAMES.start, D_VOCAB)  # no pronouns: the antecedent head stays quiet
+    names_and_fillers = torch.tensor(NON_SPECIAL)  # no pronouns: the antecedent head stays quiet
     for prompts in (pronoun_prompts(toy_model, N, seed=1), tasks.induction(toy_model.model, N, length=6, vocab=names_and_fillers)):
-        result = tasks.baseline(toy_model.model, prompts)
+        result = behaviour(toy_model.model, prompts)
         with torch.no_grad():
             idx = torch.arange(N)
             clean = toy_model.model(prompts.clean)[idx, prompts.end]
             corrupt = toy_model.model(prompts.corrupt)[idx, prompts.end]
         diff = clean[idx, prompts.answer] - clean[idx, prompts.foil]
         corrupt_diff = corrupt[idx, prompts.answer] - corrupt[idx, prompts.foil]
-        assert result["n"] == N and result["task"] == prompts.task
-        assert result["accuracy_top1"] == (clean.argmax(-1) == prompts.answer).float().mean().item() == 1.0
-        assert result["accuracy_vs_foil"] == (diff > 0).float().mean().item()
-        assert result["clean_logit_diff"] == pytest.approx(diff.mean().item(), abs=1e-4)
-        assert result["corrupt_logit_diff"] == pytest.approx(corrupt_diff.mean().item(), abs=1e-4)
-        low, high = result["clean_logit_diff_ci"]
-        assert low <= result["clean_logit_diff"] <= high and result["clean_logit_diff"] > 4
+        assert result.n == N and result.task == prompts.task
+        assert result.accuracy_top1 == (clean.argmax(-1) == prompts.answer).float().mean().item() == 1.0
+        assert result.accuracy_vs_foil == (diff > 0).float().mean().item()
+        clean_ld, corrupt_ld = result.clean_logit_diff, result.corrupt_logit_diff
+        assert clean_ld.value == pytest.approx(diff.mean().item(), abs=1e-4)
+        assert corrupt_ld.value == pytest.approx(corrupt_diff.mean().item(), abs=1e-4)
+        assert clean_ld.n == corrupt_ld.n == N
+        assert clean_ld.ci_low <= clean_ld.value <= clean_ld.ci_high and clean_ld.value > 4
+        frame = result.to_frame()
+        assert list(frame["measure"]) == list(result.estimates())
+        assert frame.set_index("measure").loc["clean_logit_diff", "value"] == clean_ld.value
 
 
 @pytest.mark.real
@@ -162,7 +172,7 @@ def test_ioi_flip_s2_changes_only_the_second_subject(smollm2: HookedTransformer)
     idx = torch.arange(N)
     assert _differing_positions(prompts) == [[int(p)] for p in prompts.role("S2")]
     assert torch.equal(prompts.corrupt[idx, prompts.role("S2")], prompts.clean[idx, prompts.role("IO")])
-    base = tasks.baseline(smollm2, prompts)
-    assert base["clean_logit_diff"] > 0 > base["corrupt_logit_diff"]  # the right answer flips to S
+    base = behaviour(smollm2, prompts)
+    assert base.clean_logit_diff.value > 0 > base.corrupt_logit_diff.value  # the right answer flips to S
     with pytest.raises(ProbesError, match="unknown IOI corruption"):
         tasks.ioi(smollm2, 2, corruption="xyz")

@@ -11,9 +11,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.errors import ProbesError
-from probes.prompts import PromptSet
-from probes.toy import (
+from probes.core.errors import ProbesError
+from probes.prompts.promptset import PromptSet
+from probes.models.toy import (
     BOS,
     FEMALE_NAMES,
     FILLERS,
@@ -23,9 +23,8 @@ from probes.toy import (
     VOCAB,
     ToyModel,
     build,
-    pronoun_prompts,
-    repeated_prompts,
 )
+from probes.prompts.tasks import pronoun_prompts, repeated_prompts
 
 N = 16
 

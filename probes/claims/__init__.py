@@ -1,0 +1,28 @@
+"""Claims about heads and their verdicts: "head L.H attends from the pronoun to its antecedent", tested.
+
+:mod:`.types` (Claim, Thresholds, ClaimResult), :mod:`.measures` (the registry of evidence quantities),
+:mod:`.verdicts` (the rule and its words), :mod:`.evaluation` (gather, estimate, decide). Names are imported lazily
+so the report can read the registry and the rule without loading a model stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Claim": "probes.claims.types",
+    "Thresholds": "probes.claims.types",
+    "ClaimResult": "probes.claims.types",
+    "Measure": "probes.claims.measures",
+    "MEASURES": "probes.claims.measures",
+    "VERDICTS": "probes.claims.verdicts",
+    "evaluate": "probes.claims.evaluation",
+    "EvidenceContext": "probes.claims.evaluation",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'probes.claims' has no attribute '{name}'")

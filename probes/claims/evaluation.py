@@ -1,0 +1,200 @@
+"""Settle a claim: gather every registered measure per prompt and head, estimate, test, decide, say it in words.
+
+:func:`evaluate` gathers, per prompt, the measures of :mod:`probes.claims.measures` (attention margin, norm-weighted
+attention, denoising/noising patching effects, ...) through one :class:`EvidenceContext`, estimates each with a
+bootstrap interval, adjusts p-values over the heads tested together, and applies the rule of
+:mod:`probes.claims.verdicts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+
+from probes.claims.measures import MEASURES
+from probes.claims.types import Claim, ClaimResult, Head, Thresholds
+from probes.claims.verdicts import VERDICTS, decide, gate_passes
+from probes.core.errors import ProbesError
+from probes.core.stats import Estimate, adjust_p, bootstrap_mean, bootstrap_spearman, estimate_mean, signed_rank_p
+from probes.evidence.attention import norm_weighted_attention, role_attention
+from probes.evidence.patching import Direction, PatchingResult, patch_activations
+from probes.prompts.promptset import PromptSet
+from probes.prompts.roles import PREVIOUS
+
+
+@dataclass
+class EvidenceContext:
+    """What the measures' gather functions read: each underlying measurement runs once, on first use.
+
+    Arrays are ``[prompt, layer, head]`` (NaN for heads not patched when ``heads`` restricts the sweep).
+    """
+
+    model: HookedTransformer
+    prompts: PromptSet
+    src: str
+    dst: str
+    foil: str | None
+    heads: list[Head] | None  # None: every head
+    direction: Direction = "denoising"
+    seed: int = 0  # of every bootstrap
+
+    @cached_property
+    def attention_target(self) -> Float[np.ndarray, "prompt layer head"]:
+        return role_attention(self.model, self.prompts, self.src, self.dst).numpy()
+
+    @cached_property
+    def attention_foil(self) -> Float[np.ndarray, "prompt layer head"]:
+        if self.foil is None:  # uniform attention over the positions the source can see: 1 / (src + 1)
+            per_prompt = 1.0 / (self.prompts.role(self.src).double().numpy() + 1.0)
+            return np.broadcast_to(per_prompt[:, None, None], self.attention_target.shape).copy()
+        return role_attention(self.model, self.prompts, self.src, self.foil).numpy()
+
+    @cached_property
+    def norm_target(self) -> Float[np.ndarray, "prompt layer head"]:
+        return norm_weighted_attention(self.model, self.prompts, self.src, self.dst).numpy()
+
+    @cached_property
+    def norm_foil(self) -> Float[np.ndarray, "prompt layer head"]:
+        if self.foil is None:  # no foil: the norm-weighted attention to the target itself
+            return np.zeros_like(self.norm_target)
+        return norm_weighted_attention(self.model, self.prompts, self.src, self.foil).numpy()
+
+    def patching(self, component: str) -> PatchingResult:
+        if component not in self._patching:
+            self._patching[component] = patch_activations(
+                self.model, self.prompts, component, self.direction, cells=self.heads, progress=self.heads is None
+            )
+        return self._patching[component]
+
+    def effect(self, component: str) -> Float[np.ndarray, "prompt layer head"]:
+        """Patched minus the run patched into, in logits."""
+        return self.patching(component).effect.double().numpy()
+
+    @cached_property
+    def gap(self) -> Estimate:
+        """Mean clean - corrupt logit difference, with its interval."""
+        z = self.patching("z")
+        return estimate_mean((z.clean - z.corrupt).double().numpy(), seed=self.seed)
+
+    @cached_property
+    def gap_scale(self) -> float:
+        return self.gap.value if self.gap.value != 0 else np.nan
+
+    def __post_init__(self) -> None:
+        self._patching: dict[str, PatchingResult] = {}
+
+
+def _sentence(
+    claim: Claim, verdict: str, ev: dict[str, Estimate], gap: Estimate, n: int, t: Thresholds, direction: Direction
+) -> str:
+    foil = "uniform attention" if claim.foil is None else f"the {claim.foil}"
+    attends, effect, logits = ev["attends_fraction"], ev["effect_z"], ev["effect_z_logits"]
+    patching = "patching in its clean output" if direction == "denoising" else "patching in its corrupt output"
+    text = (
+        f"{claim} more than to {foil} in {attends.value:.0%} of {n} prompts "
+        f"[{attends.ci_low:.0%}, {attends.ci_high:.0%}], and {patching} moves the answer by "
+        f"{effect.value:+.0%} of the clean-corrupt gap [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] "
+        f"({logits.value:+.2f} logits): {verdict}"
+    )
+    if n < t.min_prompts:
+        text += f" (only {n} prompts; at least {t.min_prompts} are needed)"
+    elif not gate_passes(n, gap, t):
+        text += f" (the model does not do the task: clean-corrupt gap {gap.value:+.2f} [{gap.ci_low:.2f}, {gap.ci_high:.2f}])"
+    return text
+
+
+def _head_estimates(
+    ctx: EvidenceContext, heads: list[Head], seed: int
+) -> tuple[dict[Head, dict[str, Estimate]], dict[str, np.ndarray]]:
+    """Estimates of every per-prompt measure for each head; p-values adjusted over the heads tested together."""
+    layers, cols = zip(*heads)
+    per_prompt = {
+        name: m.gather(ctx)[:, list(layers), list(cols)] for name, m in MEASURES.items() if m.gather is not None
+    }
+    p_values = {
+        name: adjust_p(signed_rank_p(per_prompt[name], alternative=m.test))
+        for name, m in MEASURES.items() if m.test is not None
+    }
+    bounds = {name: bootstrap_mean(values, seed=seed) for name, values in per_prompt.items()}
+    out = {}
+    for j, head in enumerate(heads):
+        est = {
+            name: Estimate(float(mean[j]), float(low[j]), float(high[j]), n=per_prompt[name].shape[0],
+                           p_value=float(p_values[name][j]) if name in p_values else None)
+            for name, (mean, low, high) in bounds.items()
+        }
+        est["attention_effect_correlation"] = bootstrap_spearman(
+            per_prompt["attention_target"][:, j], per_prompt["effect_z"][:, j], seed=seed
+        )
+        out[head] = est
+    return out, per_prompt
+
+
+def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate | None:
+    """The best selectivity any probe target reached at this head's output."""
+    if probe_table is None:
+        return None
+    rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1])]
+    if rows.empty:
+        return None
+    best = rows.sort_values("selectivity", ascending=False).iloc[0]
+    return Estimate(float(best["selectivity"]), float(best["selectivity_ci_low"]), float(best["selectivity_ci_high"]),
+                    n=int(best["n"]) if "n" in best else None)
+
+
+def evaluate(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    claim: Claim,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    probe_table: pd.DataFrame | None = None,
+    direction: Direction = "denoising",
+    seed: int = 0,
+) -> ClaimResult:
+    """Settle ``claim`` on ``prompts``; with ``claim.head=None`` every head is tested (multiple-comparison
+    adjusted) and the result's verdict is that of the best-supported head, with all heads in ``.heads``.
+
+    ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
+    *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if claim.head is not None and not (0 <= claim.head[0] < n_layers and 0 <= claim.head[1] < n_heads):
+        raise ProbesError(f"{claim.head_name} does not exist: the model has {n_layers} layers x {n_heads} heads")
+    for role in (claim.src, claim.dst, claim.foil):
+        if role is not None and role != PREVIOUS:
+            prompts.role(role)
+    heads = [claim.head] if claim.head is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    ctx = EvidenceContext(model, prompts, claim.src, claim.dst, claim.foil, [claim.head] if claim.head else None,
+                          direction, seed)
+    estimates, per_prompt = _head_estimates(ctx, heads, seed)
+    n = len(prompts)
+    results = []
+    for j, head in enumerate(heads):
+        est = estimates[head]
+        selectivity = _probe_selectivity(probe_table, head)
+        if selectivity is not None:
+            est["probe_selectivity"] = selectivity
+        est["gap_logits"] = ctx.gap
+        head_claim = Claim(head, claim.src, claim.dst, claim.foil)
+        verdict = decide(n, ctx.gap, est["attention"], est["effect_z"], thresholds)
+        results.append(
+            ClaimResult(
+                claim=head_claim,
+                verdict=verdict,
+                sentence=_sentence(head_claim, verdict, est, ctx.gap, n, thresholds, direction),
+                evidence=est,
+                thresholds=thresholds,
+                per_prompt={name: values[:, j] for name, values in per_prompt.items()},
+            )
+        )
+    if claim.head is not None:
+        return results[0]
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    best = min(results, key=lambda r: (order[r.verdict], -r.evidence["effect_z"].value))
+    return ClaimResult(claim, best.verdict, best.sentence, best.evidence, thresholds, best.per_prompt, heads=results)

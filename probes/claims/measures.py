@@ -1,0 +1,111 @@
+"""The measure registry: every evidence quantity a claim can use, in one place.
+
+An entry says what the quantity is (description, unit), which leg of a verdict it can serve (``attention``,
+``causal``, ``representational``, or ``context`` for numbers shown beside a verdict but never deciding one), how
+it is tested across heads, which :class:`~probes.claims.types.Thresholds` field it is judged against, and how to
+gather it: a function of the evidence context (:class:`probes.claims.evaluation.EvidenceContext`) returning one
+value per prompt and head, ``[prompt, layer, head]``. Claims, ``results.json``, the tables and the report all read
+this registry; adding a measure is one :func:`register` call plus its gather function.
+
+Head-level measures that are not a mean over prompts (a correlation, the task gap, a probe's selectivity) have
+``gather=None``: :mod:`probes.claims.evaluation` computes them.
+
+Light on purpose (numpy only): the report reads the registry without loading torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from jaxtyping import Float
+
+from probes.claims.types import Thresholds
+
+Leg = Literal["attention", "causal", "representational", "context"]
+LEGS: tuple[Leg, ...] = ("attention", "causal", "representational", "context")
+Test = Literal["greater", "two-sided"]
+Gather = Callable[[Any], Float[np.ndarray, "prompt layer head"]]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One evidence quantity: a column of ``heads.parquet`` (with ``_ci_low``/``_ci_high``), a row of a claim."""
+
+    name: str
+    leg: Leg
+    description: str
+    unit: str
+    gather: Gather | None = None  # per prompt and head; None for head-level measures computed by evaluate
+    test: Test | None = None  # Wilcoxon signed-rank alternative, BH-adjusted over the heads tested together
+    threshold: str | None = None  # the Thresholds field this measure is judged against
+    panel: bool = False  # shown as a per-head heatmap in the report (the first of each leg is its headline)
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register(measure: Measure) -> Measure:
+    if measure.name in MEASURES:
+        raise ValueError(f"measure '{measure.name}' is registered twice")
+    if measure.leg not in LEGS:
+        raise ValueError(f"measure '{measure.name}' has leg '{measure.leg}'; legs: {', '.join(LEGS)}")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def thresholds_by_measure(thresholds: Thresholds) -> dict[str, float]:
+    """Each threshold keyed by the measure it applies to; thresholds that apply to no measure by their own name."""
+    fields = dict(vars(thresholds))
+    out = {m.name: fields[m.threshold] for m in MEASURES.values() if m.threshold in fields}
+    used = {m.threshold for m in MEASURES.values()}
+    return out | {name: value for name, value in fields.items() if name not in used}
+
+
+register(Measure(
+    "attention", "attention", "attention margin: alpha(src -> dst) - alpha(src -> foil), mean over prompts",
+    "attention weight", gather=lambda ctx: ctx.attention_target - ctx.attention_foil, test="greater",
+    threshold="attention_margin", panel=True,
+))
+register(Measure(
+    "attention_target", "context", "attention weight alpha(src -> dst)", "attention weight",
+    gather=lambda ctx: ctx.attention_target,
+))
+register(Measure(
+    "attends_fraction", "context", "share of prompts where the head attends more to dst than to the foil",
+    "fraction of prompts", gather=lambda ctx: (ctx.attention_target - ctx.attention_foil > 0).astype(float),
+))
+register(Measure(
+    "norm_attention", "attention",
+    "norm-weighted attention margin: alpha * ||v W_O|| (Kobayashi et al. 2020)", "norm of the head's write",
+    gather=lambda ctx: ctx.norm_target - ctx.norm_foil, panel=True,
+))
+register(Measure(
+    "effect_z", "causal", "patching the head's output: fraction of the clean-corrupt gap moved",
+    "fraction of the mean gap", gather=lambda ctx: ctx.effect("z") / ctx.gap_scale, test="two-sided",
+    threshold="effect", panel=True,
+))
+register(Measure(
+    "effect_z_logits", "context", "patching the head's output: change of the logit difference", "logits",
+    gather=lambda ctx: ctx.effect("z"),
+))
+register(Measure(
+    "effect_pattern", "causal", "patching the head's attention pattern only: fraction of the gap moved",
+    "fraction of the mean gap", gather=lambda ctx: ctx.effect("pattern") / ctx.gap_scale, test="two-sided",
+    panel=True,
+))
+register(Measure(
+    "attention_effect_correlation", "context",
+    "Spearman correlation over prompts of attention to dst and effect_z", "rank correlation",
+))
+register(Measure(
+    "probe_selectivity", "representational",
+    "linear probe accuracy minus control-task accuracy at the head's output (Hewitt & Liang 2019)",
+    "accuracy difference",
+))
+register(Measure(
+    "gap_logits", "context", "clean minus corrupt logit difference: the gap every effect is a fraction of",
+    "logits",
+))

@@ -1,0 +1,74 @@
+"""What a claim is, what counts as evidence for it, and what settling it produces: plain data, no model code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from probes.core.stats import Estimate
+from probes.prompts.roles import PREVIOUS
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """"Head ``head`` attends from ``src`` to ``dst`` (rather than to ``foil``)"; roles are PromptSet role names.
+
+    ``head=None`` means "some head": every head is tested. ``dst="previous"`` means the token before ``src``;
+    ``foil=None`` compares with uniform attention.
+    """
+
+    head: Head | None
+    src: str
+    dst: str
+    foil: str | None = None
+
+    @property
+    def head_name(self) -> str:
+        return "some head" if self.head is None else f"head {self.head[0]}.{self.head[1]}"
+
+    def __str__(self) -> str:
+        dst = "the previous token" if self.dst == PREVIOUS else f"the {self.dst}"
+        return f"{self.head_name} attends from the {self.src} to {dst}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What counts as attending and as mattering; defaults are deliberately modest, change them per analysis."""
+
+    attention_margin: float = 0.1  # mean alpha(target) - alpha(foil)
+    effect: float = 0.1  # fraction of the clean-corrupt gap moved by patching the head's output
+    alpha: float = 0.05  # on BH-adjusted p-values over the heads tested together
+    min_prompts: int = 10  # below this, bootstrap intervals are not trustworthy
+
+
+@dataclass
+class ClaimResult:
+    """The verdict on one claim, the numbers behind it, and (for ``head=None``) the verdict on every head.
+
+    ``per_prompt`` holds the per-prompt values behind each estimate (empty when read back from a run directory).
+    """
+
+    claim: Claim
+    verdict: str
+    sentence: str
+    evidence: dict[str, Estimate]
+    thresholds: Thresholds
+    per_prompt: dict[str, Float[np.ndarray, " prompt"]] = field(default_factory=dict)
+    heads: list[ClaimResult] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head (or the one head): verdict and every estimate with its interval."""
+        rows = []
+        for result in self.heads or [self]:
+            row = {"layer": result.claim.head[0], "head": result.claim.head[1], "verdict": result.verdict}
+            for name, est in result.evidence.items():
+                row |= {name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high}
+                if est.p_value is not None:
+                    row[f"{name}_p_value"] = est.p_value
+            rows.append(row)
+        return pd.DataFrame(rows)

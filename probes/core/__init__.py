@@ -1,0 +1,1 @@
+"""What every pipeline stage uses: the one error type, atomic writes, statistics, provenance."""

@@ -1,0 +1,77 @@
+"""The task metric: answer-minus-foil logit difference at each prompt's ``end`` position.
+
+Computed from the final residual stream through only the two unembedding columns that matter, so no sweep ever
+materialises full-vocabulary logits (Gemma-3's vocabulary is 262k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from probes.prompts.promptset import PromptSet
+
+# (model, final residual at the read-off position, answer ids, foil ids) -> one number per row: what a patched
+# run reports. The engine takes any such function; logit_diff_from_resid is the default.
+Metric = Callable[[HookedTransformer, Float[Tensor, "batch d_model"], Int[Tensor, " batch"], Int[Tensor, " batch"]], Float[Tensor, " batch"]]
+
+
+def resid_at(resid: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"]:
+    """The residual vector of each batch row at its own position."""
+    return resid[torch.arange(resid.shape[0], device=resid.device), positions.to(resid.device)]
+
+
+def final_norm(model: HookedTransformer, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
+    """The model's final normalisation (none for norm-free toy models)."""
+    ln_final = getattr(model, "ln_final", None)
+    return x if ln_final is None else ln_final(x[:, None, :])[:, 0, :]
+
+
+def logit_diff_from_resid(
+    model: HookedTransformer,
+    final_resid: Float[Tensor, "batch d_model"],
+    answer: Int[Tensor, " batch"],
+    foil: Int[Tensor, " batch"],
+) -> Float[Tensor, " batch"]:
+    """logit(answer) - logit(foil) from the residual after the last block, at the read-off position."""
+    x = final_norm(model, final_resid)
+    w_u = model.unembed.W_U
+    b_u = model.unembed.b_U
+    answer, foil = answer.to(x.device), foil.to(x.device)
+    logit_answer = (x * w_u[:, answer].T).sum(-1) + b_u[answer]
+    logit_foil = (x * w_u[:, foil].T).sum(-1) + b_u[foil]
+    cap = model.cfg.output_logits_soft_cap
+    if cap > 0:
+        logit_answer = cap * torch.tanh(logit_answer / cap)
+        logit_foil = cap * torch.tanh(logit_foil / cap)
+    return logit_answer - logit_foil
+
+
+@torch.no_grad()
+def logit_diff(
+    model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = 16
+) -> Float[Tensor, " prompt"]:
+    """The metric for every prompt on ``tokens`` (the clean or the corrupt side), one value per prompt."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        idx = slice(start, start + batch_size)
+        resid = model(tokens[idx], stop_at_layer=model.cfg.n_layers)
+        end = prompts.end[idx]
+        out.append(logit_diff_from_resid(model, resid_at(resid, end), prompts.answer[idx], prompts.foil[idx]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def answer_is_top1(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> torch.BoolTensor:
+    """Whether the answer token is the argmax over the whole vocabulary on the clean prompt (accuracy checks)."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        idx = slice(start, start + batch_size)
+        resid = model(prompts.clean[idx], stop_at_layer=model.cfg.n_layers)
+        logits = model.unembed(final_norm(model, resid_at(resid, prompts.end[idx]))[:, None, :])[:, 0, :]
+        out.append(logits.argmax(-1) == prompts.answer[idx])
+    return torch.cat(out)

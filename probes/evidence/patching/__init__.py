@@ -1,0 +1,254 @@
+"""Activation patching: the exact per-prompt effect on the metric of swapping one activation between minimal pairs.
+
+Denoising runs the corrupt prompt with one activation taken from the clean run (does this piece *restore* the
+answer?); noising runs the clean prompt with one activation from the corrupt run (is this piece *necessary*?).
+The numbers equal TransformerLens's ``transformer_lens.patching`` functions (checked by the tests), at a fraction
+of the cost: :mod:`.engine` says how. The metric is a parameter (default: answer-minus-foil logit difference from
+the final residual stream, :func:`probes.evidence.metric.logit_diff_from_resid`).
+
+A sweep can be checkpointed (:mod:`.checkpoint`): each finished layer is written atomically under
+``checkpoint_dir``, keyed by a fingerprint of the model, the prompts and the sweep; a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm import tqdm
+from transformer_lens import HookedTransformer
+
+from probes.core.errors import ProbesError
+from probes.evidence.metric import Metric, logit_diff_from_resid
+from probes.evidence.patching.checkpoint import Checkpoint
+from probes.evidence.patching.engine import (
+    Bucket,
+    bucket_keys,
+    cells_by_layer,
+    n_variants_of,
+    patch_window,
+    plan_windows,
+    prepare_bucket,
+    run_rows,
+    runs_rows,
+)
+from probes.evidence.patching.schedule import n_workers, sweep
+from probes.evidence.patching.sites import (
+    DIRECTIONS,
+    HEAD_COMPONENTS,
+    RESID_COMPONENTS,
+    SITES,
+    Direction,
+    PatchingResult,
+    RunsResult,
+    Site,
+)
+from probes.models.architecture import kv_groups
+from probes.models.kernels import onednn_linear
+from probes.prompts.promptset import PromptSet
+
+__all__ = [
+    "DIRECTIONS", "HEAD_COMPONENTS", "RESID_COMPONENTS", "SITES", "Direction", "PatchingResult", "RunsResult", "Site",
+    "patch_activations", "patch_heads", "patch_resid", "patch_runs",
+]  # fmt: skip
+
+
+def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
+    if component not in SITES:
+        raise ProbesError(f"unknown component '{component}'; choose one of: {', '.join(SITES)}")
+    if direction not in DIRECTIONS:
+        raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
+    if memory_mb <= 0:
+        raise ProbesError(f"memory_mb must be positive, got {memory_mb}")
+    if len(prompts) == 0:
+        raise ProbesError("the prompt set is empty: there is nothing to patch")
+    if component == "mlp_out" and model.cfg.attn_only:
+        raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
+    if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
+        raise ProbesError("patching needs a causal model whose residual stream carries its positions")
+    if prompts.clean.max() >= model.cfg.d_vocab or prompts.corrupt.max() >= model.cfg.d_vocab:
+        raise ProbesError(f"prompt token ids reach past the model's vocabulary of {model.cfg.d_vocab}: wrong model?")
+    return SITES[component]
+
+
+def patch_activations(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "z",
+    direction: Direction = "denoising",
+    *,
+    layers: Sequence[int] | None = None,
+    cells: Sequence[tuple[int, int]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    memory_mb: float = 1024.0,
+    progress: bool = True,
+    onednn: bool = True,
+    workers: int | None = None,
+    metric: Metric = logit_diff_from_resid,
+) -> PatchingResult:
+    """Patch every head (``z``, ``pattern``, ``q``, ``k``, ``v``) or every position (``resid_pre``, ``attn_out``,
+    ``mlp_out``) of every layer, one at a time, and record each prompt's metric.
+
+    ``layers`` restricts the sweep to some layers, ``cells`` to explicit ``(layer, head-or-position)`` pairs
+    (what a screen-then-verify pass re-checks); the rest of ``patched`` is NaN. Grouped-query models patch a
+    key/value head for ``k``/``v``: the index axis then has ``n_key_value_heads`` entries and
+    ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of the batches
+    of patched runs in flight (each worker's batches get an equal share); ``checkpoint_dir`` makes an interrupted
+    sweep resume where it stopped. ``onednn=False`` keeps torch's default matrix-product kernel
+    (:func:`probes.models.kernels.onednn_linear`). ``workers`` threads share the batches, each with an equal share of
+    torch's threads (default on CPU: one per torch thread, at most 4; see :func:`.schedule.n_workers`).
+    ``metric(model, final_resid, answer, foil)`` is what each run reports (default: logit difference).
+    """
+    site = check_inputs(model, prompts, component, direction, memory_mb)
+    workers = n_workers(model, workers)
+    n_index = int(prompts.end.max()) + 1 if site.per_position else n_variants_of(model, component)
+    todo = cells_by_layer(model, component, n_index, layers, cells)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Checkpoint(Path(checkpoint_dir), model, prompts, component, direction, todo)
+    done = {layer: checkpoint.load(layer, (len(prompts), len(todo[layer]))) for layer in todo} if checkpoint else {}
+    done = {layer: values for layer, values in done.items() if values is not None}
+    remaining = [layer for layer in todo if layer not in done]
+
+    buckets, clean, corrupt = _reference_runs(model, prompts, direction, [site], remaining, metric, onednn)
+
+    patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
+    for layer, values in done.items():
+        patched[:, layer, todo[layer]] = values
+    budget = memory_mb * 2**20 / workers  # each worker's batches
+    windows = plan_windows(remaining, todo, buckets, budget)
+    values = {layer: torch.empty(len(prompts), len(todo[layer])) for layer in remaining}
+
+    def run(window: list[int], bucket, stop: threading.Event) -> None:
+        patch_window(model, bucket, site, window, todo, values, budget, stop)
+
+    bar = tqdm(
+        total=len(todo),
+        initial=len(done),
+        desc=f"patching {component}",
+        unit="layer",
+        disable=None if progress else True,
+    )
+    finished = sweep(windows, buckets, run, workers, onednn)
+    with bar, contextlib.closing(finished):
+        for window in finished:
+            for layer in window:
+                if checkpoint:
+                    checkpoint.save(layer, values[layer])
+                patched[:, layer, todo[layer]] = values[layer]
+            bar.update(len(window))
+    return PatchingResult(
+        patched,
+        clean,
+        corrupt,
+        direction,
+        component=component,
+        index="pos" if site.per_position else ("kv_head" if n_index != model.cfg.n_heads else "head"),
+        kv_groups=kv_groups(model) if component in ("k", "v") else None,
+    )
+
+
+def patch_runs(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    runs: Sequence[Sequence[tuple[str, int, int]]],
+    direction: Direction = "denoising",
+    *,
+    memory_mb: float = 1024.0,
+    onednn: bool = True,
+    metric: Metric = logit_diff_from_resid,
+) -> RunsResult:
+    """Patched runs that each patch several sites at once: run ``r`` patches every ``(component, layer, head)``
+    of ``runs[r]`` (head components: ``z``, ``pattern``, ``q``, ``k``, ``v``) together, from the other run, and
+    each prompt's metric is recorded. Same engine as the sweeps (start at the earliest patch, prefix reuse,
+    batched runs, only the metric read), so ``patch_runs(model, prompts, [[("z", l, h)]])`` equals
+    ``patch_activations(..., "z", cells=[(l, h)])``.
+    """
+    if not runs or any(not run for run in runs):
+        raise ProbesError("patch_runs needs a non-empty list of runs, each a non-empty list of (component, layer, head)")
+    components = sorted({component for run in runs for component, _, _ in run})
+    sites = {component: check_inputs(model, prompts, component, direction, memory_mb) for component in components}
+    for component, site in sites.items():
+        if site.per_position:
+            raise ProbesError(f"patch_runs patches heads ({', '.join(HEAD_COMPONENTS)}); for '{component}' use patch_resid")
+    for run in runs:
+        for component, layer, head in run:
+            cells_by_layer(model, component, n_variants_of(model, component), None, [(layer, head)])  # checks both
+    layers = sorted({layer for run in runs for _, layer, _ in run})
+    buckets, clean, corrupt = _reference_runs(model, prompts, direction, list(sites.values()), layers, metric, onednn)
+    patched = torch.full((len(prompts), len(runs)), float("nan"))
+    groups: dict[tuple[str, ...], list[int]] = {}  # runs patching the same components in the same order batch
+    for r, run in enumerate(runs):
+        groups.setdefault(tuple(component for component, _, _ in run), []).append(r)
+    budget = memory_mb * 2**20
+    with onednn_linear(onednn):
+        for signature, members in groups.items():
+            cells = torch.tensor([[(layer, head) for _, layer, head in runs[r]] for r in members])
+            for bucket in buckets:
+                rows = runs_rows(bucket, [sites[c] for c in signature], cells)
+                values = run_rows(model, bucket, rows, budget)
+                patched[bucket.members[rows.member], torch.as_tensor(members)[rows.column]] = values
+    return RunsResult(patched, clean, corrupt, direction, runs=[list(run) for run in runs])
+
+
+def _reference_runs(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    direction: Direction,
+    sites: list[Site],
+    layers: list[int],
+    metric: Metric,
+    onednn: bool,
+) -> tuple[list[Bucket], Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
+    """Run both sides of every bucket once (caching what patched runs start from and patch in), and the
+    clean and corrupt metric of every prompt."""
+    target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
+    with onednn_linear(onednn):
+        buckets = [
+            prepare_bucket(model, prompts, members, end, split, target, source, sites, layers, metric)
+            for members, end, split in bucket_keys(prompts)
+        ]
+    target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
+    for bucket in buckets:
+        target_metric[bucket.members], source_metric[bucket.members] = bucket.target_metric, bucket.source_metric
+    if direction == "denoising":
+        return buckets, source_metric, target_metric
+    return buckets, target_metric, source_metric
+
+
+def patch_heads(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "z",
+    direction: Direction = "denoising",
+    **kwargs,
+) -> Float[Tensor, "prompt layer head"]:
+    """Effect of patching each head on each prompt's logit difference: patched minus the run patched into.
+
+    ``component`` is ``z`` (the head's output), ``pattern``, ``q``, ``k`` or ``v``; keyword arguments go to
+    :func:`patch_activations`, whose :class:`PatchingResult` also gives the normalised effect and baselines.
+    """
+    if component not in HEAD_COMPONENTS:
+        raise ProbesError(f"patch_heads patches {', '.join(HEAD_COMPONENTS)}, not '{component}'")
+    return patch_activations(model, prompts, component, direction, **kwargs).effect
+
+
+def patch_resid(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str = "resid_pre",
+    direction: Direction = "denoising",
+    **kwargs,
+) -> Float[Tensor, "prompt layer pos"]:
+    """Effect of patching the residual stream (``resid_pre``), or a layer's ``attn_out`` or ``mlp_out``, at each
+    position, on each prompt's logit difference (same conventions as :func:`patch_heads`)."""
+    if component not in RESID_COMPONENTS:
+        raise ProbesError(f"patch_resid patches {', '.join(RESID_COMPONENTS)}, not '{component}'")
+    return patch_activations(model, prompts, component, direction, **kwargs).effect
+
+

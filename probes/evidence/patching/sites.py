@@ -1,0 +1,110 @@
+"""What a sweep can patch: each component's hook and axes, the two directions, and the per-prompt result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.utilities import get_act_name
+
+Direction = Literal["denoising", "noising"]
+DIRECTIONS = ("denoising", "noising")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a component's patch goes: TransformerLens's hook of that name in each block, and which axes of its
+    activation matter."""
+
+    component: str  # a TransformerLens activation name: ``get_act_name(component, layer)`` is the hook
+    variant_axis: int  # the axis one patch selects along: head, key/value head or position
+    pos_axis: int  # the (query) position axis, cut to the positions a patched run computes
+    per_position: bool  # variants are positions (residual-stream components) rather than heads
+
+    def hook_name(self, layer: int) -> str:
+        return get_act_name(self.component, layer)
+
+
+SITES: dict[str, Site] = {
+    site.component: site
+    for site in (
+        Site("z", variant_axis=2, pos_axis=1, per_position=False),
+        Site("pattern", variant_axis=1, pos_axis=2, per_position=False),
+        Site("q", variant_axis=2, pos_axis=1, per_position=False),
+        Site("k", variant_axis=2, pos_axis=1, per_position=False),
+        Site("v", variant_axis=2, pos_axis=1, per_position=False),
+        Site("resid_pre", variant_axis=1, pos_axis=1, per_position=True),
+        Site("attn_out", variant_axis=1, pos_axis=1, per_position=True),
+        Site("mlp_out", variant_axis=1, pos_axis=1, per_position=True),
+    )
+}
+HEAD_COMPONENTS = tuple(name for name, site in SITES.items() if not site.per_position)
+RESID_COMPONENTS = tuple(name for name, site in SITES.items() if site.per_position)
+
+
+@dataclass
+class PatchedMetric:
+    """Per-prompt metric of patched runs, with the two unpatched runs it is read against."""
+
+    patched: Float[Tensor, "prompt *variant"]  # NaN where no run was made
+    clean: Float[Tensor, " prompt"]
+    corrupt: Float[Tensor, " prompt"]
+    direction: Direction
+
+    def _per_prompt(self, values: Float[Tensor, " prompt"]) -> Tensor:
+        return values.reshape(-1, *[1] * (self.patched.ndim - 1))
+
+    @property
+    def baseline(self) -> Float[Tensor, " prompt"]:
+        """The metric of the run patched into: corrupt when denoising, clean when noising."""
+        return self.corrupt if self.direction == "denoising" else self.clean
+
+    @property
+    def effect(self) -> Float[Tensor, "prompt *variant"]:
+        """How far the patch moved the metric: patched minus the unpatched run it went into."""
+        return self.patched - self._per_prompt(self.baseline)
+
+    @property
+    def normalised(self) -> Float[Tensor, "prompt *variant"]:
+        """Per prompt, 0 = the corrupt metric, 1 = the clean metric (inf/NaN where the two coincide)."""
+        return (self.patched - self._per_prompt(self.corrupt)) / self._per_prompt(self.clean - self.corrupt)
+
+    def _frame(self, columns: list[str]) -> pd.DataFrame:
+        """One row per (prompt, *variant) that was run: patched metric, effect and normalised effect."""
+        grid = torch.cartesian_prod(*[torch.arange(size) for size in self.patched.shape]).reshape(-1, len(columns))
+        frame = pd.DataFrame(grid.numpy(), columns=columns)
+        frame["patched"] = self.patched.reshape(-1).numpy()
+        frame["effect"] = self.effect.reshape(-1).numpy()
+        frame["normalised"] = self.normalised.reshape(-1).numpy()
+        frame["direction"] = self.direction
+        return frame[frame["patched"].notna()].reset_index(drop=True)
+
+
+@dataclass
+class PatchingResult(PatchedMetric):
+    """A sweep: ``patched[i, layer, j]`` is the metric of prompt ``i`` with variant ``j`` of ``layer`` patched
+    (``j`` is a head, a key/value head or a position, see ``index``); NaN where the sweep did not run it."""
+
+    component: str = "z"
+    index: Literal["head", "kv_head", "pos"] = "head"
+    kv_groups: Int[Tensor, "kv_head group"] | None = None  # query heads sharing each key/value head (k, v)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (prompt, layer, index) that was run: patched metric, effect and normalised effect."""
+        return self._frame(["prompt", "layer", self.index]).assign(component=self.component)
+
+
+@dataclass
+class RunsResult(PatchedMetric):
+    """Runs that each patch several sites at once: ``patched[i, r]`` is the metric of prompt ``i`` under run ``r``,
+    whose patches are ``runs[r]`` (a list of ``(component, layer, index)``)."""
+
+    runs: list[list[tuple[str, int, int]]] | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (prompt, run): patched metric, effect and normalised effect."""
+        return self._frame(["prompt", "run"])

@@ -1,0 +1,46 @@
+"""What the evidence stages need to know about a HookedTransformer's architecture, in one place.
+
+- Grouped-query attention: TransformerLens keeps ``n_key_value_heads`` key/value heads and repeats each for
+  consecutive query heads (``repeat_interleave``), so query head ``h`` reads key/value head ``h // group``.
+- Which configurations compute keys and values straight from ``ln1(resid)`` (what lets the patching engine run
+  the last block at the read-off position only).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+# Configurations whose attention normalises queries/keys inside forward rather than in ``calculate_qkv_matrices``
+# (see AbstractAttention.forward and TransformerBlock.forward in transformer_lens 3.9).
+_QK_NORM_IN_FORWARD = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def n_kv_heads(model: HookedTransformer) -> int:
+    return model.cfg.n_key_value_heads or model.cfg.n_heads
+
+
+def kv_groups(model: HookedTransformer) -> Int[Tensor, "kv_head group"]:
+    """Row ``g`` lists the query heads that read key/value head ``g``."""
+    return torch.arange(model.cfg.n_heads).reshape(n_kv_heads(model), model.cfg.n_heads // n_kv_heads(model))
+
+
+def kv_head_of(model: HookedTransformer) -> Int[Tensor, " head"]:
+    """The key/value head each query head reads (the identity without grouped-query attention)."""
+    return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // n_kv_heads(model))
+
+
+def keys_values_separate(model: HookedTransformer) -> bool:
+    """Whether a block's keys and values come from ``ln1(resid)`` through ``calculate_qkv_matrices`` straight
+    into the key/value cache, so they can be computed without running the rest of the block."""
+    cfg = model.cfg
+    return not (
+        cfg.use_attn_in
+        or cfg.use_split_qkv_input
+        or cfg.clip_qkv is not None
+        or cfg.original_architecture in POST_NORM_ARCHITECTURES
+        or cfg.original_architecture in _QK_NORM_IN_FORWARD
+    )

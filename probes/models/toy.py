@@ -1,0 +1,216 @@
+"""A two-layer attention-only HookedTransformer with hand-planted heads: ground truth for the kit's own tests.
+
+Nothing is trained. Every weight is set by hand, so which head does what is known by construction, and each
+kind of evidence the kit gathers (attention patterns, activation patching, probes, verdicts) can be checked
+against a right answer rather than against itself.
+
+The residual stream is a stack of orthogonal blocks (see the ``RESID_*`` constants): the token one-hot, the
+position one-hot, a name-gender dim (+1 female name, -1 male name), a pronoun-gender dim (+1 " she", -1 " he"),
+a "previous token" block written by layer 0 and an "output" block, the only part the unembedding reads.
+
+Planted heads (``PlantedHeads``), and why each exists:
+
+* previous-token head, L0H2: position ``i`` attends to ``i - 1`` and copies that token's one-hot into the
+  previous-token block. Ground truth for attention-pattern tests, and the head the induction head composes with.
+* antecedent head, L1H1: at a pronoun, attends to the name of the same gender and copies it into the output
+  block, so the model's answer at the pronoun is the antecedent. Ground truth for patching and ablation: the
+  logit difference depends on this head and (almost) nothing else. Away from pronouns it rests on ``<bos>``.
+* induction head, L1H2: K-composes with the previous-token head (query: current token, key: previous token) and
+  copies the token that followed the earlier occurrence, so on ``<bos> r r`` it predicts the repeat. With no
+  match it rests on ``<bos>``, a sink whose value is zero.
+* decoy head, L1H3: exactly the antecedent head's QK with an all-zero OV circuit. It attends like the antecedent
+  head and changes nothing, so it is the case a verdict must not confuse "attends to" with "causes".
+* untouched heads, L0H0, L0H1, L0H3, L1H0: small seeded random weights (std 0.02), so rankings over heads have
+  no ties. Their effect on any logit stays below ~0.1 (mostly indirect, through what the copy heads read),
+  against the 5 a planted head writes.
+
+The antecedent and induction heads write nothing when resting on ``<bos>`` because their OV circuits skip the
+``<bos>`` row: the sink keeps them out of the way of each other's answers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+
+VOCAB: list[str] = [
+    "<bos>",
+    " she",
+    " he",
+    *[" Mary", " Anna", " Sarah", " Emma", " Lucy", " Kate"],
+    *[" John", " Tom", " James", " Paul", " Mark", " David"],
+    *[" and", " went", " to", " the", " park", " store", " gave", " ball", " a"],
+]
+BOS, SHE, HE = 0, 1, 2
+FEMALE_NAMES = range(3, 9)
+MALE_NAMES = range(9, 15)
+FILLERS = range(15, len(VOCAB))
+AND = VOCAB.index(" and")
+
+D_VOCAB = len(VOCAB)
+N_CTX = 16
+D_HEAD = D_VOCAB + 1  # one dim per token for the copy and match circuits, plus one for the <bos> sink
+
+RESID_TOKEN = slice(0, D_VOCAB)
+RESID_POSITION = slice(RESID_TOKEN.stop, RESID_TOKEN.stop + N_CTX)
+RESID_NAME_GENDER = RESID_POSITION.stop
+RESID_PRONOUN_GENDER = RESID_NAME_GENDER + 1
+RESID_PREVIOUS = slice(RESID_PRONOUN_GENDER + 1, RESID_PRONOUN_GENDER + 1 + D_VOCAB)
+RESID_OUTPUT = slice(RESID_PREVIOUS.stop, RESID_PREVIOUS.stop + D_VOCAB)
+D_MODEL = RESID_OUTPUT.stop
+
+SCORE = 20.0  # attention-score gap of a planted match: softmax puts ~1 - e^-10 on the matching position
+SINK_SCORE = SCORE / 2  # score of the <bos> sink: beats "no match" (0), loses to a match
+COPY = 5.0  # logit an OV copy head writes for the token it attends to
+UNTOUCHED_STD = 0.02
+
+NON_SPECIAL = range(FEMALE_NAMES.start, D_VOCAB)  # names and fillers: everything but <bos> and the pronouns
+
+
+@dataclass(frozen=True)
+class PlantedHeads:
+    """Where each planted head sits, as (layer, head)."""
+
+    previous_token: tuple[int, int] = (0, 2)
+    antecedent: tuple[int, int] = (1, 1)
+    induction: tuple[int, int] = (1, 2)
+    decoy: tuple[int, int] = (1, 3)
+    untouched: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 3), (1, 0))
+
+
+@dataclass
+class ToyModel:
+    """The planted model, where its heads are, and the names of its tokens (it has no tokenizer)."""
+
+    model: HookedTransformer
+    heads: PlantedHeads
+    vocab: list[str]
+
+
+@dataclass
+class _HeadWeights:
+    """Views into one head's parameters, so planting code writes straight into the model."""
+
+    W_Q: Float[Tensor, "d_model d_head"]
+    W_K: Float[Tensor, "d_model d_head"]
+    W_V: Float[Tensor, "d_model d_head"]
+    W_O: Float[Tensor, "d_head d_model"]
+    b_Q: Float[Tensor, " d_head"]
+    b_K: Float[Tensor, " d_head"]
+    b_V: Float[Tensor, " d_head"]
+
+
+def _head(model: HookedTransformer, layer: int, head: int) -> _HeadWeights:
+    attn = model.blocks[layer].attn
+    return _HeadWeights(
+        attn.W_Q.data[head],
+        attn.W_K.data[head],
+        attn.W_V.data[head],
+        attn.W_O.data[head],
+        attn.b_Q.data[head],
+        attn.b_K.data[head],
+        attn.b_V.data[head],
+    )
+
+
+def _plant_embeddings(model: HookedTransformer) -> None:
+    """Tokens and positions write one-hots; names and pronouns also write their gender dims."""
+    W_E: Float[Tensor, "d_vocab d_model"] = model.embed.W_E.data
+    W_pos: Float[Tensor, "n_ctx d_model"] = model.pos_embed.W_pos.data
+    W_U: Float[Tensor, "d_model d_vocab"] = model.unembed.W_U.data
+    W_E[:, RESID_TOKEN] = torch.eye(D_VOCAB)
+    W_E[list(FEMALE_NAMES), RESID_NAME_GENDER] = 1.0
+    W_E[list(MALE_NAMES), RESID_NAME_GENDER] = -1.0
+    W_E[SHE, RESID_PRONOUN_GENDER] = 1.0
+    W_E[HE, RESID_PRONOUN_GENDER] = -1.0
+    W_pos[:, RESID_POSITION] = torch.eye(N_CTX)
+    W_U[RESID_OUTPUT, :] = torch.eye(D_VOCAB)
+
+
+def _plant_previous_token(w: _HeadWeights, attn_scale: float) -> None:
+    """Query at position i matches the key of position i-1; position 0 can only attend to itself."""
+    for i in range(1, N_CTX):
+        w.W_Q[RESID_POSITION.start + i, i - 1] = SCORE * attn_scale
+        w.W_K[RESID_POSITION.start + i - 1, i - 1] = 1.0
+    w.W_V[RESID_TOKEN, :D_VOCAB] = torch.eye(D_VOCAB)
+    w.W_O[:D_VOCAB, RESID_PREVIOUS] = torch.eye(D_VOCAB)
+
+
+def _plant_gender_match(w: _HeadWeights, attn_scale: float) -> None:
+    """Pronoun gender times name gender: +SCORE on the matching name, -SCORE on the other, sink on <bos>."""
+    w.W_Q[RESID_PRONOUN_GENDER, 0] = SCORE * attn_scale
+    w.W_K[RESID_NAME_GENDER, 0] = 1.0
+    _plant_sink(w, attn_scale, dim=1)
+
+
+def _plant_induction_match(w: _HeadWeights, attn_scale: float) -> None:
+    """Current token against the previous-token block: a position whose predecessor is this token wins."""
+    w.W_Q[RESID_TOKEN, :D_VOCAB] = SCORE * attn_scale * torch.eye(D_VOCAB)
+    w.W_K[RESID_PREVIOUS, :D_VOCAB] = torch.eye(D_VOCAB)
+    _plant_sink(w, attn_scale, dim=D_VOCAB)
+
+
+def _plant_sink(w: _HeadWeights, attn_scale: float, dim: int) -> None:
+    """A constant query against a <bos>-only key feature, so a head with nothing to match rests on <bos>."""
+    w.b_Q[dim] = SINK_SCORE * attn_scale
+    w.W_K[RESID_TOKEN.start + BOS, dim] = 1.0
+
+
+def _plant_copy_to_output(w: _HeadWeights) -> None:
+    """Copy the attended token into the output block as a logit of COPY; <bos> copies nothing (the sink)."""
+    eye = torch.eye(D_VOCAB)
+    eye[BOS, BOS] = 0.0
+    w.W_V[RESID_TOKEN, :D_VOCAB] = eye
+    w.W_O[:D_VOCAB, RESID_OUTPUT] = COPY * torch.eye(D_VOCAB)
+
+
+def _plant_untouched(w: _HeadWeights, gen: torch.Generator) -> None:
+    for weight in (w.W_Q, w.W_K, w.W_V, w.W_O):
+        weight.copy_(torch.randn(weight.shape, generator=gen) * UNTOUCHED_STD)
+
+
+def build(seed: int = 0) -> ToyModel:
+    """The planted model; ``seed`` only sets the untouched heads' small random weights."""
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        n_heads=4,
+        d_model=D_MODEL,
+        d_head=D_HEAD,
+        d_vocab=D_VOCAB,
+        d_vocab_out=D_VOCAB,
+        n_ctx=N_CTX,
+        act_fn="relu",
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        init_weights=False,  # every weight is set below; this also leaves the global RNG alone
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        model = HookedTransformer(cfg)
+    heads = PlantedHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        _plant_embeddings(model)
+        _plant_previous_token(_head(model, *heads.previous_token), cfg.attn_scale)
+        antecedent = _head(model, *heads.antecedent)
+        _plant_gender_match(antecedent, cfg.attn_scale)
+        _plant_copy_to_output(antecedent)
+        induction = _head(model, *heads.induction)
+        _plant_induction_match(induction, cfg.attn_scale)
+        _plant_copy_to_output(induction)
+        _plant_gender_match(_head(model, *heads.decoy), cfg.attn_scale)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    model.eval()
+    model.requires_grad_(False)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))

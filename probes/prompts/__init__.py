@@ -1,0 +1,1 @@
+"""Prompts: minimal pairs with named role positions (:mod:`.promptset`, :mod:`.roles`) and task generators."""

@@ -1,0 +1,264 @@
+"""Minimal pairs with named role positions: the unit every kind of evidence is measured on.
+
+Prompts of different lengths are right-padded. For a causal model right padding changes nothing at the real
+positions, so every metric is read at the per-prompt ``end`` role (the last real token), never at ``[-1]``.
+
+Prompt pairs written as text (JSONL, one pair a line) name their roles by the words they sit on::
+
+    {"clean": "Alice and Bob went to the park. She gave the ball to", "corrupt": "... He gave the ball to",
+     "answer": " Bob", "foil": " Alice", "roles": {"pronoun": "She", "antecedent": "Alice", "distractor": "Bob"}}
+
+Roles are matched in the clean text as :mod:`probes.prompts.roles` describes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from probes.core.errors import ProbesError
+from probes.core.io import write_text
+from probes.prompts.roles import END, role_position
+RECORD_KEYS = ("clean", "corrupt", "answer", "foil", "roles")
+
+
+@dataclass
+class PromptSet:
+    """A batch of clean/corrupt minimal pairs.
+
+    ``roles[name][i]`` is the token position of role ``name`` in prompt ``i`` (same in clean and corrupt).
+    ``labels`` carries per-prompt metadata (template id, names, genders...) used to group cross-validation
+    folds and to explain results; ``texts`` keeps the original strings (if any) for reports.
+    """
+
+    clean: Int[Tensor, "prompt pos"]
+    corrupt: Int[Tensor, "prompt pos"]
+    answer: Int[Tensor, " prompt"]
+    foil: Int[Tensor, " prompt"]
+    roles: dict[str, Int[Tensor, " prompt"]]
+    task: str = "custom"
+    labels: dict[str, list] = field(default_factory=dict)
+    texts: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.clean = torch.as_tensor(self.clean, dtype=torch.long)
+        self.corrupt = torch.as_tensor(self.corrupt, dtype=torch.long)
+        self.answer = torch.as_tensor(self.answer, dtype=torch.long).reshape(-1)
+        self.foil = torch.as_tensor(self.foil, dtype=torch.long).reshape(-1)
+        self.roles = {k: torch.as_tensor(v, dtype=torch.long).reshape(-1) for k, v in self.roles.items()}
+        n, n_pos = self.clean.shape if self.clean.ndim == 2 else (None, None)
+        if n is None:
+            raise ProbesError(f"clean tokens must be a 2-d [prompt, pos] tensor, got shape {tuple(self.clean.shape)}")
+        if self.corrupt.shape != self.clean.shape:
+            raise ProbesError(
+                f"clean and corrupt must have the same shape, got {tuple(self.clean.shape)} and "
+                f"{tuple(self.corrupt.shape)}: build minimal pairs that tokenise to the same length"
+            )
+        for name, t in [("answer", self.answer), ("foil", self.foil)] + list(self.roles.items()):
+            if t.shape[0] != n:
+                raise ProbesError(f"'{name}' has {t.shape[0]} entries but there are {n} prompts")
+        if END not in self.roles:
+            self.roles[END] = torch.full((n,), n_pos - 1, dtype=torch.long)
+        for name, pos in self.roles.items():
+            bad = ((pos < 0) | (pos >= n_pos)).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise ProbesError(f"role '{name}' of prompt {i} is at position {int(pos[i])}, outside 0..{n_pos - 1}")
+        for key, values in self.labels.items():
+            if len(values) != n:
+                raise ProbesError(f"label '{key}' has {len(values)} entries but there are {n} prompts")
+
+    @classmethod
+    def from_tokens(
+        cls,
+        clean: Int[Tensor, "prompt pos"],
+        corrupt: Int[Tensor, "prompt pos"],
+        answer: Int[Tensor, " prompt"],
+        foil: Int[Tensor, " prompt"],
+        roles: dict[str, Int[Tensor, " prompt"]],
+        task: str = "custom",
+        labels: dict[str, list] | None = None,
+    ) -> PromptSet:
+        """Build a prompt set from token ids, for toy models that have no tokenizer."""
+        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}))
+
+    @classmethod
+    def from_strings(cls, model: HookedTransformer, records: list[dict], task: str = "custom") -> PromptSet:
+        """Tokenise text records (the JSONL format of the module docstring) into a prompt set for ``model``.
+
+        Errors name the record, counted from 1.
+        """
+        return _from_records(model, list(records), [f"record {i}" for i in range(1, len(records) + 1)], task)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, model: HookedTransformer, task: str = "custom") -> PromptSet:
+        """Read one prompt pair per line (blank lines skipped); errors name the file and line."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ProbesError(f"cannot read prompt file {path}: {getattr(err, 'strerror', None) or err}") from None
+        records, where = [], []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ProbesError(f"{path} line {number}: not valid JSON ({err})") from None
+            records.append(record)
+            where.append(f"{path} line {number}")
+        if not records:
+            raise ProbesError(f"{path} holds no prompt pairs: write one JSON object per line")
+        return _from_records(model, records, where, task)
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write the text records (with this set's labels) one a line; atomic, so a reader never sees half a file."""
+        if len(self.texts) != len(self):
+            raise ProbesError(
+                f"this '{self.task}' prompt set was built from token ids and has no text to write; "
+                "only prompt sets made from strings (from_strings, from_jsonl, text tasks) can be saved as JSONL"
+            )
+        path = Path(path)
+        lines = []
+        for i, text in enumerate(self.texts):
+            record = {key: text[key] for key in RECORD_KEYS}
+            if self.labels:
+                record["labels"] = {key: values[i] for key, values in self.labels.items()}
+            try:
+                lines.append(json.dumps(record, ensure_ascii=False))
+            except TypeError as err:
+                raise ProbesError(f"prompt {i} cannot be written as JSON ({err}); keep labels to str/int/float") from None
+        try:
+            write_text(path, "\n".join(lines) + "\n")
+        except OSError as err:
+            raise ProbesError(f"cannot write prompt file {path}: {err.strerror or err}") from None
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def end(self) -> Int[Tensor, " prompt"]:
+        """Position of the last real token of each prompt: where the answer is read off."""
+        return self.roles[END]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean.shape[1]
+
+    def role(self, name: str) -> Int[Tensor, " prompt"]:
+        """Positions of a role, with a clear error naming the roles that exist."""
+        if name not in self.roles:
+            raise ProbesError(f"unknown role '{name}'; this prompt set has roles: {', '.join(sorted(self.roles))}")
+        return self.roles[name]
+
+    def subset(self, index: slice | Int[Tensor, " k"] | list[int]) -> PromptSet:
+        """The prompts at ``index`` (a slice, list or tensor), keeping labels and texts aligned."""
+        idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
+        ids = idx.tolist()
+        return PromptSet(
+            self.clean[idx],
+            self.corrupt[idx],
+            self.answer[idx],
+            self.foil[idx],
+            {k: v[idx] for k, v in self.roles.items()},
+            task=self.task,
+            labels={k: [v[i] for i in ids] for k, v in self.labels.items()},
+            texts=[self.texts[i] for i in ids] if self.texts else [],
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text records -> tokens and role positions
+
+
+def _from_records(model: HookedTransformer, records: list[dict], where: list[str], task: str) -> PromptSet:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ProbesError("this model has no tokenizer, so text prompts cannot be used; use PromptSet.from_tokens")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ProbesError("role matching needs a fast tokenizer (offset mappings); give the model a tokenizer.json")
+    if not records:
+        raise ProbesError("no prompt records given")
+    for record, loc in zip(records, where):
+        _check_record(record, loc)
+    role_names = list(records[0]["roles"])
+    texts = [r["clean"] for r in records] + [r["corrupt"] for r in records]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    bos = [tokenizer.bos_token_id] if model.cfg.default_prepend_bos and tokenizer.bos_token_id is not None else []
+    n = len(records)
+    clean_ids, corrupt_ids, answer, foil = [], [], [], []
+    roles: dict[str, list[int]] = {name: [] for name in role_names}
+    for i, (record, loc) in enumerate(zip(records, where)):
+        clean, corrupt = encoded["input_ids"][i], encoded["input_ids"][n + i]
+        if len(clean) != len(corrupt):
+            raise ProbesError(
+                f"{loc}: clean and corrupt tokenise to different lengths ({len(clean)} vs {len(corrupt)} tokens) in "
+                f"corrupt {record['corrupt']!r}; a minimal pair must change tokens, not add or remove them"
+            )
+        if set(record["roles"]) != set(role_names):
+            raise ProbesError(
+                f"{loc}: roles {sorted(record['roles'])} differ from the first record's {sorted(role_names)}; "
+                "every prompt in a set needs the same roles"
+            )
+        clean_ids.append(bos + clean)
+        corrupt_ids.append(bos + corrupt)
+        answer.append(_single_token(tokenizer, record, "answer", loc))
+        foil.append(_single_token(tokenizer, record, "foil", loc))
+        offsets = encoded["offset_mapping"][i]
+        for name in role_names:
+            roles[name].append(len(bos) + role_position(record["clean"], offsets, name, record["roles"][name], loc))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    label_keys = list(dict.fromkeys(key for r in records for key in r.get("labels", {})))
+    return PromptSet(
+        _right_pad(clean_ids, pad),
+        _right_pad(corrupt_ids, pad),
+        torch.tensor(answer),
+        torch.tensor(foil),
+        {name: torch.tensor(pos) for name, pos in roles.items()} | {END: torch.tensor([len(c) - 1 for c in clean_ids])},
+        task=task,
+        labels={key: [r.get("labels", {}).get(key) for r in records] for key in label_keys},
+        texts=records,
+    )
+
+
+def _check_record(record: object, loc: str) -> None:
+    if not isinstance(record, dict):
+        raise ProbesError(f"{loc}: a prompt pair must be a JSON object with keys {', '.join(RECORD_KEYS)}")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        missing_keys = ", ".join(repr(k) for k in missing)
+        raise ProbesError(f"{loc}: missing {missing_keys}; a prompt pair needs {', '.join(RECORD_KEYS)}")
+    for key in RECORD_KEYS[:4]:
+        if not isinstance(record[key], str) or not record[key]:
+            raise ProbesError(f"{loc}: '{key}' must be a non-empty string, got {record[key]!r}")
+    if not isinstance(record["roles"], dict) or not record["roles"]:
+        raise ProbesError(f"{loc}: 'roles' must be an object mapping role names to words of the clean text")
+    if END in record["roles"]:
+        raise ProbesError(f"{loc}: role name '{END}' is reserved (it is always the last real token); rename that role")
+    if not isinstance(record.get("labels", {}), dict):
+        raise ProbesError(f"{loc}: 'labels' must be an object mapping label names to values")
+
+
+def _single_token(tokenizer, record: dict, key: str, loc: str) -> int:
+    ids = tokenizer(record[key], add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ProbesError(
+            f"{loc}: {key} {record[key]!r} is {len(ids)} tokens {pieces} for this tokenizer; answers and foils "
+            "must be single tokens (mind the leading space)"
+        )
+    return ids[0]
+
+
+def _right_pad(rows: list[list[int]], pad: int) -> Int[Tensor, "prompt pos"]:
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out

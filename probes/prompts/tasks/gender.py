@@ -1,0 +1,50 @@
+"""Gender tag: "So Alice is such a funny person, isn't" -> " she"."""
+
+from __future__ import annotations
+
+import random
+
+from transformer_lens import HookedTransformer
+
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.words import ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool, template_order
+
+GENDER_TEMPLATES = (
+    "So {name} is such a {adj} person, isn't",
+    "Honestly, {name} is such a {adj} person, isn't",
+    "I think {name} is a very {adj} person, isn't",
+    "Wow, {name} is really a {adj} friend, isn't",
+    "Well, {name} is such a {adj} neighbour, isn't",
+    "You know, {name} is a truly {adj} teacher, isn't",
+)
+# Wang et al. (2022)'s BABA templates ({S} the subject, said twice; {IO} the indirect object), final name removed.
+def gender_tag(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
+    """"So Alice is such a funny person, isn't" -> " she" (foil " he"); the corrupt prompt has a male name.
+
+    Genders alternate (female at even ``i``); pairs of prompts share a template. Names are single tokens, so
+    the swap keeps the length. Roles: ``name``, ``end``.
+    """
+    task = "gender_tag"
+    check_n(n)
+    rng = random.Random(seed)
+    females = single_token_pool(model, FEMALE_NAMES, "female names", task, 1)
+    males = single_token_pool(model, MALE_NAMES, "male names", task, 1)
+    adjectives = single_token_pool(model, ADJECTIVES, "adjectives", task, 1)
+    order = template_order(rng, len(GENDER_TEMPLATES))
+    records = []
+    for i in range(n):
+        female = i % 2 == 0
+        name, swapped = (rng.choice(females), rng.choice(males)) if female else (rng.choice(males), rng.choice(females))
+        template, adj = order[(i // 2) % len(order)], rng.choice(adjectives)
+        answer, foil = (" she", " he") if female else (" he", " she")
+        records.append(
+            {
+                "clean": GENDER_TEMPLATES[template].format(name=name, adj=adj),
+                "corrupt": GENDER_TEMPLATES[template].format(name=swapped, adj=adj),
+                "answer": answer,
+                "foil": foil,
+                "roles": {"name": name},
+                "labels": {"name": name, "gender": "female" if female else "male", "template": template},
+            }
+        )
+    return PromptSet.from_strings(model, records, task=task)

@@ -1,0 +1,81 @@
+"""Indirect object identification: "When Mary and John went to the store, John gave a drink to" -> " Mary"."""
+
+from __future__ import annotations
+
+import random
+
+from transformer_lens import HookedTransformer
+
+from probes.core.errors import ProbesError
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_order
+
+IOI_TEMPLATES = (
+    "Then, {S} and {IO} went to the {place}. {S} gave a {object} to",
+    "Then, {S} and {IO} had a lot of fun at the {place}. {S} gave a {object} to",
+    "Then, {S} and {IO} were working at the {place}. {S} decided to give a {object} to",
+    "Then, {S} and {IO} were thinking about going to the {place}. {S} wanted to give a {object} to",
+    "Then, {S} and {IO} had a long argument, and afterwards {S} said to",
+    "After {S} and {IO} went to the {place}, {S} gave a {object} to",
+    "When {S} and {IO} got a {object} at the {place}, {S} decided to give it to",
+    "When {S} and {IO} got a {object} at the {place}, {S} decided to give the {object} to",
+    "While {S} and {IO} were working at the {place}, {S} gave a {object} to",
+    "While {S} and {IO} were commuting to the {place}, {S} gave a {object} to",
+    "After the lunch, {S} and {IO} went to the {place}. {S} gave a {object} to",
+    "Afterwards, {S} and {IO} went to the {place}. {S} gave a {object} to",
+    "Then, {S} and {IO} had a long argument. Afterwards {S} said to",
+    "Friends {S} and {IO} found a {object} at the {place}. {S} gave it to",
+)
+
+
+IOI_CORRUPTIONS = ("abc", "flip_s2")
+
+
+def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc") -> PromptSet:
+    """Indirect object identification (Wang et al. 2022): "... Mary and John ... John gave a drink to" -> " Mary".
+
+    Orders alternate BABA (``i`` even: subject first) and ABBA; pairs of prompts share a template. Answer IO,
+    foil S; roles ``IO``, ``S1``, ``S2``, ``end``. Two corruptions:
+
+    - ``"abc"`` (default): Wang et al.'s ABC distribution: the three name slots (S1, IO, S2) get three fresh
+      distinct names, so it keeps the sentence and its length but no name is repeated and neither IO nor S
+      occurs; the logit difference there measures what the model says without the task's information.
+    - ``"flip_s2"``: only the repeated subject S2 becomes the IO name (TransformerLens's exploratory-analysis
+      demo), so the correct answer flips to S; clean and corrupt share every token before S2.
+    """
+    task = "ioi"
+    check_n(n)
+    if corruption not in IOI_CORRUPTIONS:
+        raise ProbesError(f"unknown IOI corruption '{corruption}'; choose one of: {', '.join(IOI_CORRUPTIONS)}")
+    rng = random.Random(seed)
+    names = single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", task, 5)
+    places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
+    order = template_order(rng, len(IOI_TEMPLATES))
+    records = []
+    for i in range(n):
+        baba = i % 2 == 0
+        template = order[(i // 2) % len(order)]
+        s, io, c1, c2, c3 = rng.sample(names, 5)
+        place, obj = rng.choice(places), rng.choice(objects)
+        text = IOI_TEMPLATES[template]
+        if not baba:  # ABBA: the indirect object is named first
+            text = text.replace("{S} and {IO}", "{IO} and {S}", 1)
+        first, second = ("S", "IO") if baba else ("IO", "S")
+        clean = text.format(S=s, IO=io, place=place, object=obj)
+        if corruption == "abc":  # the first two names become c1, c2 and the repeated subject a third name c3
+            abc = text.replace("{" + first + "}", "{c1}", 1).replace("{" + second + "}", "{c2}", 1)
+            corrupt = abc.replace("{S}", "{c3}").format(c1=c1, c2=c2, c3=c3, place=place, object=obj)
+        else:  # the second (last) subject mention becomes the indirect object
+            at = text.rindex("{S}")
+            corrupt = (text[:at] + "{IO}" + text[at + 3 :]).format(S=s, IO=io, place=place, object=obj)
+        records.append(
+            {
+                "clean": clean,
+                "corrupt": corrupt,
+                "answer": " " + io,
+                "foil": " " + s,
+                "roles": {"IO": io, "S1": s, "S2": {"text": s, "occurrence": 2}},
+                "labels": {"template": template, "order": "BABA" if baba else "ABBA", "IO": io, "S": s},
+            }
+        )
+    return PromptSet.from_strings(model, records, task=task)

@@ -1,0 +1,72 @@
+"""Pronoun resolution: "Alice and Bob went to the park. She gave the ball to" -> " Bob"."""
+
+from __future__ import annotations
+
+import random
+
+from transformer_lens import HookedTransformer
+
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_order
+
+PRONOUN_TEMPLATES = (
+    "{A} and {B} went to the {place}. {P} gave the {object} to",
+    "{A} and {B} were at the {place}. {P} handed the {object} to",
+    "{A} met {B} at the {place}. {P} passed the {object} to",
+    "After {A} and {B} arrived at the {place}, {p} gave the {object} to",
+    "{A} and {B} spent the day at the {place}. Later, {p} threw the {object} to",
+    "At the {place}, {A} sat next to {B}. {P} offered the {object} to",
+    "{A} and {B} walked into the {place}. {P} showed the {object} to",
+    "{A} was talking with {B} at the {place}. {P} sold the {object} to",
+    "While {A} and {B} were at the {place}, {p} lent the {object} to",
+    "{A} visited {B} at the {place}. {P} brought the {object} to",
+    "Yesterday {A} and {B} went to the {place}, where {p} gave the {object} to",
+    "{A} and {B} had lunch at the {place}. Afterwards {p} gave the {object} to",
+)
+def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
+    """"Alice and Bob went to the park. She gave the ball to" -> " Bob": the answer is the non-antecedent.
+
+    One name is female and one male, so the pronoun picks the antecedent (the giver) and the answer is the
+    other name; the corrupt prompt flips the pronoun, which swaps answer and foil. Prompt ``i`` has a female
+    antecedent when ``i`` is even and the antecedent first when ``i % 4 < 2``; each block of 4 shares a template.
+    Roles: ``pronoun``, ``antecedent``, ``distractor`` (the answer name), ``end``.
+    """
+    task = "pronoun_resolution"
+    check_n(n)
+    rng = random.Random(seed)
+    females = single_token_pool(model, FEMALE_NAMES, "female names", task, 2)
+    males = single_token_pool(model, MALE_NAMES, "male names", task, 2)
+    places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
+    order = template_order(rng, len(PRONOUN_TEMPLATES))
+    records = []
+    for i in range(n):
+        female, antecedent_first = i % 2 == 0, i % 4 < 2
+        she, he = rng.choice(females), rng.choice(males)
+        antecedent, other = (she, he) if female else (he, she)
+        a, b = (antecedent, other) if antecedent_first else (other, antecedent)
+        template = order[(i // 4) % len(order)]
+        place, obj = rng.choice(places), rng.choice(objects)
+
+        def fill(pronoun: str) -> str:
+            return PRONOUN_TEMPLATES[template].format(
+                A=a, B=b, place=place, object=obj, P=pronoun.capitalize(), p=pronoun
+            )
+
+        pronoun, flipped = ("she", "he") if female else ("he", "she")
+        pronoun_word = pronoun.capitalize() if "{P}" in PRONOUN_TEMPLATES[template] else pronoun
+        records.append(
+            {
+                "clean": fill(pronoun),
+                "corrupt": fill(flipped),
+                "answer": " " + other,
+                "foil": " " + antecedent,
+                "roles": {"pronoun": pronoun_word, "antecedent": antecedent, "distractor": other},
+                "labels": {
+                    "template": template,
+                    "antecedent": antecedent,
+                    "antecedent_gender": "female" if female else "male",
+                    "order": "antecedent_first" if antecedent_first else "distractor_first",
+                },
+            }
+        )
+    return PromptSet.from_strings(model, records, task=task)

@@ -1,0 +1,121 @@
+"""Random-token tasks: the inputs of attention-pattern detectors (previous-token, duplicate, induction heads)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from probes.core.errors import ProbesError
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.words import check_n
+
+
+def ordinary_token_ids(model: HookedTransformer) -> Int[Tensor, " token"]:
+    """Token ids a random sequence may use: all but special and added tokens (BOS, EOS, PAD, UNK, <unused..>).
+
+    A tokenizer-less model (a toy) has only its id 0 excluded, the BOS by convention.
+    """
+    n_vocab = model.cfg.d_vocab
+    allowed = torch.ones(n_vocab, dtype=torch.bool)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        allowed[0] = False
+    else:
+        allowed[len(tokenizer) :] = False
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+        allowed[[i for i in special if i < n_vocab]] = False
+    return allowed.nonzero()[:, 0]
+
+
+def _pool_of(model: HookedTransformer, vocab: Tensor | None, need: int) -> Int[Tensor, " token"]:
+    pool = ordinary_token_ids(model) if vocab is None else torch.as_tensor(vocab, dtype=torch.long).unique()
+    if len(pool) < need:
+        raise ProbesError(f"the token pool has {len(pool)} tokens but {need} distinct ones are needed; shorten length")
+    return pool
+
+
+def _draw(rng: random.Random, pool: Int[Tensor, " token"], k: int, exclude: set[int] = frozenset()) -> list[int]:
+    """``k`` distinct tokens from ``pool``, none in ``exclude``; O(k), even for Gemma's 262k-token pool."""
+    picks: list[int] = []
+    while len(picks) < k:
+        for j in rng.sample(range(len(pool)), k - len(picks)):
+            token = int(pool[j])
+            if token not in exclude and token not in picks:
+                picks.append(token)
+    return picks
+
+
+def _bos(model: HookedTransformer) -> int:
+    tokenizer = model.tokenizer
+    return 0 if tokenizer is None or tokenizer.bos_token_id is None else tokenizer.bos_token_id
+
+
+def _length(model: HookedTransformer, length: int | None, default: int, copies: int) -> int:
+    longest = (model.cfg.n_ctx - 1) // copies
+    length = min(default, longest) if length is None else length
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= longest:
+        raise ProbesError(
+            f"length must be an integer from 1 to {longest} for a context of {model.cfg.n_ctx}, got {length!r}"
+        )
+    return length
+
+
+def previous_token(
+    model: HookedTransformer, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
+) -> PromptSet:
+    """``BOS r`` with ``r`` ``length`` distinct random tokens (default 32, or what fits the context).
+
+    The corrupt prompt changes only the token before the last, so the pair isolates previous-token
+    information; answer = that token on the clean side, foil = its corrupt replacement (a weak behavioural
+    metric: previous-token heads are judged by attention first). Roles: ``end`` and ``previous`` (= end - 1).
+    ``vocab`` restricts the token ids drawn (default: :func:`ordinary_token_ids`).
+    """
+    check_n(n)
+    length = _length(model, length, 32, copies=1)
+    if length < 2:
+        raise ProbesError("previous_token needs length >= 2: the last token must have a real previous token")
+    pool, rng, bos = _pool_of(model, vocab, length + 1), random.Random(seed), _bos(model)
+    clean, corrupt, answer, foil = [], [], [], []
+    for _ in range(n):
+        r = _draw(rng, pool, length)
+        (swap,) = _draw(rng, pool, 1, exclude=set(r))
+        clean.append([bos, *r])
+        corrupt.append([bos, *r[:-2], swap, r[-1]])
+        answer.append(r[-2])
+        foil.append(swap)
+    end = torch.full((n,), length)
+    return PromptSet.from_tokens(
+        torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
+        {"end": end, "previous": end - 1}, task="previous_token",
+    )
+
+
+def induction(
+    model: HookedTransformer, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
+) -> PromptSet:
+    """``BOS r r`` (``r``: ``length`` distinct random tokens, default 20): at the end the repeat predicts ``r[0]``.
+
+    The last token is ``r[-1]``, whose first occurrence was followed by ``r[0]``: that is the answer. The corrupt
+    prompt is ``BOS r' r`` with ``r'`` fresh and disjoint from ``r``: same last half, nothing to induce; the foil is a
+    token in neither. Roles as in :func:`probes.toy.repeated_prompts`: ``end``, and ``induction_target`` = the position
+    right after the first occurrence of the end token (where an induction head looks).
+    """
+    check_n(n)
+    length = _length(model, length, 20, copies=2)
+    pool, rng, bos = _pool_of(model, vocab, 2 * length + 1), random.Random(seed), _bos(model)
+    clean, corrupt, answer, foil = [], [], [], []
+    for _ in range(n):
+        r = _draw(rng, pool, length)
+        fresh = _draw(rng, pool, length + 1, exclude=set(r))
+        clean.append([bos, *r, *r])
+        corrupt.append([bos, *fresh[:length], *r])
+        answer.append(r[0])
+        foil.append(fresh[length])
+    return PromptSet.from_tokens(
+        torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
+        {"end": torch.full((n,), 2 * length), "induction_target": torch.full((n,), length + 1)}, task="induction",
+    )

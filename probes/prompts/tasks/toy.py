@@ -1,0 +1,67 @@
+"""Prompt sets for the planted toy model (:mod:`probes.models.toy`), which has no tokenizer: token ids and roles."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from probes.models.toy import AND, BOS, FEMALE_NAMES, FILLERS, HE, MALE_NAMES, NON_SPECIAL, SHE, ToyModel
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.random_tokens import induction
+from probes.prompts.tasks.words import check_n
+
+
+def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0) -> PromptSet:
+    """``<bos> A and B filler filler PRONOUN``: the answer is the name whose gender matches the pronoun.
+
+    Prompt ``i`` has a female antecedent when ``i`` is even and the antecedent first when ``i % 4 < 2``, so any
+    four consecutive prompts cover every gender x order cell. The corrupt prompt flips the pronoun, which makes
+    the foil the antecedent.
+    """
+    check_n(n)
+    rng = random.Random(seed)
+    clean, corrupt, answer, foil = [], [], [], []
+    antecedent_pos, distractor_pos, genders, names, templates = [], [], [], [], []
+    for i in range(n):
+        female, first = i % 2 == 0, i % 4 < 2
+        she, he = rng.choice(FEMALE_NAMES), rng.choice(MALE_NAMES)
+        ante, other = (she, he) if female else (he, she)
+        a, b = (ante, other) if first else (other, ante)
+        fillers = rng.sample([t for t in FILLERS if t != AND], 2)
+        pronoun, flipped = (SHE, HE) if female else (HE, SHE)
+        clean.append([BOS, a, AND, b, *fillers, pronoun])
+        corrupt.append([BOS, a, AND, b, *fillers, flipped])
+        answer.append(ante)
+        foil.append(other)
+        antecedent_pos.append(1 if first else 3)
+        distractor_pos.append(3 if first else 1)
+        genders.append("female" if female else "male")
+        names.append(toy.vocab[ante])
+        templates.append(0 if first else 1)
+    last = torch.full((n,), len(clean[0]) - 1)
+    return PromptSet.from_tokens(
+        torch.tensor(clean),
+        torch.tensor(corrupt),
+        torch.tensor(answer),
+        torch.tensor(foil),
+        {
+            "pronoun": last,
+            "antecedent": torch.tensor(antecedent_pos),
+            "distractor": torch.tensor(distractor_pos),
+            "end": last,
+        },
+        task="pronoun_resolution",
+        labels={"antecedent_gender": genders, "antecedent": names, "template": templates},
+    )
+
+
+def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> PromptSet:
+    """``<bos> r r``: at the end the induction head predicts ``r[0]``, the token after the first ``r[-1]``.
+
+    The induction task (:func:`probes.prompts.tasks.induction`) over the toy's names and fillers: ``r`` has
+    distinct tokens so the induction target is unique; the corrupt prompt ``<bos> r' r`` has the same last half
+    but no earlier occurrence to induce from, so heads that build the memory induction reads (the previous-token
+    head) get a causal effect. The foil is a token in neither.
+    """
+    return induction(toy.model, n, seed, length=length, vocab=torch.tensor(NON_SPECIAL))

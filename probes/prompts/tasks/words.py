@@ -1,0 +1,72 @@
+"""Shared by the text tasks: word pools (names, places, objects, adjectives) and the checks that keep them honest.
+
+Every word is kept only if it is a single token (with its leading space) for the model's tokenizer: a swap then
+never changes a prompt's length, and answers are single tokens.
+"""
+
+from __future__ import annotations
+
+import random
+
+from transformer_lens import HookedTransformer
+
+from probes.core.errors import ProbesError
+
+FEMALE_NAMES = (
+    "Mary Anna Sarah Emma Lucy Kate Alice Laura Jessica Emily Rachel Rose Grace Julia Linda Susan Karen Lisa "
+    "Nancy Helen Sandra Donna Carol Ruth Sharon Michelle Amy Angela Melissa Anne Maria Diana Kelly Claire Sophie "
+    "Olivia Hannah Chloe Ella Amber Megan Natalie Victoria Jane Joan Nicole Christina Elizabeth Catherine Jennifer "
+    "Heather Rebecca Samantha Stephanie Katherine Lauren Martha Monica Paula Wendy Tina Beth Jenny Molly Sally"
+).split()
+MALE_NAMES = (
+    "John Tom James Paul Mark David Michael Robert William Richard Thomas Charles Daniel Matthew George Steven "
+    "Kevin Brian Edward Jason Jeff Ryan Gary Eric Jacob Peter Frank Scott Andrew Raymond Gregory Joshua Henry "
+    "Patrick Jack Dennis Adam Nathan Douglas Kyle Carl Arthur Roger Joe Sam Ben Alex Chris Dan Mike Bob "
+    "Tim Luke Max Oliver Harry Simon Victor Martin Philip Louis Bruce Howard Fred Ray Leo Ian Neil Oscar"
+).split()
+PLACES = (
+    "park store garden restaurant school hospital office house station beach library market church museum "
+    "hotel cafe airport kitchen"
+).split()
+OBJECTS = "ball book ring drink snack gift letter key bag cup pen bottle flower basket hat coin card".split()
+ADJECTIVES = (
+    "funny kind nice smart quiet happy brave good great lovely sweet friendly honest calm strong clever gentle "
+    "warm polite cheerful"
+).split()
+
+# {A} and {B} are the two names, {P}/{p} the pronoun (capitalised or not): the answer is the name the pronoun
+# does NOT refer to, because the antecedent is the one giving something to the other.
+def single_tokens(model: HookedTransformer, words: list[str] | tuple[str, ...], task: str) -> list[str]:
+    """The words (deduplicated, in order) that are one token when preceded by a space, as they appear mid-text."""
+    tokenizer = tokenizer_of(model, task)
+    words = list(dict.fromkeys(words))
+    ids = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
+    return [w for w, i in zip(words, ids) if len(i) == 1]
+
+
+def tokenizer_of(model: HookedTransformer, task: str):
+    if model.tokenizer is None:
+        raise ProbesError(
+            f"task '{task}' writes text and this model has no tokenizer; for toy models use probes.toy's "
+            "prompt builders or PromptSet.from_tokens"
+        )
+    return model.tokenizer
+
+
+def single_token_pool(model: HookedTransformer, words: tuple[str, ...], what: str, task: str, need: int) -> list[str]:
+    kept = single_tokens(model, words, task)
+    if len(kept) < need:
+        raise ProbesError(
+            f"task '{task}' needs at least {need} {what} that are single tokens for this tokenizer, found {len(kept)}"
+        )
+    return kept
+
+
+def check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ProbesError(f"n must be a positive integer, got {n!r}")
+
+
+def template_order(rng: random.Random, n_templates: int) -> list[int]:
+    """A seeded permutation of the templates, cycled so every template is used before any repeats."""
+    return rng.sample(range(n_templates), n_templates)

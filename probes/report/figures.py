@@ -1,0 +1,240 @@
+"""The report's figures: per-head evidence heatmaps, attention-vs-effect scatter, attention patterns (plotly)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+
+from probes.claims.measures import LEGS
+from probes.claims.types import ClaimResult
+from probes.claims.verdicts import VERDICTS
+from probes.run.rundir import Example, RunResults, ci_columns
+
+FONT = "-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+# shared colour semantics of every evidence heatmap: white is zero, blue positive, red negative
+DIVERGING = [
+    [0.0, "rgb(178,24,43)"], [0.25, "rgb(244,165,130)"], [0.5, "rgb(247,247,247)"],
+    [0.75, "rgb(146,197,222)"], [1.0, "rgb(33,102,172)"],
+]  # fmt: skip
+VERDICT_COLOURS = {
+    "supported": "#1a7f37",
+    "attention_only": "#b35900",
+    "effect_only": "#6f42c1",
+    "refuted": "#cf222e",
+    "inconclusive": "#6e7781",
+}
+def plot_text(s: str) -> str:
+    """Text for plotly labels, which parse a subset of HTML: escape it so tokens like '<b>' show literally."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "\\n")
+
+
+def figure_spec(div_id: str, fig: go.Figure) -> dict:
+    """A figure as the plain data the page's loader hands to ``Plotly.newPlot``."""
+    fig.update_layout(font_family=FONT, template="plotly_white")
+    spec = json.loads(pio.to_json(fig, validate=False))
+    return {"id": div_id, "data": spec["data"], "layout": spec["layout"]}
+
+
+@dataclass
+class Panel:
+    """One layer x head grid of a measure, with its interval and extra hover lines."""
+
+    title: str
+    leg: str
+    description: str
+    value: Float[np.ndarray, "layer head"]
+    ci_low: Float[np.ndarray, "layer head"]
+    ci_high: Float[np.ndarray, "layer head"]
+    extra: dict[str, Float[np.ndarray, "layer head"]]
+
+
+def _grid(df: pd.DataFrame, column: str, n_layers: int, n_heads: int) -> Float[np.ndarray, "layer head"]:
+    """Scatter a per-head column into a [layer, head] array; heads the run skipped stay NaN."""
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[df["layer"].to_numpy(int), df["head"].to_numpy(int)] = df[column].to_numpy(float)
+    return grid
+
+
+def evidence_panels(run: RunResults) -> list[Panel]:
+    """Every per-head measure, then probe selectivity per target, ordered attention -> causal -> representational."""
+    shape = (run.model.n_layers, run.model.n_heads)
+    panels = [
+        Panel(name, m.leg, m.description, *(_grid(run.heads, c, *shape) for c in ci_columns([name])), {})
+        for name, m in run.evidence.items()
+        if m.panel
+    ]
+    if run.probes is not None:
+        for target, df in run.probes.groupby("target", sort=False):
+            panels.append(
+                Panel(
+                    f"probe selectivity: {target}",
+                    "representational",
+                    f"linear-probe accuracy for '{target}' from the head's output, minus a control task's accuracy",
+                    *(_grid(df, c, *shape) for c in ci_columns(["selectivity"])),
+                    {"accuracy": _grid(df, "accuracy", *shape), "control": _grid(df, "control_accuracy", *shape)},
+                )
+            )
+    return sorted(panels, key=lambda p: LEGS.index(p.leg))
+
+
+def claimed_heads(claims: list[ClaimResult]) -> dict[str, list[tuple[int, int]]]:
+    """Claimed heads grouped by verdict (a head claimed twice counts under its first claim's verdict)."""
+    seen: dict[tuple[int, int], str] = {}
+    for result in claims:
+        if result.claim.head is not None:
+            seen.setdefault(result.claim.head, result.verdict)
+    return {v: [h for h, verdict in seen.items() if verdict == v] for v in VERDICTS if v in seen.values()}
+
+
+def heatmap_figure(panel: Panel, claimed: dict[str, list[tuple[int, int]]]) -> go.Figure:
+    n_layers, n_heads = panel.value.shape
+    scale = np.nanmax(np.abs(panel.value)) if np.isfinite(panel.value).any() else 1.0
+    scale = scale if scale > 0 else 1.0
+    custom = np.stack([panel.ci_low, panel.ci_high, *panel.extra.values()], axis=-1)
+    extra_hover = "".join(f"<br>{n} %{{customdata[{i + 2}]:.3f}}" for i, n in enumerate(panel.extra))
+    fig = go.Figure(
+        go.Heatmap(
+            z=panel.value,
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            customdata=custom,
+            colorscale=DIVERGING,
+            zmin=-scale,
+            zmax=scale,
+            colorbar={"thickness": 12, "len": 0.9},
+            hovertemplate="head %{y}.%{x}<br>"
+            + plot_text(panel.title)
+            + " %{z:.3f}<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+            + extra_hover
+            + "<extra></extra>",
+            hoverongaps=False,
+        )
+    )
+    for verdict, heads in claimed.items():
+        colour = VERDICT_COLOURS[verdict]
+        fig.add_trace(
+            go.Scatter(
+                x=[head for _, head in heads],
+                y=[layer for layer, _ in heads],
+                mode="markers",
+                marker={"symbol": "square-open", "size": 14, "color": colour, "line": {"width": 2.5, "color": colour}},
+                hovertemplate=f"claimed head %{{y}}.%{{x}}: {verdict}<extra></extra>",
+                showlegend=False,
+            )
+        )
+    fig.update_xaxes(title="head", dtick=1, showgrid=False, zeroline=False, range=[-0.5, n_heads - 0.5])
+    fig.update_yaxes(
+        title="layer", autorange="reversed", dtick=1 if n_layers <= 12 else 2, showgrid=False, zeroline=False
+    )
+    fig.update_layout(height=140 + 18 * max(n_layers, 8), margin={"l": 50, "r": 10, "t": 30, "b": 45})
+    return fig
+
+
+def scatter_figure(
+    run: RunResults, attention: str, effect: str, claimed: dict[str, list[tuple[int, int]]]
+) -> go.Figure:
+    """Attention against effect, one point per head: heads where the two kinds of evidence disagree stand out."""
+    df = run.heads.dropna(subset=[attention, effect]).set_index(["layer", "head"], drop=False)
+    fig = go.Figure()
+    is_claimed = df.index.isin([h for heads in claimed.values() for h in heads])
+    groups = [("other heads", df[~is_claimed], "rgba(90,100,115,0.45)", False)]
+    for verdict, heads in claimed.items():
+        groups.append((verdict, df[df.index.isin(heads)], VERDICT_COLOURS[verdict], True))
+    for name, subset, colour, highlight in groups:
+        if subset.empty:
+            continue
+        labels = [f"{layer}.{head}" for layer, head in zip(subset["layer"], subset["head"])]
+        fig.add_trace(
+            go.Scatter(
+                x=subset[attention],
+                y=subset[effect],
+                error_x=_error_bars(subset, attention, colour, highlight),
+                error_y=_error_bars(subset, effect, colour, highlight),
+                mode="markers+text" if highlight else "markers",
+                text=labels if highlight else None,
+                textposition="top right",
+                textfont={"color": colour},
+                marker={"size": 12 if highlight else 7, "color": colour, "line": {"width": 1, "color": "white"}},
+                name=name.replace("_", " "),
+                customdata=subset[ci_columns([attention])[1:] + ci_columns([effect])[1:]],
+                hovertext=labels,
+                hovertemplate="head %{hovertext}<br>"
+                + f"{plot_text(attention)} %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>"
+                + f"{plot_text(effect)} %{{y:.3f}} [%{{customdata[2]:.3f}}, %{{customdata[3]:.3f}}]<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title=plot_text(attention), zeroline=True)
+    fig.update_yaxes(title=plot_text(effect), zeroline=True)
+    fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 20, "b": 50}, legend={"orientation": "h", "y": 1.08})
+    return fig
+
+
+def _error_bars(df: pd.DataFrame, measure: str, colour: str, visible: bool) -> dict:
+    """Asymmetric error bars spanning the measure's interval (drawn for claimed heads only, to keep it legible)."""
+    return {
+        "visible": visible,
+        "type": "data",
+        "symmetric": False,
+        "array": df[f"{measure}_ci_high"] - df[measure],
+        "arrayminus": df[measure] - df[f"{measure}_ci_low"],
+        "thickness": 1,
+        "width": 0,
+        "color": colour,
+    }
+
+
+def token_labels(example: Example) -> list[str]:
+    """Axis labels 'position token', with the role a position plays where it plays one."""
+    roles = {pos: name for name, pos in example.roles.items()}
+    return [
+        plot_text(f"{i} {tok}" + (f"  ‹{roles[i]}›" if i in roles else "")) for i, tok in enumerate(example.tokens)
+    ]
+
+
+def pattern_figure(example: Example, per_row: int = 2) -> go.Figure:
+    """Each head's attention pattern on one prompt: rows are queries, columns the keys they attend to."""
+    heads = list(example.patterns)
+    n = len(example.tokens)
+    labels = token_labels(example)
+    n_rows, n_cols = -(-len(heads) // per_row), min(len(heads), per_row)
+    fig = make_subplots(
+        rows=n_rows, cols=n_cols, subplot_titles=[plot_text(f"head {h}") for h in heads], horizontal_spacing=0.12,
+        vertical_spacing=0.3 / n_rows,
+    )  # fmt: skip
+    axis = {"tickmode": "array", "tickvals": list(range(n)), "ticktext": labels, "showgrid": False}
+    axis["tickfont"] = {"size": 10}
+    hover = [[[labels[q], labels[k]] for k in range(n)] for q in range(n)]
+    for i, head in enumerate(heads):
+        row, col = divmod(i, n_cols)
+        fig.add_trace(
+            go.Heatmap(
+                z=example.patterns[head],
+                x=list(range(n)),
+                y=list(range(n)),
+                customdata=hover,
+                colorscale="Blues",
+                zmin=0,
+                zmax=1,
+                showscale=i == 0,
+                colorbar={"thickness": 12, "len": 0.9 / n_rows, "y": 1, "yanchor": "top"},
+                hovertemplate=f"head {plot_text(head)}<br>from %{{customdata[0]}}<br>to %{{customdata[1]}}"
+                "<br>weight %{z:.3f}<extra></extra>",
+            ),
+            row=row + 1,
+            col=col + 1,
+        )
+        # square cells: a pattern is a query x key matrix, not a chart
+        cell = {"row": row + 1, "col": col + 1, "constrain": "domain"}
+        fig.update_xaxes(**axis, **cell, tickangle=-60)
+        fig.update_yaxes(**axis, **cell, autorange="reversed", scaleanchor=f"x{i + 1 if i else ''}")
+    fig.update_yaxes(title="attending token (query)", col=1)
+    fig.update_xaxes(title="attended-to token (key)", row=n_rows)
+    fig.update_layout(height=n_rows * (170 + 18 * n), margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig

@@ -1,0 +1,137 @@
+"""Render a run directory as one self-contained HTML page: claims and verdicts first, then the evidence behind them.
+
+The page must open offline and from an e-mail attachment, so plotly.js is inlined once and nothing is fetched (a
+Content-Security-Policy forbids it). Prompt text is untrusted: jinja2 autoescapes everything in the markup, and the
+figure JSON inside ``<script>`` has ``<``, ``>`` and ``&`` escaped so text such as ``</script>`` cannot end it.
+The report reads only the run directory (see :mod:`probes.run.rundir`) and imports no evidence code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs
+
+from probes.claims.measures import thresholds_by_measure
+from probes.claims.verdicts import VERDICTS
+from probes.core.io import write_text
+from probes.report.figures import (
+    VERDICT_COLOURS,
+    claimed_heads,
+    evidence_panels,
+    figure_spec,
+    heatmap_figure,
+    pattern_figure,
+    scatter_figure,
+)
+from probes.run.rundir import Example, RunResults, read_run
+
+INDEX = "index.html"
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+def fmt(x: float | None) -> str:
+    """A number as people read it: two decimals, more significant digits when small, 'n/a' when missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, int):
+        return str(x)
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 0.01 or x == 0:
+        return f"{x:.2f}"
+    return f"{x:.2g}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return ""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def script_json(obj) -> Markup:
+    """JSON safe inside ``<script>``: no ``<``/``>``/``&`` survives, so prompt text cannot close the tag."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return Markup(text)
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    return "" if value is None else str(value)
+
+
+@dataclass
+class Column:
+    name: str
+    short: bool  # every cell is a few characters (answer, foil): never wrap, so leading spaces stay visible
+
+
+def prompt_table(prompts: list[dict]) -> tuple[list[Column], list[list[str]]]:
+    """Columns in first-seen order and one row of display strings per prompt."""
+    names = list(dict.fromkeys(k for p in prompts for k in p))
+    rows = [[_cell(p.get(c)) for c in names] for p in prompts]
+    columns = [Column(name, all(len(row[i]) <= 16 for row in rows)) for i, name in enumerate(names)]
+    return columns, rows
+
+
+def example_caption(run: RunResults, example: Example) -> str:
+    if example.prompt is not None and example.prompt < len(run.prompts):
+        prompt = run.prompts[example.prompt]
+        return f"prompt {example.prompt}: {prompt.get('clean', ''.join(example.tokens))}"
+    return "".join(example.tokens)
+
+
+def _headline(run: RunResults, leg: str) -> str | None:
+    """The first panel measure of a leg is its headline measure (see probes.run.rundir)."""
+    return next((name for name, m in run.evidence.items() if m.leg == leg and m.panel), None)
+
+
+def render_html(run: RunResults) -> str:
+    """The report page for ``run`` as a string."""
+    claimed = claimed_heads(run.claims)
+    panels = evidence_panels(run)
+    figures = [figure_spec(f"fig-heatmap-{i}", heatmap_figure(p, claimed)) for i, p in enumerate(panels)]
+    attention, effect = _headline(run, "attention"), _headline(run, "causal")
+    scatter = attention is not None and effect is not None
+    if scatter:
+        figures.append(figure_spec("fig-scatter", scatter_figure(run, attention, effect, claimed)))
+    examples = [e for e in run.examples if e.patterns]
+    figures += [figure_spec(f"fig-example-{i}", pattern_figure(e)) for i, e in enumerate(examples)]
+    columns, rows = prompt_table(run.prompts)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("probes.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters.update(fmt=fmt, fmt_p=fmt_p)
+    return env.get_template("report.html.j2").render(
+        run=run,
+        verdicts=VERDICTS,
+        verdict_colours=VERDICT_COLOURS,
+        claim_thresholds=[thresholds_by_measure(result.thresholds) for result in run.claims],
+        panels=panels,
+        scatter={"attention": attention, "effect": effect} if scatter else None,
+        examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],
+        prompt_columns=columns,
+        prompt_rows=rows,
+        plotly_js=Markup(get_plotlyjs()),
+        figures=script_json(figures),
+        plotly_config=script_json(PLOTLY_CONFIG),
+    )
+
+
+def render(run_dir: str | os.PathLike) -> Path:
+    """Write ``run_dir/index.html`` from the run's results; returns its path."""
+    run = read_run(run_dir)
+    path = Path(run_dir) / INDEX
+    write_text(path, render_html(run))
+    return path

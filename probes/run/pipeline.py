@@ -1,0 +1,132 @@
+"""A scripted run: an analysis spec -> every piece of evidence -> a run directory.
+
+A spec (:mod:`probes.run.spec`) names a model, a task (or a JSONL file of the user's own minimal pairs), the
+roles of the claim to test and which heads to judge.
+
+
+Every head is evaluated (multiple-comparison adjusted), so ``heads.parquet`` has the evidence for all of them;
+the ``claims`` list picks which heads get a verdict sentence at the top of the report.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from probes.claims.evaluation import evaluate
+from probes.claims.measures import MEASURES
+from probes.claims.types import Claim, ClaimResult, Thresholds
+from probes.claims.verdicts import rule_lines
+from probes.core.errors import ProbesError
+from probes.evidence import probing
+from probes.evidence.activations import ALL_POSITIONS, harvest
+from probes.evidence.attention import attention_patterns
+from probes.evidence.behaviour import behaviour
+from probes.models.loading import load_model
+from probes.prompts import tasks
+from probes.prompts.promptset import PromptSet
+from probes.run.rundir import Example, ModelInfo, RunResults, write_run
+from probes.evidence.probing import TARGETS as PROBE_TARGETS
+from probes.run.spec import AnalysisSpec, parse_selector
+
+
+def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
+    if spec.prompts is not None:
+        return PromptSet.from_jsonl(spec.prompts, model)
+    return tasks.generate(model, spec.task, spec.n, seed=spec.seed)
+
+
+def _selected_heads(spec: AnalysisSpec, table: pd.DataFrame, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    heads: list[tuple[int, int]] = []
+    for item in spec.claims:
+        a, b = parse_selector(item, "claims")
+        if isinstance(a, int):
+            if not (0 <= a < n_layers and 0 <= b < n_heads):
+                raise ProbesError(f"claim head {a}.{b} does not exist: the model has {n_layers} layers x {n_heads} heads")
+            picked = [(a, b)]
+        else:
+            # attention: the heads that attend to the target most; effect: the largest effect either way
+            score = table["attention"] if a == "top_attention" else table["effect_z"].abs()
+            ranked = table.reindex(score.sort_values(ascending=False).index)
+            picked = list(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))[:b]
+        heads += [h for h in picked if h not in heads]
+    return heads
+
+
+def _probe_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
+    if not spec.probe_targets:
+        return None
+    at = ALL_POSITIONS if spec.probe_targets == ["previous_token"] else spec.src
+    targets = [PROBE_TARGETS[t] for t in spec.probe_targets]
+    with tempfile.TemporaryDirectory(prefix="probes-acts-") as tmp:
+        store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
+        table = probing.probe_activations(store, targets, seed=spec.seed)
+    return table[table["head"] >= 0].reset_index(drop=True)
+
+
+def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame:
+    frames = []
+    for r in results:
+        layer, head = r.claim.head
+        for measure in ("attention", "effect_z", "effect_pattern", "norm_attention"):
+            values = r.per_prompt[measure]
+            frames.append(pd.DataFrame({"prompt": range(len(values)), "layer": layer, "head": head,
+                                        "measure": measure, "value": values}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
+    """What the report shows of each prompt: its text record (decoded tokens for token-id prompts) and labels."""
+    decode = (lambda ids: model.tokenizer.decode(ids)) if model.tokenizer is not None else (lambda ids: str(ids))
+    records = []
+    for i in range(len(prompts)):
+        end = int(prompts.end[i]) + 1
+        record = dict(prompts.texts[i]) if prompts.texts else {
+            "clean": decode(prompts.clean[i, :end].tolist()),
+            "corrupt": decode(prompts.corrupt[i, :end].tolist()),
+            "answer": decode([int(prompts.answer[i])]),
+            "foil": decode([int(prompts.foil[i])]),
+        }
+        record |= {key: values[i] for key, values in prompts.labels.items()}
+        records.append(record)
+    return records
+
+
+def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = None) -> tuple[Path, list[ClaimResult]]:
+    """Run ``spec`` end to end and write the run directory; returns (results.json path, claimed results)."""
+    model = load_model(spec.model)
+    prompts = build_prompts(model, spec)
+    thresholds = Thresholds(**spec.thresholds)
+    probes_table = _probe_table(model, prompts, spec)
+    everything = evaluate(
+        model, prompts, Claim(None, spec.src, spec.dst, spec.foil), thresholds,
+        probe_table=probes_table, direction=spec.direction, seed=spec.seed,
+    )
+    heads_table = everything.to_frame()
+    chosen = _selected_heads(spec, heads_table, model.cfg.n_layers, model.cfg.n_heads)
+    by_head = {r.claim.head: r for r in everything.heads}
+    claimed = [by_head[h] for h in chosen]
+    provenance = getattr(model, "provenance", None)
+    run = RunResults(
+        model=ModelInfo(spec.model, model.cfg.n_layers, model.cfg.n_heads,
+                        provenance.weights_sha256 if provenance else None),
+        task=spec.task or Path(spec.prompts).name,
+        n_prompts=len(prompts),
+        seed=spec.seed,
+        command=command or " ".join(shlex.quote(a) for a in ["probes", *sys.argv[1:]]),
+        heads=heads_table,
+        evidence={name: m for name, m in MEASURES.items() if name in heads_table.columns},
+        baseline=behaviour(model, prompts, seed=spec.seed).estimates(),
+        claims=claimed,
+        verdict_rule=rule_lines(thresholds),
+        examples=[Example(**e) for e in attention_patterns(model, prompts, chosen, spec.examples)],
+        probes=probes_table,
+        per_prompt=_per_prompt_table(claimed),
+        prompts=_prompt_records(model, prompts),
+    )
+    return write_run(out_dir, run), claimed

@@ -1,0 +1,310 @@
+"""The run directory: what ``probes run`` writes and ``probes report`` reads. Pure data I/O, no model code; the one
+place its schema is written and read.
+
+The report is the last pipeline stage and only ever reads a run directory, so a run can be re-rendered, diffed or
+loaded into pandas long after the model is gone. Layout of ``OUT/``:
+
+``results.json`` (written last: a reader that finds it finds every table it names)::
+
+    {
+      "format": 2,                                # bumped on incompatible changes; read_run refuses others
+      "kit_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
+      "model": {"name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "weights_sha256": "ab12..."},
+      "task": "pronoun_resolution", "n_prompts": 64, "seed": 0,
+      "command": "probes run analyses/pronoun.toml --n 64",
+      "package_versions": {"python": "3.11.9", "torch": "2.13.0", ...},
+      "files": ["heads.parquet", "heads.csv", "probes.parquet", ...],   # the data files this run wrote
+      "baseline": {"clean_logit_diff": ESTIMATE, "corrupt_logit_diff": ESTIMATE, "accuracy": ESTIMATE},
+      "evidence": {"attention": {"leg": "attention", "description": "...", "unit": "attention weight",
+                                 "test": "greater", "threshold": "attention_margin", "panel": true},
+                   "effect_z": {"leg": "causal", ...}, ...},     # the measure registry's entries, see probes.claims.measures
+      "claims": [{"head": [5, 8], "src": "pronoun", "dst": "antecedent", "foil": "distractor",
+                  "verdict": "attention_only", "sentence": "head 5.8 attends ... : attention_only",
+                  "evidence": {"attention": ESTIMATE, "effect_z": ESTIMATE, ...},
+                  "thresholds": {"attention_margin": 0.1, "effect": 0.1, "alpha": 0.05, "min_prompts": 10}}],
+      "verdict_rule": ["gate ...", "attends: ...", ...],    # probes.claims.verdicts.rule_lines, this run's thresholds
+      "examples": [{"tokens": ["<bos>", "Alice", ...], "patterns": {"5.8": [[...query row...], ...]},
+                    "prompt": 0, "roles": {"pronoun": 7, "antecedent": 1}}]
+    }
+    ESTIMATE = {"value": 0.87, "ci_low": 0.81, "ci_high": 0.92, "n": 64, "p_value": 0.001}  # n, p_value optional
+
+Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. ``verdict`` is one of ``VERDICTS``;
+``thresholds`` are the fields of :class:`probes.claims.types.Thresholds`; ``head`` is ``null`` for a claim about no
+single head. ``examples`` hold attention patterns of a few heads on a few prompts
+(``patterns["L.H"][query][key]``, ``prompt`` indexes ``prompts.jsonl``, ``roles`` marks token positions).
+
+Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets where noted):
+
+- ``heads.parquet`` / ``heads.csv``: one row per head; columns ``layer``, ``head`` and, for every measure ``m`` in
+  ``evidence``, ``m`` (point estimate), ``m_ci_low``, ``m_ci_high`` (optionally ``m_p_value``).
+- ``probes.parquet`` / ``probes.csv`` (optional): one row per (layer, head, target) linear probe; columns
+  ``layer``, ``head``, ``target``, and ``accuracy``, ``control_accuracy``, ``selectivity`` each with ``_ci_low`` /
+  ``_ci_high`` (selectivity = accuracy - control accuracy, Hewitt & Liang 2019).
+- ``per_prompt.parquet`` (optional): long table ``prompt``, ``layer``, ``head``, ``measure``, ``value`` -- the
+  per-prompt numbers behind every head-level estimate.
+- ``prompts.jsonl`` (optional): one prompt pair per line, in the ``PromptSet.from_jsonl`` format plus any labels.
+
+The ``leg`` of a measure (``attention``, ``causal``, ``representational``, ``context``) tells the report which
+panel and which scatter axis it belongs to; the first ``panel`` measure of a leg is that leg's headline measure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from probes.claims.measures import LEGS, Measure
+from probes.claims.types import Claim, ClaimResult, Thresholds
+from probes.claims.verdicts import VERDICTS
+from probes.core.errors import ProbesError
+from probes.core.io import write_table, write_text
+from probes.core.provenance import kit_version, package_versions, utc_now
+from probes.core.stats import Estimate
+
+FORMAT = 2
+RESULTS = "results.json"
+HEADS = "heads.parquet"
+HEADS_CSV = "heads.csv"
+PROBES = "probes.parquet"
+PROBES_CSV = "probes.csv"
+PER_PROMPT = "per_prompt.parquet"
+PROMPTS = "prompts.jsonl"
+
+PROBE_MEASURES = ("accuracy", "control_accuracy", "selectivity")
+PER_PROMPT_COLUMNS = ("prompt", "layer", "head", "measure", "value")
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    n_layers: int
+    n_heads: int
+    weights_sha256: str | None = None
+
+
+@dataclass
+class Example:
+    """Attention patterns of a few heads on one prompt. ``patterns["L.H"][q][k]`` is query q's weight on key k."""
+
+    tokens: list[str]
+    patterns: dict[str, list[list[float]]]
+    prompt: int | None = None
+    roles: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunResults:
+    """Everything one run produced; ``write_run`` / ``read_run`` map it to and from a run directory."""
+
+    model: ModelInfo
+    task: str
+    n_prompts: int
+    seed: int | None
+    command: str
+    heads: pd.DataFrame
+    evidence: dict[str, Measure]
+    baseline: dict[str, Estimate] = field(default_factory=dict)
+    claims: list[ClaimResult] = field(default_factory=list)
+    verdict_rule: list[str] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    probes: pd.DataFrame | None = None
+    per_prompt: pd.DataFrame | None = None
+    prompts: list[dict] = field(default_factory=list)
+    package_versions: dict[str, str] = field(default_factory=package_versions)
+    kit_version: str = field(default_factory=kit_version)
+    created_utc: str = field(default_factory=utc_now)
+
+    def validate(self) -> None:
+        """Check the invariants the report relies on, so a bad run fails when written, not when rendered."""
+        for name, measure in self.evidence.items():
+            if measure.leg not in LEGS:
+                raise ProbesError(f"evidence '{name}' has leg '{measure.leg}'; use one of {', '.join(LEGS)}")
+        _require_columns(self.heads, "heads", ["layer", "head", *ci_columns(self.evidence)])
+        self._require_heads_in_model(self.heads, "heads")
+        if self.probes is not None:
+            _require_columns(self.probes, "probes", ["layer", "head", "target", *ci_columns(PROBE_MEASURES)])
+            self._require_heads_in_model(self.probes, "probes")
+        if self.per_prompt is not None:
+            _require_columns(self.per_prompt, "per_prompt", PER_PROMPT_COLUMNS)
+        for result in self.claims:
+            if result.claim.head is not None:
+                self._require_heads_in_model(pd.DataFrame([result.claim.head], columns=["layer", "head"]), "claims")
+            if result.verdict not in VERDICTS:
+                raise ProbesError(
+                    f"claim about {result.claim.head_name} has verdict '{result.verdict}'; "
+                    f"use one of {', '.join(VERDICTS)}"
+                )
+        for i, example in enumerate(self.examples):
+            n = len(example.tokens)
+            for head, pattern in example.patterns.items():
+                if len(pattern) != n or any(len(row) != n for row in pattern):
+                    raise ProbesError(f"example {i}: pattern of head {head} is not {n} x {n} (one row per token)")
+
+    def _require_heads_in_model(self, df: pd.DataFrame, table: str) -> None:
+        for column, size in [("layer", self.model.n_layers), ("head", self.model.n_heads)]:
+            bad = df[(df[column] < 0) | (df[column] >= size)]
+            if len(bad):
+                raise ProbesError(
+                    f"the {table} table has {column} {bad[column].iloc[0]} but {self.model.name} has {size} "
+                    f"{column}s (0..{size - 1}): the table and the model info do not belong together"
+                )
+
+
+def measure_to_dict(m: Measure) -> dict:
+    return {f.name: getattr(m, f.name) for f in fields(Measure) if f.name not in ("name", "gather")}
+
+
+def claim_to_dict(result: ClaimResult) -> dict:
+    """A claim's verdict, sentence, estimates and thresholds (per-prompt values go to per_prompt.parquet)."""
+    c = result.claim
+    return {
+        "head": c.head, "src": c.src, "dst": c.dst, "foil": c.foil, "verdict": result.verdict,
+        "sentence": result.sentence, "evidence": {k: asdict(v) for k, v in result.evidence.items()},
+        "thresholds": asdict(result.thresholds),
+    }
+
+
+def claim_from_dict(d: dict) -> ClaimResult:
+    head = None if d.get("head") is None else (int(d["head"][0]), int(d["head"][1]))
+    return ClaimResult(
+        claim=Claim(head, d["src"], d["dst"], d.get("foil")),
+        verdict=d["verdict"],
+        sentence=d["sentence"],
+        evidence={k: Estimate.from_dict(v) for k, v in d.get("evidence", {}).items()},
+        thresholds=Thresholds(**d.get("thresholds", {})),
+    )
+
+
+def ci_columns(measures) -> list[str]:
+    """The columns of each measure in a wide table: the estimate, then its interval."""
+    return [col for m in measures for col in (m, f"{m}_ci_low", f"{m}_ci_high")]
+
+
+def _require_columns(df: pd.DataFrame, table: str, columns) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        have = ", ".join(map(str, df.columns))
+        raise ProbesError(f"the {table} table lacks columns {', '.join(missing)}; it has {have}")
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON values: NaN/inf become None, numpy and torch scalars/arrays become Python numbers and lists."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy / torch, without importing either
+        return jsonable(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, int, bool)):
+        return x
+    raise TypeError(f"cannot store a {type(x).__name__} in results.json: {x!r}")
+
+
+def _prompt_lines(prompts: list[dict]) -> str:
+    return "".join(json.dumps(jsonable(p), ensure_ascii=False, allow_nan=False) + "\n" for p in prompts)
+
+
+def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
+    """Write ``run`` into ``out_dir`` (created if needed); returns the path of ``results.json``.
+
+    Tables go first and ``results.json`` last, each atomically, so an interrupted run never leaves a
+    ``results.json`` that points at missing or half-written tables. Optional files of an earlier run in the same
+    directory that this run does not have are removed, so they cannot be mistaken for this run's.
+    """
+    run.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    optional = {PROBES: run.probes, PROBES_CSV: run.probes, PER_PROMPT: run.per_prompt, PROMPTS: run.prompts or None}
+    files = [HEADS, HEADS_CSV, *(name for name, data in optional.items() if data is not None)]
+    summary = jsonable(
+        {
+            "format": FORMAT,
+            "kit_version": run.kit_version,
+            "created_utc": run.created_utc,
+            "model": asdict(run.model),
+            "task": run.task,
+            "n_prompts": run.n_prompts,
+            "seed": run.seed,
+            "command": run.command,
+            "package_versions": run.package_versions,
+            "files": files,
+            "baseline": {k: asdict(v) for k, v in run.baseline.items()},
+            "evidence": {k: measure_to_dict(v) for k, v in run.evidence.items()},
+            "claims": [claim_to_dict(c) for c in run.claims],
+            "verdict_rule": run.verdict_rule,
+            "examples": [asdict(e) for e in run.examples],
+        }
+    )
+    text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    for name, data in {HEADS: run.heads, HEADS_CSV: run.heads, **optional}.items():
+        if data is None:
+            (out / name).unlink(missing_ok=True)
+        elif name == PROMPTS:
+            write_text(out / name, _prompt_lines(data))
+        else:
+            write_table(data, out / name)
+    write_text(out / RESULTS, text)
+    return out / RESULTS
+
+
+def read_run(out_dir: str | os.PathLike) -> RunResults:
+    """Load a run directory written by ``write_run``; optional tables the run did not write come back as ``None``."""
+    out = Path(out_dir)
+    path = out / RESULTS
+    if not path.is_file():
+        raise ProbesError(f"no {RESULTS} in '{out}': point at the --out directory of a finished `probes run`")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ProbesError(f"'{path}' is not valid JSON ({err}): re-run `probes run` to rewrite it") from None
+    if d.get("format") != FORMAT:
+        raise ProbesError(
+            f"'{path}' has format {d.get('format')!r} but this kit reads format {FORMAT}: re-run with this kit version"
+        )
+    try:
+        return _run_from(out, d)
+    except KeyError as err:
+        raise ProbesError(f"'{path}' lacks the field {err}: not written by write_run, re-run `probes run`") from None
+
+
+def _run_from(out: Path, d: dict) -> RunResults:
+    files = d["files"]
+    missing = [name for name in files if not (out / name).is_file()]
+    if missing:
+        names = ", ".join(missing)
+        raise ProbesError(f"'{out}' lacks {names} named in {RESULTS}: copy the whole run directory, or re-run")
+    tables = {name: pd.read_parquet(out / name) for name in (HEADS, PROBES, PER_PROMPT) if name in files}
+    prompts = (
+        [json.loads(line) for line in (out / PROMPTS).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if PROMPTS in files
+        else []
+    )
+    run = RunResults(
+        model=ModelInfo(**d["model"]),
+        task=d["task"],
+        n_prompts=d["n_prompts"],
+        seed=d.get("seed"),
+        command=d.get("command", ""),
+        heads=tables[HEADS],
+        evidence={k: Measure(name=k, **v) for k, v in d.get("evidence", {}).items()},
+        baseline={k: Estimate.from_dict(v) for k, v in d.get("baseline", {}).items()},
+        claims=[claim_from_dict(c) for c in d.get("claims", [])],
+        verdict_rule=d.get("verdict_rule", []),
+        examples=[Example(**e) for e in d.get("examples", [])],
+        probes=tables.get(PROBES),
+        per_prompt=tables.get(PER_PROMPT),
+        prompts=prompts,
+        package_versions=d.get("package_versions", {}),
+        kit_version=d.get("kit_version", "unknown"),
+        created_utc=d.get("created_utc", ""),
+    )
+    run.validate()
+    return run

@@ -1,0 +1,104 @@
+"""An analysis spec: the TOML in ``analyses/`` that names a model, prompts, a claim's roles and which heads to judge.
+
+::
+
+    title = "Coreference in Gemma-3-270m"
+    model = "gemma-3-270m"
+    task = "pronoun_resolution"        # a probes.prompts.tasks generator, or `prompts = "pairs.jsonl"`
+    n = 48
+    seed = 0
+    src = "pronoun"
+    dst = "antecedent"
+    foil = "distractor"                # optional; without it, attention is compared with uniform attention
+    direction = "denoising"            # or "noising": is the head necessary rather than sufficient
+    claims = [[5, 2], "top_attention:3", "top_effect:3"]
+    probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
+    [thresholds]                       # optional, see probes.claims.types.Thresholds
+    effect = 0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probes.claims.types import Thresholds
+from probes.core.errors import ProbesError
+from probes.evidence.probing import TARGETS as PROBE_TARGETS
+from probes.prompts import tasks
+
+SELECTORS = ("top_attention", "top_effect")
+
+
+@dataclass
+class AnalysisSpec:
+    """A parsed analysis TOML; command-line options override its fields."""
+
+    model: str
+    src: str
+    dst: str
+    task: str | None = None
+    prompts: str | None = None
+    title: str = ""
+    n: int = 32
+    seed: int = 0
+    foil: str | None = None
+    direction: str = "denoising"
+    claims: list = field(default_factory=lambda: ["top_attention:3", "top_effect:3"])
+    probe_targets: list[str] = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)
+    examples: int = 2
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> AnalysisSpec:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProbesError(f"analysis file '{path}' not found; see analyses/ for examples") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ProbesError(f"{path} is not valid TOML: {err}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ProbesError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        missing = [k for k in ("model", "src", "dst") if k not in data]
+        if missing:
+            raise ProbesError(f"{path}: missing required key(s) {', '.join(missing)}")
+        spec = cls(**data)
+        spec.check(str(path))
+        return spec
+
+    def check(self, where: str) -> None:
+        if (self.task is None) == (self.prompts is None):
+            raise ProbesError(f"{where}: give exactly one of `task` (one of {', '.join(tasks.GENERATORS)}) or `prompts`")
+        if self.task is not None and self.task not in tasks.GENERATORS:
+            raise ProbesError(f"{where}: unknown task '{self.task}'; tasks: {', '.join(tasks.GENERATORS)}")
+        if self.direction not in ("denoising", "noising"):
+            raise ProbesError(f"{where}: direction must be 'denoising' or 'noising', not '{self.direction}'")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ProbesError(f"{where}: n must be a positive integer, got {self.n!r}")
+        for target in self.probe_targets:
+            if target not in PROBE_TARGETS:
+                raise ProbesError(f"{where}: unknown probe target '{target}'; known: {', '.join(PROBE_TARGETS)}")
+        fields = {f.name for f in dataclasses.fields(Thresholds)}
+        if set(self.thresholds) - fields:
+            bad = ", ".join(sorted(set(self.thresholds) - fields))
+            raise ProbesError(f"{where}: unknown threshold(s) {bad}; known: {', '.join(sorted(fields))}")
+        for item in self.claims:
+            parse_selector(item, where)
+
+
+def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:
+    """``[L, H]`` -> (L, H) head; ``"top_attention:3"`` -> ("top_attention", 3)."""
+    if isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item):
+        return (item[0], item[1])
+    if isinstance(item, str) and ":" in item:
+        name, _, count = item.partition(":")
+        if name in SELECTORS and count.isdigit() and int(count) > 0:
+            return (name, int(count))
+    raise ProbesError(
+        f"{where}: claim {item!r} is neither a head [layer, head] nor 'top_attention:K' / 'top_effect:K'"
+    )
