@@ -10,7 +10,7 @@ from probes.claims.types import Claim, Thresholds
 
 # the tested measures and the alternative each is tested against (attention: does the head attend *more*;
 # effects: does patching move the answer either way)
-ALTERNATIVES = {"attention": "greater", "effect_z": "two-sided", "effect_pattern": "two-sided"}
+ALTERNATIVES = {"attention": "greater", "edge_knockout": "two-sided", "effect_z": "two-sided", "effect_pattern": "two-sided"}
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +111,44 @@ def test_p_values_are_benjamini_hochberg_over_all_heads_tested_together(toy_mode
     assert adjusted_anything  # the comparison can tell adjusted from raw p-values (and per-head from all-heads BH)
 
 
-def test_previous_token_head_is_necessary_for_induction(toy_model):
-    """Noising: the planted previous-token head attends to the previous token and induction breaks without it."""
+def test_previous_token_head_is_necessary_for_induction_through_the_edge_induction_reads(toy_model):
+    """Noising: the planted previous-token head attends to the previous token everywhere, and induction breaks
+    without it; but the edge induction reads is the one at the token after the first occurrence of the end token
+    (where it writes "my previous token was r[-1]" for the induction head's key), not the one at the end."""
     prompts = tasks.repeated_prompts(toy_model, 16)
-    claim = Claim(toy_model.heads.previous_token, src="end", dst="previous")
-    result = evaluate(toy_model.model, prompts, claim, direction="noising")
-    assert result.verdict == "supported"
-    assert result.evidence["effect_z"].ci_high < -0.5
+    head = toy_model.heads.previous_token
+    at_end = evaluate(toy_model.model, prompts, Claim(head, src="end", dst="previous"), direction="noising")
+    assert at_end.verdict == "attention_only"
+    assert at_end.evidence["effect_z"].ci_high < -0.5  # the head matters ...
+    assert abs(at_end.evidence["edge_knockout"].value) < 1e-3  # ... but not through this edge
+    assert "runs through other positions" in at_end.sentence
+    where_read = evaluate(toy_model.model, prompts, Claim(head, src="induction_target", dst="previous"),
+                          direction="noising")
+    assert where_read.verdict == "supported"
+    assert where_read.evidence["edge_knockout"].ci_high < -0.5
     untouched = evaluate(toy_model.model, prompts, Claim(toy_model.heads.untouched[0], "end", "previous"),
                          direction="noising")
     assert untouched.verdict == "refuted"
+
+
+def test_an_edge_that_attends_but_does_no_work_is_attention_only(toy_model):
+    """The pronoun said twice: the antecedent head attends to the antecedent from both pronouns, but in a two-layer
+    model only its output at the second (the read-off) reaches the answer."""
+    prompts = tasks.pronoun_prompts(toy_model, 24, seed=1, echo=True)
+    head = toy_model.heads.antecedent
+    first = evaluate(toy_model.model, prompts, Claim(head, "pronoun", "antecedent", "distractor"))
+    assert first.verdict == "attention_only"
+    assert first.evidence["effect_z"].ci_low > 0.4  # large effect of the head as a whole
+    assert "runs through other positions" in first.sentence
+    last = evaluate(toy_model.model, prompts, Claim(head, "end", "antecedent", "distractor"))
+    assert last.verdict == "supported"
+
+
+def test_the_decoy_attends_and_its_edge_does_nothing(toy_model, pronoun_prompts):
+    result = evaluate(toy_model.model, pronoun_prompts, _claim(toy_model.heads.decoy))
+    assert result.verdict == "attention_only"
+    assert abs(result.evidence["edge_knockout"].value) < 1e-6 and abs(result.evidence["effect_z"].value) < 1e-6
+    assert "runs through other positions" not in result.sentence
 
 
 def test_thresholds_are_parameters(toy_model, pronoun_prompts):

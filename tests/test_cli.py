@@ -32,7 +32,7 @@ def _spec(path, thresholds=None, **fields):
 def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, capsys):
     thresholds = Thresholds(effect=0.25, min_prompts=12)  # not the defaults: the run must carry these
     spec = _spec(
-        tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="previous",
+        tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=12, src="induction_target", dst="previous",
         direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:2"],
         thresholds={"effect": thresholds.effect, "min_prompts": thresholds.min_prompts},
     )

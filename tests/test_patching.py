@@ -266,8 +266,8 @@ def test_parallel_workers_give_the_same_numbers(toy_model: ToyModel, ragged: Pro
 
 def test_a_patch_hook_acts_only_in_the_thread_that_made_it() -> None:
     """Workers run the same hook point at once: each must see only its own patch."""
-    site = SITES["z"]
-    hook = engine.patch_hook(site, torch.tensor([0]), torch.tensor([1]), torch.ones(1, 3, 4))
+    slot = engine.Slot(SITES["z"], layer=torch.tensor([0]), at=torch.tensor([1]))
+    hook = engine.patch_hook(slot, torch.tensor([0]), torch.ones(1, 3, 4))
     elsewhere = torch.zeros(1, 3, 2, 4)  # [row, pos, head, d_head]
     worker = threading.Thread(target=hook, args=(None, (), elsewhere))
     worker.start()

@@ -18,11 +18,11 @@ from transformer_lens import HookedTransformer
 
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Head, Thresholds
-from probes.claims.verdicts import VERDICTS, decide, gate_passes
+from probes.claims.verdicts import HEAD, VERDICTS, decide, gate_passes, judge_legs
 from probes.core.errors import ProbesError
 from probes.core.stats import Estimate, adjust_p, bootstrap_mean, bootstrap_spearman, estimate_mean, signed_rank_p
 from probes.evidence.attention import norm_weighted_attention, role_attention
-from probes.evidence.patching import Direction, PatchingResult, patch_activations
+from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 
@@ -75,6 +75,16 @@ class EvidenceContext:
         """Patched minus the run patched into, in logits."""
         return self.patching(component).effect.double().numpy()
 
+    def edge_effect(self, intervention: str) -> Float[np.ndarray, "prompt layer head"]:
+        """An intervention on the claimed edge src -> dst (:func:`probes.evidence.patching.edge_effects`), in logits."""
+        key = f"edge:{intervention}"
+        if key not in self._patching:
+            self._patching[key] = edge_effects(
+                self.model, self.prompts, self.src, self.dst, heads=self.heads, intervention=intervention,
+                direction=self.direction, progress=self.heads is None,
+            )
+        return self._patching[key].effect.double().numpy()
+
     @cached_property
     def gap(self) -> Estimate:
         """Mean clean - corrupt logit difference, with its interval."""
@@ -92,15 +102,22 @@ class EvidenceContext:
 def _sentence(
     claim: Claim, verdict: str, ev: dict[str, Estimate], gap: Estimate, n: int, t: Thresholds, direction: Direction
 ) -> str:
+    """The verdict in words, quoting the numbers it rests on and saying which intervention asked what."""
     foil = "uniform attention" if claim.foil is None else f"the {claim.foil}"
-    attends, effect, logits = ev["attends_fraction"], ev["effect_z"], ev["effect_z_logits"]
-    patching = "patching in its clean output" if direction == "denoising" else "patching in its corrupt output"
-    text = (
-        f"{claim} more than to {foil} in {attends.value:.0%} of {n} prompts "
-        f"[{attends.ci_low:.0%}, {attends.ci_high:.0%}], and {patching} moves the answer by "
-        f"{effect.value:+.0%} of the clean-corrupt gap [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] "
-        f"({logits.value:+.2f} logits): {verdict}"
+    attends, edge, effect, logits = ev["attends_fraction"], ev["edge_knockout"], ev["effect_z"], ev["effect_z_logits"]
+    whole = (
+        "patching its clean output into the corrupt run at every position (is the head sufficient to restore the "
+        "answer?)" if direction == "denoising" else
+        "patching its corrupt output into the clean run at every position (is the head necessary?)"
     )
+    text = (
+        f"{claim} more than to {foil} in {attends.value:.0%} of {n} prompts [{attends.ci_low:.0%}, "
+        f"{attends.ci_high:.0%}]; knocking out that edge in the clean run (is it necessary?) moves the answer by "
+        f"{edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, {edge.ci_high:+.0%}]; {whole} moves it by "
+        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits): {verdict}"
+    )
+    if verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
+        text += " (the head matters, but its effect runs through other positions than this edge)"
     if n < t.min_prompts:
         text += f" (only {n} prompts; at least {t.min_prompts} are needed)"
     elif not gate_passes(n, gap, t):
@@ -182,7 +199,7 @@ def evaluate(
             est["probe_selectivity"] = selectivity
         est["gap_logits"] = ctx.gap
         head_claim = Claim(head, claim.src, claim.dst, claim.foil)
-        verdict = decide(n, ctx.gap, est["attention"], est["effect_z"], thresholds)
+        verdict = decide(n, ctx.gap, est, thresholds)
         results.append(
             ClaimResult(
                 claim=head_claim,

@@ -83,9 +83,15 @@ register(Measure(
     gather=lambda ctx: ctx.norm_target - ctx.norm_foil, panel=True,
 ))
 register(Measure(
+    "edge_knockout", "causal",
+    "knocking out the head's attention from src to dst in the clean run: fraction of the clean-corrupt gap moved",
+    "fraction of the mean gap", gather=lambda ctx: ctx.edge_effect("knockout") / ctx.gap_scale, test="two-sided",
+    threshold="effect", panel=True,
+))
+register(Measure(
     "effect_z", "causal", "patching the head's output: fraction of the clean-corrupt gap moved",
     "fraction of the mean gap", gather=lambda ctx: ctx.effect("z") / ctx.gap_scale, test="two-sided",
-    threshold="effect", panel=True,
+    panel=True,
 ))
 register(Measure(
     "effect_z_logits", "context", "patching the head's output: change of the logit difference", "logits",

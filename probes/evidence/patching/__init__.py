@@ -41,9 +41,11 @@ from probes.evidence.patching.schedule import n_workers, sweep
 from probes.evidence.patching.sites import (
     DIRECTIONS,
     HEAD_COMPONENTS,
+    INTERVENTIONS,
     RESID_COMPONENTS,
     SITES,
     Direction,
+    Edge,
     PatchingResult,
     RunsResult,
     Site,
@@ -51,10 +53,12 @@ from probes.evidence.patching.sites import (
 from probes.models.architecture import kv_groups
 from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
+from probes.prompts.roles import Role, src_dst_positions
 
 __all__ = [
-    "DIRECTIONS", "HEAD_COMPONENTS", "RESID_COMPONENTS", "SITES", "Direction", "PatchingResult", "RunsResult", "Site",
-    "patch_activations", "patch_heads", "patch_resid", "patch_runs",
+    "DIRECTIONS", "HEAD_COMPONENTS", "INTERVENTIONS", "RESID_COMPONENTS", "SITES", "Direction", "Edge",
+    "PatchingResult", "RunsResult", "Site", "edge_effects", "patch_activations", "patch_heads", "patch_resid",
+    "patch_runs",
 ]  # fmt: skip
 
 
@@ -105,17 +109,85 @@ def patch_activations(
     ``metric(model, final_resid, answer, foil)`` is what each run reports (default: logit difference).
     """
     site = check_inputs(model, prompts, component, direction, memory_mb)
-    workers = n_workers(model, workers)
     n_index = int(prompts.end.max()) + 1 if site.per_position else n_variants_of(model, component)
     todo = cells_by_layer(model, component, n_index, layers, cells)
+    return _sweep(model, prompts, site, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric)
+
+
+def edge_effects(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    src: Role,
+    dst: Role,
+    *,
+    heads: Sequence[tuple[int, int]] | None = None,
+    intervention: str = "knockout",
+    direction: Direction = "denoising",
+    checkpoint_dir: str | Path | None = None,
+    memory_mb: float = 1024.0,
+    progress: bool = True,
+    onednn: bool = True,
+    workers: int | None = None,
+    metric: Metric = logit_diff_from_resid,
+) -> PatchingResult:
+    """Intervene on each head's attention edge ``src -> dst`` (roles or per-prompt positions; ``dst="previous"``
+    is ``src - 1``), one head at a time, and record each prompt's metric: the causal test of "head L.H attends
+    from src to dst, and that is how it does its job".
+
+    - ``knockout`` (default): in the clean run, the head's weight from ``src`` to ``dst`` is set to 0 and the
+      rest of its row renormalised. It asks whether the edge is *necessary*; the run patched into is the clean
+      one (``direction`` is recorded as ``"noising"``), so ``effect`` is the change from the clean metric.
+    - ``pattern_row``: the head's attention row at ``src`` only, from the other run (``direction`` as in
+      :func:`patch_activations`): where the head looks at ``src``, nothing else.
+    - ``z_at``: the head's output at ``src`` only, from the other run.
+
+    Exact for grouped-query models too: the query head's own row is edited. Same engine, batching, workers and
+    checkpoints as :func:`patch_activations`; the result has the same type and shape ``[prompt, layer, head]``.
+    """
+    if intervention not in INTERVENTIONS:
+        raise ProbesError(f"unknown intervention '{intervention}'; choose one of: {', '.join(INTERVENTIONS)}")
+    src_pos, dst_pos = src_dst_positions(prompts, src, dst)
+    if (src_pos > prompts.end).any():
+        i = int((src_pos > prompts.end).nonzero()[0])
+        raise ProbesError(f"prompt {i}: source {src!r} (position {int(src_pos[i])}) is after the read-off position")
+    edge = Edge(intervention, src_pos, dst_pos)
+    direction = "noising" if edge.knockout else direction
+    site = check_inputs(model, prompts, edge.site.component, direction, memory_mb)
+    todo = cells_by_layer(model, intervention, model.cfg.n_heads, None, heads)
+    return _sweep(
+        model, prompts, site, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric, edge
+    )
+
+
+def _sweep(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    site: Site,
+    todo: dict[int, list[int]],
+    direction: Direction,
+    checkpoint_dir: str | Path | None,
+    memory_mb: float,
+    progress: bool,
+    onednn: bool,
+    workers: int | None,
+    metric: Metric,
+    edge: Edge | None = None,
+) -> PatchingResult:
+    """One patch per run, each cell of ``todo`` in turn, windows of layers spread over worker threads."""
+    workers = n_workers(model, workers)
+    component = site.component if edge is None else edge.intervention
+    n_index = int(prompts.end.max()) + 1 if site.per_position else n_variants_of(model, site.component)
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = Checkpoint(Path(checkpoint_dir), model, prompts, component, direction, todo)
+        where = () if edge is None else (edge.src, edge.dst)
+        checkpoint = Checkpoint(Path(checkpoint_dir), model, prompts, component, direction, todo, where)
     done = {layer: checkpoint.load(layer, (len(prompts), len(todo[layer]))) for layer in todo} if checkpoint else {}
     done = {layer: values for layer, values in done.items() if values is not None}
     remaining = [layer for layer in todo if layer not in done]
 
-    buckets, clean, corrupt = _reference_runs(model, prompts, direction, [site], remaining, metric, onednn)
+    sources = [] if edge is not None and edge.knockout else [site]  # a knockout edits the run's own pattern
+    cap = None if edge is None else edge.src  # an edge is recomputed from its query position on
+    buckets, clean, corrupt = _reference_runs(model, prompts, direction, sources, remaining, metric, onednn, cap)
 
     patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
     for layer, values in done.items():
@@ -125,7 +197,7 @@ def patch_activations(
     values = {layer: torch.empty(len(prompts), len(todo[layer])) for layer in remaining}
 
     def run(window: list[int], bucket, stop: threading.Event) -> None:
-        patch_window(model, bucket, site, window, todo, values, budget, stop)
+        patch_window(model, bucket, site, window, todo, values, budget, stop, edge)
 
     bar = tqdm(
         total=len(todo),
@@ -149,7 +221,7 @@ def patch_activations(
         direction,
         component=component,
         index="pos" if site.per_position else ("kv_head" if n_index != model.cfg.n_heads else "head"),
-        kv_groups=kv_groups(model) if component in ("k", "v") else None,
+        kv_groups=kv_groups(model) if site.component in ("k", "v") else None,
     )
 
 
@@ -204,14 +276,15 @@ def _reference_runs(
     layers: list[int],
     metric: Metric,
     onednn: bool,
+    cap: Tensor | None = None,
 ) -> tuple[list[Bucket], Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
     """Run both sides of every bucket once (caching what patched runs start from and patch in), and the
-    clean and corrupt metric of every prompt."""
+    clean and corrupt metric of every prompt. ``cap``: positions from which each prompt must be recomputed."""
     target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
     with onednn_linear(onednn):
         buckets = [
             prepare_bucket(model, prompts, members, end, split, target, source, sites, layers, metric)
-            for members, end, split in bucket_keys(prompts)
+            for members, end, split in bucket_keys(prompts, cap)
         ]
     target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
     for bucket in buckets:

@@ -35,8 +35,9 @@ class Checkpoint:
         component: str,
         direction: str,
         todo: dict[int, list[int]],
+        where: tuple[Tensor, ...] = (),
     ) -> None:
-        self.fingerprint = fingerprint(model, prompts, component, direction, todo)
+        self.fingerprint = fingerprint(model, prompts, component, direction, todo, where)
         self.dir = root / f"{component}-{direction}-{self.fingerprint[:16]}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -64,15 +65,20 @@ class Checkpoint:
 
 
 def fingerprint(
-    model: HookedTransformer, prompts: PromptSet, component: str, direction: str, todo: dict[int, list[int]]
+    model: HookedTransformer,
+    prompts: PromptSet,
+    component: str,
+    direction: str,
+    todo: dict[int, list[int]],
+    where: tuple[Tensor, ...] = (),
 ) -> str:
-    """sha256 of the sweep settings, the prompts and a digest of every weight (name, shape, sum, norm and 16
+    """sha256 of the sweep settings, the prompts (and ``where``: an edge's positions) and a digest of every weight (name, shape, sum, norm and 16
     values spread over it): under a second for a 270M-parameter model, and changed by any edit of the weights
     in practice. A digest that differs only by rounding (another thread count) just means recomputing."""
     digest = hashlib.sha256()
     settings = {"format": CHECKPOINT_FORMAT, "component": component, "direction": direction, "cells": todo}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for tensor in (prompts.clean, prompts.corrupt, prompts.answer, prompts.foil, prompts.end):
+    for tensor in (prompts.clean, prompts.corrupt, prompts.answer, prompts.foil, prompts.end, *where):
         digest.update(repr(tuple(tensor.shape)).encode())
         digest.update(tensor.contiguous().numpy().tobytes())
     with torch.no_grad():

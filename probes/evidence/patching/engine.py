@@ -47,7 +47,7 @@ from transformer_lens.utilities import get_act_name
 from probes.core.errors import ProbesError
 from probes.evidence.metric import Metric
 from probes.evidence.patching.schedule import Stopped
-from probes.evidence.patching.sites import Site
+from probes.evidence.patching.sites import Edge, Site
 from probes.models.architecture import keys_values_separate
 from probes.prompts.promptset import PromptSet
 
@@ -119,12 +119,17 @@ class Bucket:
     metric: Metric  # what each patched run reports, from its final residual stream at the read-off position
 
 
-def bucket_keys(prompts: PromptSet) -> list[tuple[Int[Tensor, " member"], int, int]]:
+def bucket_keys(
+    prompts: PromptSet, cap: Int[Tensor, " prompt"] | None = None
+) -> list[tuple[Int[Tensor, " member"], int, int]]:
     """Prompt indices grouped by read-off position ``end`` and ``split``, the first position where clean and
-    corrupt differ (``end`` if they never do before it), as ``(members, end, split)``."""
+    corrupt differ (``end`` if they never do before it; at most ``cap``, where a run edits itself from there on),
+    as ``(members, end, split)``."""
     positions = torch.arange(prompts.n_pos)
     differs = (prompts.clean != prompts.corrupt) & (positions <= prompts.end[:, None])
     first = torch.where(differs.any(1), differs.int().argmax(1), prompts.end)
+    if cap is not None:
+        first = torch.minimum(first, cap)
     keys = torch.stack([prompts.end, first], 1)
     return [(torch.nonzero((keys == key).all(1))[:, 0], int(key[0]), int(key[1])) for key in keys.unique(dim=0)]
 
@@ -205,14 +210,25 @@ def _row_bytes(model: HookedTransformer, split: int, n_suffix: int) -> int:
 
 @dataclass
 class Slot:
-    """One patch of every run in a batch: the same site, at each run's own layer and variant (``at``)."""
+    """One patch of every run in a batch: the same site, at each run's own layer and variant (``at``).
+
+    By default the run gets the other run's activation for that variant at every computed position. ``position``
+    (relative to the bucket's ``split``) restricts the patch to one (query) position. ``knockout_key`` makes it
+    an edit of the run's own attention pattern instead: at that query position, the weight on that key position
+    (absolute) is set to 0 and the rest of the row renormalised.
+    """
 
     site: Site
     layer: Int[Tensor, " row"]
     at: Int[Tensor, " row"]  # where the variant sits on the variant axis of the computed activation
+    position: Int[Tensor, " row"] | None = None
+    knockout_key: Int[Tensor, " row"] | None = None
 
-    def __getitem__(self, index: slice) -> Slot:
-        return Slot(self.site, self.layer[index], self.at[index])
+    def __getitem__(self, index: slice | Tensor) -> Slot:
+        def part(values: Tensor | None) -> Tensor | None:
+            return None if values is None else values[index]
+
+        return Slot(self.site, self.layer[index], self.at[index], part(self.position), part(self.knockout_key))
 
 
 @dataclass
@@ -252,8 +268,11 @@ def plan_windows(remaining: list[int], todo: dict[int, list[int]], buckets: list
     return windows
 
 
-def _window_rows(bucket: Bucket, site: Site, window: list[int], todo: dict[int, list[int]]) -> Rows:
-    """One row per (layer, index, member) whose patch can change the metric, in layer order."""
+def _window_rows(
+    bucket: Bucket, site: Site, window: list[int], todo: dict[int, list[int]], edge: Edge | None = None
+) -> Rows:
+    """One row per (layer, index, member) whose patch can change the metric, in layer order; with ``edge``, each
+    patch acts at the member's own query position (and key position, for a knockout)."""
     layer_, member, column_, at_ = [], [], [], []
     n = len(bucket.members)
     for layer in window:
@@ -266,7 +285,13 @@ def _window_rows(bucket: Bucket, site: Site, window: list[int], todo: dict[int, 
         member.append(torch.arange(n).repeat(len(column)))
         column_.append(column.repeat_interleave(n))
         at_.append(at.repeat_interleave(n))
-    return Rows(torch.cat(member), torch.cat(column_), [Slot(site, torch.cat(layer_), torch.cat(at_))])
+    member = torch.cat(member)
+    slot = Slot(site, torch.cat(layer_), torch.cat(at_))
+    if edge is not None:
+        prompt = bucket.members[member]
+        slot.position = edge.src[prompt] - bucket.split
+        slot.knockout_key = edge.dst[prompt] if edge.knockout else None
+    return Rows(member, torch.cat(column_), [slot])
 
 
 def patch_window(
@@ -278,13 +303,14 @@ def patch_window(
     values: dict[int, Float[Tensor, "prompt index"]],
     budget: float,
     stop: threading.Event | None = None,
+    edge: Edge | None = None,
 ) -> None:
     """Fill ``values`` for this bucket's prompts, one batch of patched runs per memory budget; once ``stop``
     is set, give up before the next batch."""
     if site.per_position:  # patches that cannot change the metric leave the run patched into as it was
         for layer in window:
             values[layer][bucket.members] = bucket.target_metric[:, None]
-    rows = _window_rows(bucket, site, window, todo)
+    rows = _window_rows(bucket, site, window, todo, edge)
     metric = run_rows(model, bucket, rows, budget, stop)
     joins = rows.layer
     for layer in joins.unique().tolist():
@@ -346,8 +372,7 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
         for slot in rows.slots:
             here = (slot.layer[:stop] == layer).nonzero()[:, 0]
             if len(here):
-                patch = bucket.source_acts[slot.site.component][layer][rows.member[here], slot.at[here]]
-                hook = patch_hook(slot.site, here, slot.at[here], patch)
+                hook = patch_hook(slot[here], here, _patch_values(bucket, slot[here], rows.member[here], layer))
                 handles.append(model.get_submodule(slot.site.hook_name(layer)).register_forward_hook(hook))
         try:
             resid = block(resid, past_kv_cache_entry=prefix)
@@ -371,14 +396,33 @@ def _read_off_block(
     return block(resid[:, -1:], past_kv_cache_entry=entry)
 
 
-def patch_hook(site: Site, rows: Int[Tensor, " new"], at: Int[Tensor, " new"], patch: Tensor):
-    """A forward hook giving batch row ``rows[i]`` ``patch[i]`` at variant ``at[i]``; other rows pass as they
-    are. It acts only in the thread that made it: other workers run the same module."""
+def _patch_values(bucket: Bucket, slot: Slot, members: Int[Tensor, " new"], layer: int) -> Tensor | None:
+    """What the other run had where ``slot`` patches (None for a knockout, which edits the run's own pattern)."""
+    if slot.knockout_key is not None:
+        return None
+    source = bucket.source_acts[slot.site.component][layer]
+    if slot.position is None:
+        return source[members, slot.at]
+    return source[members, slot.at, slot.position]
+
+
+def patch_hook(slot: Slot, rows: Int[Tensor, " new"], values: Tensor | None):
+    """A forward hook applying ``slot``'s patch to batch rows ``rows`` (``values[i]`` to ``rows[i]``); other rows
+    pass as they are. It acts only in the thread that made it: other workers run the same module."""
     owner = threading.get_ident()
 
     def hook(module, inputs, activation: Tensor) -> Tensor:
-        if threading.get_ident() == owner:
-            activation.movedim(site.variant_axis, 1)[rows, at] = patch
+        if threading.get_ident() != owner:
+            return activation
+        view = activation.movedim(slot.site.variant_axis, 1)  # [batch, variant, (query) position, ...]
+        if slot.position is None:
+            view[rows, slot.at] = values
+        elif slot.knockout_key is None:
+            view[rows, slot.at, slot.position] = values
+        else:
+            weights = view[rows, slot.at, slot.position]  # [new, key]
+            weights[torch.arange(len(rows)), slot.knockout_key] = 0
+            view[rows, slot.at, slot.position] = weights / weights.sum(-1, keepdim=True)
         return activation
 
     return hook

@@ -46,6 +46,32 @@ HEAD_COMPONENTS = tuple(name for name, site in SITES.items() if not site.per_pos
 RESID_COMPONENTS = tuple(name for name, site in SITES.items() if site.per_position)
 
 
+INTERVENTIONS = ("knockout", "pattern_row", "z_at")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An intervention on one attention edge per prompt, from query position ``src`` to key position ``dst``.
+
+    ``knockout``: in the clean run, the head's weight from ``src`` to ``dst`` is set to 0 and the rest of the row
+    renormalised (can the head still do its job without reading ``dst`` from ``src``?); ``pattern_row``: the
+    head's attention row at ``src`` only comes from the other run; ``z_at``: the head's output at ``src`` only
+    comes from the other run.
+    """
+
+    intervention: str
+    src: Int[Tensor, " prompt"]
+    dst: Int[Tensor, " prompt"]
+
+    @property
+    def knockout(self) -> bool:
+        return self.intervention == "knockout"
+
+    @property
+    def site(self) -> Site:
+        return SITES["z"] if self.intervention == "z_at" else SITES["pattern"]
+
+
 @dataclass
 class PatchedMetric:
     """Per-prompt metric of patched runs, with the two unpatched runs it is read against."""
@@ -89,7 +115,7 @@ class PatchingResult(PatchedMetric):
     """A sweep: ``patched[i, layer, j]`` is the metric of prompt ``i`` with variant ``j`` of ``layer`` patched
     (``j`` is a head, a key/value head or a position, see ``index``); NaN where the sweep did not run it."""
 
-    component: str = "z"
+    component: str = "z"  # or an edge intervention (knockout, pattern_row, z_at)
     index: Literal["head", "kv_head", "pos"] = "head"
     kv_groups: Int[Tensor, "kv_head group"] | None = None  # query heads sharing each key/value head (k, v)
 

@@ -12,12 +12,17 @@ from probes.prompts.tasks.random_tokens import induction
 from probes.prompts.tasks.words import check_n
 
 
-def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0) -> PromptSet:
+def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) -> PromptSet:
     """``<bos> A and B filler filler PRONOUN``: the answer is the name whose gender matches the pronoun.
 
     Prompt ``i`` has a female antecedent when ``i`` is even and the antecedent first when ``i % 4 < 2``, so any
     four consecutive prompts cover every gender x order cell. The corrupt prompt flips the pronoun, which makes
     the foil the antecedent.
+
+    ``echo=True`` says the pronoun twice, ``<bos> A and B filler filler PRONOUN filler PRONOUN`` (the corrupt
+    prompt flips both): role ``pronoun`` is the first, ``end`` the second. The antecedent head attends to the
+    antecedent from both, but in a two-layer model only its output at ``end`` can reach the answer, so a claim
+    about the edge pronoun -> antecedent and one about end -> antecedent come apart.
     """
     check_n(n)
     rng = random.Random(seed)
@@ -28,10 +33,12 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0) -> PromptSet:
         she, he = rng.choice(FEMALE_NAMES), rng.choice(MALE_NAMES)
         ante, other = (she, he) if female else (he, she)
         a, b = (ante, other) if first else (other, ante)
-        fillers = rng.sample([t for t in FILLERS if t != AND], 2)
+        fillers = rng.sample([t for t in FILLERS if t != AND], 3 if echo else 2)
         pronoun, flipped = (SHE, HE) if female else (HE, SHE)
-        clean.append([BOS, a, AND, b, *fillers, pronoun])
-        corrupt.append([BOS, a, AND, b, *fillers, flipped])
+        echo_filler = [fillers.pop()] if echo else []
+        tail, tail_flipped = (echo_filler + [pronoun], echo_filler + [flipped]) if echo else ([], [])
+        clean.append([BOS, a, AND, b, *fillers, pronoun, *tail])
+        corrupt.append([BOS, a, AND, b, *fillers, flipped, *tail_flipped])
         answer.append(ante)
         foil.append(other)
         antecedent_pos.append(1 if first else 3)
@@ -40,13 +47,14 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0) -> PromptSet:
         names.append(toy.vocab[ante])
         templates.append(0 if first else 1)
     last = torch.full((n,), len(clean[0]) - 1)
+    first_pronoun = last - 2 if echo else last
     return PromptSet.from_tokens(
         torch.tensor(clean),
         torch.tensor(corrupt),
         torch.tensor(answer),
         torch.tensor(foil),
         {
-            "pronoun": last,
+            "pronoun": first_pronoun,
             "antecedent": torch.tensor(antecedent_pos),
             "distractor": torch.tensor(distractor_pos),
             "end": last,
