@@ -23,6 +23,8 @@ _EXPORTS = {
     "patch_resid": "probes.evidence.patching",
     "patch_activations": "probes.evidence.patching",
     "PatchingResult": "probes.evidence.patching",
+    "edge_effects": "probes.evidence.patching",
+    "patch_paths": "probes.evidence.patching",
     "kv_groups": "probes.models.architecture",
     "attribute_heads": "probes.evidence.attribution",
     "screen_then_verify": "probes.evidence.attribution",
@@ -39,6 +41,7 @@ _EXPORTS = {
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
+    "Composition": "probes.claims.types",
     "evaluate": "probes.claims.evaluation",
 }
 # short names for the stages' most used modules: ``probes.tasks``, ``probes.toy`` (the contract's names) ...

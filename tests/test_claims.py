@@ -6,7 +6,8 @@ from scipy import stats
 
 from probes import tasks
 from probes.claims.evaluation import evaluate
-from probes.claims.types import Claim, Thresholds
+from probes.claims.types import Claim, Composition, Thresholds
+from probes.core.errors import ProbesError
 
 # the tested measures and the alternative each is tested against (attention: does the head attend *more*;
 # effects: does patching move the answer either way)
@@ -155,3 +156,16 @@ def test_thresholds_are_parameters(toy_model, pronoun_prompts):
     strict = Thresholds(effect=2.0)  # no head can move the answer by twice the gap
     result = evaluate(toy_model.model, pronoun_prompts, _claim(toy_model.heads.antecedent), strict)
     assert result.verdict == "attention_only"
+
+
+def test_composition_claims_follow_the_planted_path(toy_model):
+    """The induction head reads the previous-token head through its keys (supported), not through its values."""
+    prompts = tasks.repeated_prompts(toy_model, 16, seed=3)
+    sender, receiver = toy_model.heads.previous_token, toy_model.heads.induction
+    via_k = evaluate(toy_model.model, prompts, Composition(sender, receiver, "k"), direction="noising")
+    assert via_k.verdict == "supported" and via_k.evidence["path_effect"].ci_high < -0.5
+    via_v = evaluate(toy_model.model, prompts, Composition(sender, receiver, "v"), direction="noising")
+    assert via_v.verdict == "refuted"
+    assert "keys" in via_k.sentence and via_k.to_frame().loc[0, "via"] == "k"
+    with pytest.raises(ProbesError, match="via must be"):
+        evaluate(toy_model.model, prompts, Composition(sender, receiver, "o"))

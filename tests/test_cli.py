@@ -8,7 +8,7 @@ from markupsafe import escape
 from plotly.offline import get_plotlyjs
 
 from probes import cli
-from probes.claims.types import Thresholds
+from probes.claims.types import Composition, Thresholds
 from probes.claims.verdicts import rule_lines
 from probes.models.loading import save_model_dir
 from probes.run.rundir import read_run
@@ -115,3 +115,25 @@ def test_claim_selectors_rank_attention_by_sign_and_effect_by_size():
                           "attention": [0.5, -0.9, 0.1, 0.0], "effect_z": [0.1, 0.2, -0.8, 0.3]})
     spec = AnalysisSpec(model="m", src="a", dst="b", task="ioi", claims=["top_attention:1", "top_effect:2", [0, 1]])
     assert _selected_heads(spec, table, n_layers=2, n_heads=2) == [(0, 0), (1, 0), (1, 1), (0, 1)]
+
+
+def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, capsys):
+    sender, receiver = toy_model.heads.previous_token, toy_model.heads.induction
+    spec = _spec(
+        tmp_path / "comp.toml", model=str(toy_dir), task="induction", n=12, src="induction_target", dst="previous",
+        direction="noising", claims=[list(sender)], compositions=[[list(sender), list(receiver), "k"]],
+    )
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    run = read_run(tmp_path / "run")
+    composition = run.claims[-1]
+    assert composition.claim == Composition(sender, receiver, "k") and composition.verdict == "supported"
+    html = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert 'id="fig-compositions"' in html and "reads head" in html
+    bad = _spec(tmp_path / "bad.toml", model=str(toy_dir), task="induction", src="end", dst="previous",
+                compositions=[[list(sender), list(receiver), "o"]])
+    assert cli.main(["run", str(bad)]) == 2
+    assert "composition" in capsys.readouterr().err
+    early = _spec(tmp_path / "early.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="previous",
+                  compositions=[[list(receiver), list(sender), "k"]])
+    assert cli.main(["run", str(early), "--out", str(tmp_path / "early")]) == 2
+    assert "not after sender" in capsys.readouterr().err

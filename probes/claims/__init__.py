@@ -13,6 +13,7 @@ _EXPORTS = {
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
+    "Composition": "probes.claims.types",
     "Measure": "probes.claims.measures",
     "MEASURES": "probes.claims.measures",
     "VERDICTS": "probes.claims.verdicts",

@@ -17,12 +17,12 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from probes.claims.measures import MEASURES
-from probes.claims.types import Claim, ClaimResult, Head, Thresholds
-from probes.claims.verdicts import HEAD, VERDICTS, decide, gate_passes, judge_legs
+from probes.claims.types import Claim, ClaimResult, Composition, Head, Thresholds
+from probes.claims.verdicts import HEAD, VERDICTS, decide, decide_composition, gate_passes, judge_legs
 from probes.core.errors import ProbesError
 from probes.core.stats import Estimate, adjust_p, bootstrap_mean, bootstrap_spearman, estimate_mean, signed_rank_p
 from probes.evidence.attention import norm_weighted_attention, role_attention
-from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations
+from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations, patch_paths
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 
@@ -135,7 +135,7 @@ def _head_estimates(
     }
     p_values = {
         name: adjust_p(signed_rank_p(per_prompt[name], alternative=m.test))
-        for name, m in MEASURES.items() if m.test is not None
+        for name, m in MEASURES.items() if m.test is not None and name in per_prompt
     }
     bounds = {name: bootstrap_mean(values, seed=seed) for name, values in per_prompt.items()}
     out = {}
@@ -164,10 +164,47 @@ def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate
                     n=int(best["n"]) if "n" in best else None)
 
 
+def evaluate_composition(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    claim: Composition,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    direction: Direction = "denoising",
+    seed: int = 0,
+) -> ClaimResult:
+    """Settle "head R reads head S's output through its q/k/v" by path patching (one test: no adjustment)."""
+    if claim.via not in ("q", "k", "v"):
+        raise ProbesError(f"{claim.head_name}: via must be 'q', 'k' or 'v', not {claim.via!r}")
+    paths = patch_paths(model, prompts, [claim.sender], [(*claim.receiver, claim.via)], direction, progress=False)
+    gap_values = (paths.clean - paths.corrupt).double().numpy()
+    gap = estimate_mean(gap_values, seed=seed)
+    effect = paths.effect[:, 0, 0].double().numpy()
+    fraction = effect / (gap.value if gap.value != 0 else np.nan)
+    p_value = float(signed_rank_p(fraction))
+    evidence = {
+        "path_effect": estimate_mean(fraction, p_value=p_value, seed=seed),
+        "path_effect_logits": estimate_mean(effect, seed=seed),
+        "gap_logits": gap,
+    }
+    n = len(prompts)
+    verdict = decide_composition(n, gap, evidence["path_effect"], thresholds)
+    path = evidence["path_effect"]
+    patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
+    sentence = (
+        f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
+        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {n} prompts: {verdict}"
+    )
+    if not gate_passes(n, gap, thresholds):
+        sentence += f" (needs at least {thresholds.min_prompts} prompts and a clean-corrupt gap above 0)"
+    return ClaimResult(claim, verdict, sentence, evidence, thresholds,
+                       per_prompt={"path_effect": fraction, "path_effect_logits": effect})
+
+
 def evaluate(
     model: HookedTransformer,
     prompts: PromptSet,
-    claim: Claim,
+    claim: Claim | Composition,
     thresholds: Thresholds = Thresholds(),
     *,
     probe_table: pd.DataFrame | None = None,
@@ -176,10 +213,13 @@ def evaluate(
 ) -> ClaimResult:
     """Settle ``claim`` on ``prompts``; with ``claim.head=None`` every head is tested (multiple-comparison
     adjusted) and the result's verdict is that of the best-supported head, with all heads in ``.heads``.
+    A :class:`Composition` is settled by path patching (:func:`evaluate_composition`).
 
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
     *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
     """
+    if isinstance(claim, Composition):
+        return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if claim.head is not None and not (0 <= claim.head[0] < n_layers and 0 <= claim.head[1] < n_heads):
         raise ProbesError(f"{claim.head_name} does not exist: the model has {n_layers} layers x {n_heads} heads")

@@ -91,7 +91,7 @@ register(Measure(
 register(Measure(
     "effect_z", "causal", "patching the head's output: fraction of the clean-corrupt gap moved",
     "fraction of the mean gap", gather=lambda ctx: ctx.effect("z") / ctx.gap_scale, test="two-sided",
-    panel=True,
+    threshold="effect", panel=True,
 ))
 register(Measure(
     "effect_z_logits", "context", "patching the head's output: change of the logit difference", "logits",
@@ -101,6 +101,11 @@ register(Measure(
     "effect_pattern", "causal", "patching the head's attention pattern only: fraction of the gap moved",
     "fraction of the mean gap", gather=lambda ctx: ctx.effect("pattern") / ctx.gap_scale, test="two-sided",
     panel=True,
+))
+register(Measure(
+    "path_effect", "causal",
+    "path patching: the sender's output from the other run reaching only the receiver's q, k or v input, as a "
+    "fraction of the clean-corrupt gap", "fraction of the mean gap", test="two-sided", threshold="effect",
 ))
 register(Measure(
     "attention_effect_correlation", "context",

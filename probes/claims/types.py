@@ -35,6 +35,38 @@ class Claim:
         dst = "the previous token" if self.dst == PREVIOUS else f"the {self.dst}"
         return f"{self.head_name} attends from the {self.src} to {dst}"
 
+    def describe(self) -> dict:
+        """The columns that name this claim in a table."""
+        return {"layer": self.head[0], "head": self.head[1]}
+
+
+@dataclass(frozen=True)
+class Composition:
+    """"Head ``sender``'s output is read by head ``receiver`` through its ``via`` input (``q``, ``k`` or ``v``)":
+    a claim about one path, settled by path patching (:func:`probes.evidence.patching.patch_paths`)."""
+
+    sender: Head
+    receiver: Head
+    via: str
+
+    @property
+    def head_name(self) -> str:
+        return f"head {self.sender[0]}.{self.sender[1]} -> head {self.receiver[0]}.{self.receiver[1]} via {self.via}"
+
+    def __str__(self) -> str:
+        return (
+            f"head {self.receiver[0]}.{self.receiver[1]} reads head {self.sender[0]}.{self.sender[1]}'s output "
+            f"through its {VIA_WORDS.get(self.via, self.via)}"
+        )
+
+    def describe(self) -> dict:
+        """The columns that name this claim in a table."""
+        return {"sender": f"{self.sender[0]}.{self.sender[1]}", "receiver": f"{self.receiver[0]}.{self.receiver[1]}",
+                "via": self.via}
+
+
+VIA_WORDS = {"q": "queries", "k": "keys", "v": "values"}
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -53,7 +85,7 @@ class ClaimResult:
     ``per_prompt`` holds the per-prompt values behind each estimate (empty when read back from a run directory).
     """
 
-    claim: Claim
+    claim: Claim | Composition
     verdict: str
     sentence: str
     evidence: dict[str, Estimate]
@@ -62,10 +94,10 @@ class ClaimResult:
     heads: list[ClaimResult] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per head (or the one head): verdict and every estimate with its interval."""
+        """One row per head (or the one head, or the one path): verdict and every estimate with its interval."""
         rows = []
         for result in self.heads or [self]:
-            row = {"layer": result.claim.head[0], "head": result.claim.head[1], "verdict": result.verdict}
+            row = result.claim.describe() | {"verdict": result.verdict}
             for name, est in result.evidence.items():
                 row |= {name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high}
                 if est.p_value is not None:

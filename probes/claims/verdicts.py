@@ -75,6 +75,11 @@ HEAD = Leg(
     holds="the effect_z interval lies outside [-{effect}, +{effect}] and its adjusted p < {alpha}",
     fails="the effect_z interval lies inside (-{effect}, +{effect})",
 )
+PATH = Leg(
+    "the path matters", "the path does not matter", "path_effect", "effect", "outside",
+    holds="the path-patching effect's interval lies outside [-{effect}, +{effect}] and its p < {alpha}",
+    fails="the path-patching effect's interval lies inside (-{effect}, +{effect})",
+)
 LEGS = (ATTENDS, EDGE, HEAD)
 # the first outcome whose legs all hold as listed; none decided (an undecided leg): inconclusive
 OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], str], ...] = (
@@ -109,6 +114,13 @@ def decide(n: int, gap: Estimate, evidence: dict[str, Estimate], t: Thresholds) 
     return "inconclusive"
 
 
+def decide_composition(n: int, gap: Estimate, path: Estimate, t: Thresholds) -> str:
+    """A composition claim (sender -> receiver via q/k/v) has one leg, the path: supported, refuted or inconclusive."""
+    if not gate_passes(n, gap, t):
+        return "inconclusive"
+    return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(path, t)]
+
+
 def rule_lines(t: Thresholds) -> list[str]:
     """The rule in plain words, with this run's thresholds filled in: the gate, each leg, each outcome."""
     values = vars(t)
@@ -118,4 +130,8 @@ def rule_lines(t: Thresholds) -> list[str]:
         said = " and ".join(leg.name if wanted else leg.negation for leg, wanted in conditions)
         lines.append(f"{said}: {verdict}")
     lines.append("otherwise (a leg the outcome needs is undecided: an interval straddles its threshold): inconclusive")
+    lines.append(
+        f"a composition claim (sender -> receiver via q, k or v) has one leg, {PATH.name}: "
+        f"{PATH.holds.format(**values)}: supported; {PATH.fails.format(**values)}: refuted; otherwise inconclusive"
+    )
     return lines

@@ -88,8 +88,9 @@ def claimed_heads(claims: list[ClaimResult]) -> dict[str, list[tuple[int, int]]]
     """Claimed heads grouped by verdict (a head claimed twice counts under its first claim's verdict)."""
     seen: dict[tuple[int, int], str] = {}
     for result in claims:
-        if result.claim.head is not None:
-            seen.setdefault(result.claim.head, result.verdict)
+        head = getattr(result.claim, "head", None)
+        if head is not None:
+            seen.setdefault(head, result.verdict)
     return {v: [h for h, verdict in seen.items() if verdict == v] for v in VERDICTS if v in seen.values()}
 
 
@@ -237,4 +238,31 @@ def pattern_figure(example: Example, per_row: int = 2) -> go.Figure:
     fig.update_yaxes(title="attending token (query)", col=1)
     fig.update_xaxes(title="attended-to token (key)", row=n_rows)
     fig.update_layout(height=n_rows * (170 + 18 * n), margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig
+
+
+def composition_figure(compositions: list[ClaimResult]) -> go.Figure:
+    """Each composition claim's path-patching effect with its interval, coloured by verdict, beside the threshold."""
+    fig = go.Figure()
+    names = [result.claim.head_name.replace("head ", "") for result in compositions]
+    for verdict in VERDICTS:
+        mine = [i for i, result in enumerate(compositions) if result.verdict == verdict]
+        if not mine:
+            continue
+        est = [compositions[i].evidence["path_effect"] for i in mine]
+        fig.add_trace(go.Scatter(
+            x=[e.value for e in est], y=[names[i] for i in mine], mode="markers", name=verdict.replace("_", " "),
+            marker=dict(color=VERDICT_COLOURS[verdict], size=11),
+            error_x=dict(type="data", symmetric=False, array=[e.ci_high - e.value for e in est],
+                         arrayminus=[e.value - e.ci_low for e in est]),
+            hovertemplate="%{y}: %{x:.2f} of the gap<extra></extra>",
+        ))
+    bound = compositions[0].thresholds.effect
+    for x in (-bound, bound):
+        fig.add_vline(x=x, line_dash="dot", line_color="rgba(90,100,115,0.6)")
+    fig.add_vline(x=0, line_color="rgba(90,100,115,0.9)")
+    fig.update_layout(
+        height=140 + 40 * len(compositions), margin=dict(l=10, r=10, t=30, b=40),
+        xaxis_title="path-patching effect (fraction of the clean-corrupt gap)", yaxis=dict(autorange="reversed"),
+    )
     return fig

@@ -19,11 +19,13 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from probes.claims.measures import thresholds_by_measure
+from probes.claims.types import Composition
 from probes.claims.verdicts import VERDICTS
 from probes.core.io import write_text
 from probes.report.figures import (
     VERDICT_COLOURS,
     claimed_heads,
+    composition_figure,
     evidence_panels,
     figure_spec,
     heatmap_figure,
@@ -108,6 +110,9 @@ def render_html(run: RunResults) -> str:
         figures.append(figure_spec("fig-scatter", scatter_figure(run, attention, effect, claimed)))
     examples = [e for e in run.examples if e.patterns]
     figures += [figure_spec(f"fig-example-{i}", pattern_figure(e)) for i, e in enumerate(examples)]
+    compositions = [result for result in run.claims if isinstance(result.claim, Composition)]
+    if compositions:
+        figures.append(figure_spec("fig-compositions", composition_figure(compositions)))
     columns, rows = prompt_table(run.prompts)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("probes.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
@@ -121,6 +126,7 @@ def render_html(run: RunResults) -> str:
         panels=panels,
         scatter={"attention": attention, "effect": effect} if scatter else None,
         examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],
+        compositions=bool(compositions),
         prompt_columns=columns,
         prompt_rows=rows,
         plotly_js=Markup(get_plotlyjs()),

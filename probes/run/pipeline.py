@@ -32,7 +32,7 @@ from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.run.rundir import Example, ModelInfo, RunResults, write_run
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
-from probes.run.spec import AnalysisSpec, parse_selector
+from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 
 
 def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
@@ -69,15 +69,16 @@ def _probe_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpe
     return table[table["head"] >= 0].reset_index(drop=True)
 
 
-def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame:
+def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
+    """The per-prompt values behind the claimed heads' headline measures (the registry's panel measures)."""
     frames = []
     for r in results:
         layer, head = r.claim.head
-        for measure in ("attention", "effect_z", "effect_pattern", "norm_attention"):
-            values = r.per_prompt[measure]
-            frames.append(pd.DataFrame({"prompt": range(len(values)), "layer": layer, "head": head,
-                                        "measure": measure, "value": values}))
-    return pd.concat(frames, ignore_index=True)
+        for measure, values in r.per_prompt.items():
+            if MEASURES[measure].panel:
+                frames.append(pd.DataFrame({"prompt": range(len(values)), "layer": layer, "head": head,
+                                            "measure": measure, "value": values}))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
@@ -111,6 +112,9 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
     chosen = _selected_heads(spec, heads_table, model.cfg.n_layers, model.cfg.n_heads)
     by_head = {r.claim.head: r for r in everything.heads}
     claimed = [by_head[h] for h in chosen]
+    for item in spec.compositions:
+        claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
+                                direction=spec.direction, seed=spec.seed))
     provenance = getattr(model, "provenance", None)
     run = RunResults(
         model=ModelInfo(spec.model, model.cfg.n_layers, model.cfg.n_heads,
@@ -126,7 +130,7 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
         verdict_rule=rule_lines(thresholds),
         examples=[Example(**e) for e in attention_patterns(model, prompts, chosen, spec.examples)],
         probes=probes_table,
-        per_prompt=_per_prompt_table(claimed),
+        per_prompt=_per_prompt_table([r for r in claimed if isinstance(r.claim, Claim)]),
         prompts=_prompt_records(model, prompts),
     )
     return write_run(out_dir, run), claimed

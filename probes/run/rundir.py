@@ -18,7 +18,7 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
       "evidence": {"attention": {"leg": "attention", "description": "...", "unit": "attention weight",
                                  "test": "greater", "threshold": "attention_margin", "panel": true},
                    "effect_z": {"leg": "causal", ...}, ...},     # the measure registry's entries, see probes.claims.measures
-      "claims": [{"head": [5, 8], "src": "pronoun", "dst": "antecedent", "foil": "distractor",
+      "claims": [{"kind": "attention", "head": [5, 8], "src": "pronoun", "dst": "antecedent", "foil": "distractor",
                   "verdict": "attention_only", "sentence": "head 5.8 attends ... : attention_only",
                   "evidence": {"attention": ESTIMATE, "effect_z": ESTIMATE, ...},
                   "thresholds": {"attention_margin": 0.1, "effect": 0.1, "alpha": 0.05, "min_prompts": 10}}],
@@ -30,7 +30,8 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
 
 Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. ``verdict`` is one of ``VERDICTS``;
 ``thresholds`` are the fields of :class:`probes.claims.types.Thresholds`; ``head`` is ``null`` for a claim about no
-single head. ``examples`` hold attention patterns of a few heads on a few prompts
+single head. A composition claim has ``"kind": "composition"`` and ``sender``, ``receiver`` ([layer, head]) and
+``via`` (q, k or v) in place of head and roles. ``examples`` hold attention patterns of a few heads on a few prompts
 (``patterns["L.H"][query][key]``, ``prompt`` indexes ``prompts.jsonl``, ``roles`` marks token positions).
 
 Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets where noted):
@@ -60,7 +61,7 @@ from typing import Any
 import pandas as pd
 
 from probes.claims.measures import LEGS, Measure
-from probes.claims.types import Claim, ClaimResult, Thresholds
+from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import VERDICTS
 from probes.core.errors import ProbesError
 from probes.core.io import write_table, write_text
@@ -133,8 +134,10 @@ class RunResults:
         if self.per_prompt is not None:
             _require_columns(self.per_prompt, "per_prompt", PER_PROMPT_COLUMNS)
         for result in self.claims:
-            if result.claim.head is not None:
-                self._require_heads_in_model(pd.DataFrame([result.claim.head], columns=["layer", "head"]), "claims")
+            c = result.claim
+            named = [c.sender, c.receiver] if isinstance(c, Composition) else [c.head] if c.head is not None else []
+            if named:
+                self._require_heads_in_model(pd.DataFrame(named, columns=["layer", "head"]), "claims")
             if result.verdict not in VERDICTS:
                 raise ProbesError(
                     f"claim about {result.claim.head_name} has verdict '{result.verdict}'; "
@@ -163,22 +166,32 @@ def measure_to_dict(m: Measure) -> dict:
 def claim_to_dict(result: ClaimResult) -> dict:
     """A claim's verdict, sentence, estimates and thresholds (per-prompt values go to per_prompt.parquet)."""
     c = result.claim
-    return {
-        "head": c.head, "src": c.src, "dst": c.dst, "foil": c.foil, "verdict": result.verdict,
-        "sentence": result.sentence, "evidence": {k: asdict(v) for k, v in result.evidence.items()},
-        "thresholds": asdict(result.thresholds),
+    if isinstance(c, Composition):
+        named = {"kind": "composition", "sender": c.sender, "receiver": c.receiver, "via": c.via}
+    else:
+        named = {"kind": "attention", "head": c.head, "src": c.src, "dst": c.dst, "foil": c.foil}
+    return named | {
+        "verdict": result.verdict, "sentence": result.sentence,
+        "evidence": {k: asdict(v) for k, v in result.evidence.items()}, "thresholds": asdict(result.thresholds),
     }
 
 
 def claim_from_dict(d: dict) -> ClaimResult:
-    head = None if d.get("head") is None else (int(d["head"][0]), int(d["head"][1]))
+    if d.get("kind") == "composition":
+        claim = Composition(_head(d["sender"]), _head(d["receiver"]), d["via"])
+    else:
+        claim = Claim(None if d.get("head") is None else _head(d["head"]), d["src"], d["dst"], d.get("foil"))
     return ClaimResult(
-        claim=Claim(head, d["src"], d["dst"], d.get("foil")),
+        claim=claim,
         verdict=d["verdict"],
         sentence=d["sentence"],
         evidence={k: Estimate.from_dict(v) for k, v in d.get("evidence", {}).items()},
         thresholds=Thresholds(**d.get("thresholds", {})),
     )
+
+
+def _head(pair) -> tuple[int, int]:
+    return int(pair[0]), int(pair[1])
 
 
 def ci_columns(measures) -> list[str]:

@@ -12,6 +12,7 @@
     foil = "distractor"                # optional; without it, attention is compared with uniform attention
     direction = "denoising"            # or "noising": is the head necessary rather than sufficient
     claims = [[5, 2], "top_attention:3", "top_effect:3"]
+    compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
     [thresholds]                       # optional, see probes.claims.types.Thresholds
     effect = 0.1
@@ -24,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probes.claims.types import Thresholds
+from probes.claims.types import Composition, Thresholds
 from probes.core.errors import ProbesError
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.prompts import tasks
@@ -47,6 +48,7 @@ class AnalysisSpec:
     foil: str | None = None
     direction: str = "denoising"
     claims: list = field(default_factory=lambda: ["top_attention:3", "top_effect:3"])
+    compositions: list = field(default_factory=list)
     probe_targets: list[str] = field(default_factory=list)
     thresholds: dict = field(default_factory=dict)
     examples: int = 2
@@ -89,6 +91,8 @@ class AnalysisSpec:
             raise ProbesError(f"{where}: unknown threshold(s) {bad}; known: {', '.join(sorted(fields))}")
         for item in self.claims:
             parse_selector(item, where)
+        for item in self.compositions:
+            parse_composition(item, where)
 
 
 def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:
@@ -101,4 +105,16 @@ def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:
             return (name, int(count))
     raise ProbesError(
         f"{where}: claim {item!r} is neither a head [layer, head] nor 'top_attention:K' / 'top_effect:K'"
+    )
+
+
+def parse_composition(item, where: str) -> Composition:
+    """``[[L, H], [L2, H2], "k"]`` -> Composition(sender=(L, H), receiver=(L2, H2), via="k")."""
+    def head(x) -> bool:
+        return isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+
+    if isinstance(item, list) and len(item) == 3 and head(item[0]) and head(item[1]) and item[2] in ("q", "k", "v"):
+        return Composition(tuple(item[0]), tuple(item[1]), item[2])
+    raise ProbesError(
+        f"{where}: composition {item!r} is not [[sender layer, head], [receiver layer, head], \"q\" | \"k\" | \"v\"]"
     )

@@ -37,6 +37,7 @@ from probes.evidence.patching.engine import (
     run_rows,
     runs_rows,
 )
+from probes.evidence.patching.paths import LOGITS, PathsResult, patch_paths
 from probes.evidence.patching.schedule import n_workers, sweep
 from probes.evidence.patching.sites import (
     DIRECTIONS,
@@ -56,9 +57,9 @@ from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
 
 __all__ = [
-    "DIRECTIONS", "HEAD_COMPONENTS", "INTERVENTIONS", "RESID_COMPONENTS", "SITES", "Direction", "Edge",
-    "PatchingResult", "RunsResult", "Site", "edge_effects", "patch_activations", "patch_heads", "patch_resid",
-    "patch_runs",
+    "DIRECTIONS", "HEAD_COMPONENTS", "INTERVENTIONS", "LOGITS", "RESID_COMPONENTS", "SITES", "Direction", "Edge",
+    "PathsResult", "PatchingResult", "RunsResult", "Site", "edge_effects", "patch_activations", "patch_heads",
+    "patch_paths", "patch_resid", "patch_runs",
 ]  # fmt: skip
 
 

@@ -1,0 +1,206 @@
+"""Path patching: does a sender head's output reach a receiver's input along the direct path?
+
+"Head 0.2 K-composes with head 1.2" is a claim about one path: the sender's output, read by the receiver's keys.
+Patching the sender's whole output moves everything downstream of it; path patching moves only the receiver's
+input. Per prompt, the run patched into (corrupt when denoising) is kept everywhere, except that the receiver's
+query, key or value input (or the logits, for the direct path to the output) is recomputed from
+
+    resid_base + (z_other[sender] - z_base[sender]) @ W_O[sender]
+
+at every position: the sender's change reaches the receiver directly and through nothing else (every other head
+and MLP stays at the base run, as when all other components are frozen, Wang et al. 2022). The receiver's layer
+and everything after it then run normally. For grouped-query models a ``k``/``v`` receiver is the key/value head
+that the query head reads, shared with its group.
+
+Cost: one run of the two prompts of every pair, then for each receiver one batched run of all senders from the
+receiver's layer on; only the metric is read (no full-vocabulary logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
+
+from probes.core.errors import ProbesError
+from probes.evidence.metric import Metric, logit_diff_from_resid, resid_at
+from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
+from probes.models.architecture import keys_values_separate, kv_head_of
+from probes.models.kernels import onednn_linear
+from probes.prompts.promptset import PromptSet
+
+LOGITS = "logits"
+RECEIVER_INPUTS = ("q", "k", "v")
+Receiver = tuple[int, int, str] | str  # (layer, head, "q" | "k" | "v"), or "logits" for the direct path
+
+
+@dataclass
+class PathsResult(PatchedMetric):
+    """``patched[i, s, r]``: the metric of prompt ``i`` with sender ``s``'s path to receiver ``r`` patched (NaN where
+    the receiver does not come after the sender)."""
+
+    senders: list[tuple[int, int]] | None = None
+    receivers: list[Receiver] | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (prompt, sender, receiver) that was run: patched metric, effect and normalised effect."""
+        frame = self._frame(["prompt", "sender", "receiver"])
+        frame["sender"] = [f"{layer}.{head}" for layer, head in (self.senders[s] for s in frame["sender"])]
+        frame["receiver"] = [receiver_name(self.receivers[r]) for r in frame["receiver"]]
+        return frame
+
+
+def receiver_name(receiver: Receiver) -> str:
+    return receiver if receiver == LOGITS else f"{receiver[0]}.{receiver[1]}.{receiver[2]}"
+
+
+def _check(model: HookedTransformer, senders: Sequence[tuple[int, int]], receivers: Sequence[Receiver]) -> None:
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if not senders or not receivers:
+        raise ProbesError("patch_paths needs at least one sender (layer, head) and one receiver")
+    for layer, head in senders:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ProbesError(f"sender {layer}.{head} does not exist: the model has {n_layers} layers x {n_heads} heads")
+    for receiver in receivers:
+        if receiver == LOGITS:
+            continue
+        if not (isinstance(receiver, (tuple, list)) and len(receiver) == 3 and receiver[2] in RECEIVER_INPUTS):
+            raise ProbesError(
+                f"receiver {receiver!r} is neither (layer, head, 'q' | 'k' | 'v') nor 'logits'"
+            )
+        layer, head, _ = receiver
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ProbesError(f"receiver {layer}.{head} does not exist: the model has {n_layers} layers x {n_heads} heads")
+        early = [f"{s_layer}.{s_head}" for s_layer, s_head in senders if s_layer >= layer]
+        if early:
+            raise ProbesError(
+                f"receiver {receiver_name(receiver)} is not after sender {early[0]}: a head can only read the output "
+                "of heads in earlier layers"
+            )
+    if not keys_values_separate(model):
+        raise ProbesError("path patching needs attention whose q/k/v come from ln1(resid); this architecture differs")
+
+
+def patch_paths(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    senders: Sequence[tuple[int, int]],
+    receivers: Sequence[Receiver],
+    direction: Direction = "denoising",
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    onednn: bool = True,
+    metric: Metric = logit_diff_from_resid,
+) -> PathsResult:
+    """Per prompt, the metric with each sender's output from the other run reaching only each receiver's input
+    (``(layer, head, "q" | "k" | "v")``, or ``"logits"``: the direct path to the output); see the module doc."""
+    if direction not in DIRECTIONS:
+        raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
+    if batch_size < 1:
+        raise ProbesError(f"batch_size must be at least 1, got {batch_size}")
+    senders = [(int(layer), int(head)) for layer, head in senders]
+    receivers = [r if r == LOGITS else (int(r[0]), int(r[1]), r[2]) for r in receivers]
+    _check(model, senders, receivers)
+    target_tokens, source_tokens = (
+        (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
+    )
+    n = len(prompts)
+    patched = torch.full((n, len(senders), len(receivers)), float("nan"))
+    target_metric, source_metric = torch.empty(n), torch.empty(n)
+    batches = range(0, n, batch_size)
+    with torch.no_grad(), onednn_linear(onednn):
+        for start in tqdm(batches, desc="path patching", unit="batch", disable=None if progress else True):
+            index = slice(start, start + batch_size)
+            batch = prompts.subset(index)
+            length = int(batch.end.max()) + 1
+            out = _paths_batch(
+                model, batch, target_tokens[index, :length], source_tokens[index, :length], senders, receivers, metric
+            )
+            patched[index], target_metric[index], source_metric[index] = out
+    clean, corrupt = (source_metric, target_metric) if direction == "denoising" else (target_metric, source_metric)
+    return PathsResult(patched, clean, corrupt, direction, senders=senders, receivers=receivers)
+
+
+def _paths_batch(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    target: Tensor,
+    source: Tensor,
+    senders: list[tuple[int, int]],
+    receivers: list[Receiver],
+    metric: Metric,
+) -> tuple[Float[Tensor, "prompt sender receiver"], Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
+    n_layers = model.cfg.n_layers
+    z_names = {get_act_name("z", layer) for layer, _ in senders}
+    resid_names = {get_act_name("resid_pre", r[0]) for r in receivers if r != LOGITS}
+    target_final, target_cache = model.run_with_cache(
+        target, stop_at_layer=n_layers, names_filter=lambda name: name in z_names | resid_names
+    )
+    source_final, source_cache = model.run_with_cache(source, stop_at_layer=n_layers, names_filter=lambda name: name in z_names)
+
+    def read(final: Float[Tensor, "row pos d_model"], rows: int) -> Float[Tensor, " row"]:
+        end = prompts.end.repeat(rows // len(prompts))
+        answer, foil = prompts.answer.repeat(rows // len(prompts)), prompts.foil.repeat(rows // len(prompts))
+        return metric(model, resid_at(final, end), answer, foil).float()
+
+    # what each sender's change adds to the residual stream at every position: [sender, prompt, pos, d_model]
+    deltas = torch.stack([
+        (source_cache[get_act_name("z", layer)][:, :, head] - target_cache[get_act_name("z", layer)][:, :, head])
+        @ model.blocks[layer].attn.W_O[head]
+        for layer, head in senders
+    ])
+    out = torch.full((len(prompts), len(senders), len(receivers)), float("nan"))
+    for r, receiver in enumerate(receivers):
+        if receiver == LOGITS:
+            final = (target_final[None] + deltas).flatten(0, 1)
+            out[:, :, r] = read(final, final.shape[0]).reshape(len(senders), -1).T
+            continue
+        layer, head, component = receiver
+        base = target_cache[get_act_name("resid_pre", layer)]
+        inputs = _receiver_inputs(model, layer, component, base[None] + deltas)  # [sender, prompt, pos, d_head]
+        variant = int(kv_head_of(model)[head]) if component in ("k", "v") else head
+        final = _run_with_receiver(model, layer, component, variant, base, inputs)
+        out[:, :, r] = read(final, final.shape[0]).reshape(len(senders), -1).T
+    return out, read(target_final, len(prompts)), read(source_final, len(prompts))
+
+
+def _receiver_inputs(
+    model: HookedTransformer, layer: int, component: str, resid: Float[Tensor, "sender prompt pos d_model"]
+) -> Tensor:
+    """The receiver layer's ``hook_{q,k,v}`` activation (every head) as the block computes it from ``resid``."""
+    block = model.blocks[layer]
+    captured: list[Tensor] = []
+    hook = block.attn.get_submodule(f"hook_{component}").register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        x = block.ln1(resid.flatten(0, 1))
+        block.attn.calculate_qkv_matrices(x, x, x)
+    finally:
+        hook.remove()
+    return captured[0].reshape(*resid.shape[:2], *captured[0].shape[1:])
+
+
+def _run_with_receiver(
+    model: HookedTransformer, layer: int, component: str, variant: int, base: Tensor, inputs: Tensor
+) -> Float[Tensor, "row pos d_model"]:
+    """The base run from ``layer`` on, once per sender, with the receiver head's input replaced: every other head of
+    the layer reads the base residual stream."""
+    n_senders = inputs.shape[0]
+    values = inputs[..., variant, :].flatten(0, 1)  # [sender * prompt, pos, d_head]
+
+    def hook(activation: Tensor, hook) -> Tensor:
+        activation[:, :, variant] = values
+        return activation
+
+    resid = base.repeat(n_senders, 1, 1)
+    return model.run_with_hooks(
+        resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+        fwd_hooks=[(get_act_name(component, layer), hook)],
+    )
