@@ -7,7 +7,9 @@ linear, ``probes.kernels``), which splits the kit's speed-up into what faster ke
 skips. The float32 matrix-product rates of MKL and oneDNN on a block's MLP shape are printed too.
 The kit: ``probes.patch_activations`` (per-prompt values; their mean over prompts is compared with
 TransformerLens's number for every head). Then attribution patching: its time, and its Pearson r and top-10
-overlap with the exact sweep.
+overlap with the exact sweep; edge knockout of every head's end -> IO attention (``probes.edge_effects``), timed
+against the z sweep; and path patching of one receiver (the last layer's head 0, via its queries) from every head
+of the earlier layers (``probes.patch_paths``).
 
 The default pairs are those of TransformerLens's activation-patching demo: the corrupt prompt names the other
 person as the repeated subject (``flip_s2``), so the pair shares every token before S2. With ``--corruption abc``
@@ -35,7 +37,7 @@ from probes import tasks
 from probes.models import loading as models
 from probes.evidence.attribution import attribute_heads
 from probes.models.kernels import onednn_linear
-from probes.evidence.patching import patch_activations
+from probes.evidence.patching import edge_effects, patch_activations, patch_paths
 from probes.prompts.promptset import PromptSet
 
 
@@ -113,6 +115,14 @@ def main() -> None:
         _, t_tl_kernels = transformerlens_sweep(model)
     t_last = our_sweep()[1]
     t_ours = statistics.median([t_first, t_between, t_last])
+    start = time.perf_counter()
+    edge_effects(model, prompts, "end", "IO", memory_mb=args.memory_mb, progress=False)
+    t_edge = time.perf_counter() - start
+    receiver = (cfg.n_layers - 1, 0, "q")
+    senders = [(layer, head) for layer in range(cfg.n_layers - 1) for head in range(cfg.n_heads)]
+    start = time.perf_counter()
+    patch_paths(model, prompts, senders, [receiver], progress=False)
+    t_paths = time.perf_counter() - start
 
     mlp_shape = (len(prompts) * cfg.n_heads * 5, cfg.d_model, cfg.d_mlp)  # one layer of runs x ~5 positions
     rate_default, rate_onednn = linear_gflops(False, *mlp_shape), linear_gflops(True, *mlp_shape)
@@ -133,6 +143,8 @@ def main() -> None:
         f"{ours.clean.mean():.2f}, corrupt {ours.corrupt.mean():.2f})\n"
         f"  peak RSS {rss_before:.0f} MB after loading, {rss_ours:.0f} MB after the sweep "
         f"(memory budget {args.memory_mb:.0f} MB)\n"
+        f"probes.edge_effects (knockout end -> IO, all heads)  {t_edge:8.1f} s   {t_edge / t_ours:.2f}x the z sweep's time\n"
+        f"probes.patch_paths ({len(senders)} senders -> {receiver[0]}.{receiver[1]}.{receiver[2]})          {t_paths:8.1f} s\n"
         f"probes.attribute_heads                               {t_attr:8.1f} s   {t_tl / t_attr:.0f}x faster than TL\n"
         f"  vs exact effects: Pearson r {r_heads:.3f} over head means, {r_prompts:.3f} over (prompt, head); "
         f"top-10 heads shared {overlap}/10\n"

@@ -113,3 +113,12 @@ def test_knockout_equals_plain_hooks_on_real_models(name: str, request) -> None:
         for layer, head in heads:
             expected = plain_edge_effect(model, prompts, "pronoun", "antecedent", layer, head, intervention)
             torch.testing.assert_close(result.effect[:, layer, head], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_knocking_out_the_only_visible_key_leaves_the_head_reading_nothing(toy_model: ToyModel) -> None:
+    """At position 0 a head can only look at itself: with that weight knocked out there is nothing left to
+    renormalise, and the head's output there is zero (finite effects, no NaN)."""
+    prompts = tasks.pronoun_prompts(toy_model, 4)
+    first = torch.zeros(len(prompts), dtype=torch.long)
+    result = edge_effects(toy_model.model, prompts, first, first, progress=False)
+    assert torch.isfinite(result.patched).all()

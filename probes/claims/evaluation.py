@@ -114,15 +114,15 @@ def _sentence(
         f"{claim} more than to {foil} in {attends.value:.0%} of {n} prompts [{attends.ci_low:.0%}, "
         f"{attends.ci_high:.0%}]; knocking out that edge in the clean run (is it necessary?) moves the answer by "
         f"{edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, {edge.ci_high:+.0%}]; {whole} moves it by "
-        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits): {verdict}"
+        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
     )
     if verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
-        text += " (the head matters, but its effect runs through other positions than this edge)"
+        text += "; the head matters, but its effect runs through other positions than this edge"
     if n < t.min_prompts:
         text += f" (only {n} prompts; at least {t.min_prompts} are needed)"
     elif not gate_passes(n, gap, t):
         text += f" (the model does not do the task: clean-corrupt gap {gap.value:+.2f} [{gap.ci_low:.2f}, {gap.ci_high:.2f}])"
-    return text
+    return f"{text}: {verdict}"
 
 
 def _head_estimates(
@@ -193,10 +193,11 @@ def evaluate_composition(
     patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
     sentence = (
         f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
-        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {n} prompts: {verdict}"
+        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {n} prompts"
     )
     if not gate_passes(n, gap, thresholds):
         sentence += f" (needs at least {thresholds.min_prompts} prompts and a clean-corrupt gap above 0)"
+    sentence += f": {verdict}"
     return ClaimResult(claim, verdict, sentence, evidence, thresholds,
                        per_prompt={"path_effect": fraction, "path_effect_logits": effect})
 

@@ -422,7 +422,8 @@ def patch_hook(slot: Slot, rows: Int[Tensor, " new"], values: Tensor | None):
         else:
             weights = view[rows, slot.at, slot.position]  # [new, key]
             weights[torch.arange(len(rows)), slot.knockout_key] = 0
-            view[rows, slot.at, slot.position] = weights / weights.sum(-1, keepdim=True)
+            rest = weights.sum(-1, keepdim=True)  # 0 where the head looked only at dst: it then reads nothing
+            view[rows, slot.at, slot.position] = torch.where(rest > 0, weights / rest, weights)
         return activation
 
     return hook
