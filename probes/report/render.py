@@ -18,8 +18,8 @@ import jinja2
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from probes.claims.measures import thresholds_by_measure
-from probes.claims.types import Composition
+from probes.claims.measures import MEASURES, thresholds_by_measure
+from probes.claims.types import ClaimResult, Composition
 from probes.claims.verdicts import VERDICTS
 from probes.core.io import write_text
 from probes.report.figures import (
@@ -99,6 +99,15 @@ def _headline(run: RunResults, leg: str) -> str | None:
     return next((name for name, m in run.evidence.items() if m.leg == leg and m.panel), None)
 
 
+def _thresholds_shown(result: ClaimResult) -> dict[str, float]:
+    """The claim's thresholds keyed by the measures it reports (beside those numbers), then the ones that belong
+    to no measure (alpha, min_prompts): not those of measures this kind of claim does not have."""
+    return {
+        name: value for name, value in thresholds_by_measure(result.thresholds).items()
+        if name in result.evidence or name not in MEASURES
+    }
+
+
 def render_html(run: RunResults) -> str:
     """The report page for ``run`` as a string."""
     claimed = claimed_heads(run.claims)
@@ -122,7 +131,7 @@ def render_html(run: RunResults) -> str:
         run=run,
         verdicts=VERDICTS,
         verdict_colours=VERDICT_COLOURS,
-        claim_thresholds=[thresholds_by_measure(result.thresholds) for result in run.claims],
+        claim_thresholds=[_thresholds_shown(result) for result in run.claims],
         panels=panels,
         scatter={"attention": attention, "effect": effect} if scatter else None,
         examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],
