@@ -81,7 +81,7 @@ def _value_norm_reader(model: HookedTransformer, dst: Int[Tensor, " batch"]) -> 
     def read(v: Float[Tensor, "batch pos kv_head d_head"], layer: int) -> Float[Tensor, "batch head"]:
         rows = torch.arange(v.shape[0], device=v.device)
         v_dst = v[rows, dst.to(v.device)]
-        v_dst = v_dst[:, kv_head_of(model).to(v.device)]  # grouped-query: each query head's key/value head
+        v_dst = v_dst[:, kv_head_of(model, v_dst.shape[1]).to(v.device)]  # grouped-query: each query head's value head
         written = torch.einsum("bhd,hdm->bhm", v_dst, model.blocks[layer].attn.W_O)
         return written.norm(dim=-1)
 

@@ -28,9 +28,11 @@ def kv_groups(model: HookedTransformer) -> Int[Tensor, "kv_head group"]:
     return torch.arange(model.cfg.n_heads).reshape(n_kv_heads(model), model.cfg.n_heads // n_kv_heads(model))
 
 
-def kv_head_of(model: HookedTransformer) -> Int[Tensor, " head"]:
-    """The key/value head each query head reads (the identity without grouped-query attention)."""
-    return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // n_kv_heads(model))
+def kv_head_of(model: HookedTransformer, n_value_heads: int | None = None) -> Int[Tensor, " head"]:
+    """The key/value head each query head reads, among ``n_value_heads`` (default: the model's key/value heads;
+    pass the head count of the activation at hand: with ``cfg.ungroup_grouped_query_attention`` TransformerLens
+    expands keys and values to one per query head, and the map is the identity)."""
+    return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // (n_value_heads or n_kv_heads(model)))
 
 
 def keys_values_separate(model: HookedTransformer) -> bool:

@@ -166,7 +166,7 @@ def _paths_batch(
         layer, head, component = receiver
         base = target_cache[get_act_name("resid_pre", layer)]
         inputs = _receiver_inputs(model, layer, component, base[None] + deltas)  # [sender, prompt, pos, d_head]
-        variant = int(kv_head_of(model)[head]) if component in ("k", "v") else head
+        variant = int(kv_head_of(model, inputs.shape[-2])[head]) if component in ("k", "v") else head
         final = _run_with_receiver(model, layer, component, variant, base, inputs)
         out[:, :, r] = read(final, final.shape[0]).reshape(len(senders), -1).T
     return out, read(target_final, len(prompts)), read(source_final, len(prompts))
