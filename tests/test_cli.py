@@ -61,6 +61,8 @@ def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, caps
         ({"model": "x", "src": "end", "task": "induction"}, "missing required key(s) dst"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "poetry"}, "unknown task 'poetry'"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["top:3"]}, "claim 'top:3'"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "thresholds": {"effect": "0.1"}},
+         "threshold effect must be a number"),
     ],
 )
 def test_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, fields, message):

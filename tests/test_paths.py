@@ -109,3 +109,13 @@ def test_smollm2_paths_equal_two_passes(smollm2: HookedTransformer) -> None:
         for r, receiver in enumerate(receivers):
             expected = two_pass(smollm2, prompts, sender, receiver, "noising")
             torch.testing.assert_close(result.patched[:, s, r], expected.float(), atol=1e-5, rtol=0)
+
+
+def test_malformed_senders_and_receivers_are_one_line_errors(toy_model: ToyModel) -> None:
+    prompts = tasks.repeated_prompts(toy_model, 2)
+    with pytest.raises(ProbesError, match="neither"):
+        patch_paths(toy_model.model, prompts, [(0, 1)], ["logit"])
+    with pytest.raises(ProbesError, match="neither"):
+        patch_paths(toy_model.model, prompts, [(0, 1)], [(1, 2)])
+    with pytest.raises(ProbesError, match="not a head"):
+        patch_paths(toy_model.model, prompts, [(0,)], [LOGITS])

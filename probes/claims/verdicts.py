@@ -23,11 +23,13 @@ from probes.claims.types import Thresholds
 from probes.core.stats import Estimate
 
 VERDICTS: dict[str, str] = {
-    "supported": "the head attends as claimed and knocking out that edge moves the answer: the edge does the work",
+    "supported": "the head attends as claimed and knocking out that edge moves the answer: the edge does the work "
+    "(for a composition: patching along the claimed path moves the answer)",
     "attention_only": "the head attends as claimed but knocking out that edge changes nothing: the story is "
     "decorative (the head may still matter through other positions)",
     "effect_only": "the head matters for the answer, but not by attending where the claim says",
-    "refuted": "the head neither attends as claimed nor matters for the answer",
+    "refuted": "the head neither attends as claimed nor matters for the answer (for a composition: the path "
+    "does not move it)",
     "inconclusive": "the intervals are too wide to decide with this many prompts, or the model does not do the task",
 }
 

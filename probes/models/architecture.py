@@ -20,6 +20,10 @@ _QK_NORM_IN_FORWARD = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM
 
 
 def n_kv_heads(model: HookedTransformer) -> int:
+    """Key/value heads as the hooks see them: one per query head without grouped-query attention, and in
+    TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them."""
+    if model.cfg.ungroup_grouped_query_attention:
+        return model.cfg.n_heads
     return model.cfg.n_key_value_heads or model.cfg.n_heads
 
 

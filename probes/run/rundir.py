@@ -228,8 +228,8 @@ def _prompt_lines(prompts: list[dict]) -> str:
 def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
     """Write ``run`` into ``out_dir`` (created if needed); returns the path of ``results.json``.
 
-    Tables go first and ``results.json`` last, each atomically, so an interrupted run never leaves a
-    ``results.json`` that points at missing or half-written tables. Optional files of an earlier run in the same
+    An earlier run's ``results.json`` is removed first, then the tables are written and ``results.json`` last,
+    each atomically, so an interrupted run never leaves a ``results.json`` beside tables it does not describe. Optional files of an earlier run in the same
     directory that this run does not have are removed, so they cannot be mistaken for this run's.
     """
     run.validate()
@@ -257,6 +257,7 @@ def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
         }
     )
     text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    (out / RESULTS).unlink(missing_ok=True)  # an earlier run's summary must not outlive its tables
     for name, data in {HEADS: run.heads, HEADS_CSV: run.heads, **optional}.items():
         if data is None:
             (out / name).unlink(missing_ok=True)

@@ -89,6 +89,11 @@ class AnalysisSpec:
         if set(self.thresholds) - fields:
             bad = ", ".join(sorted(set(self.thresholds) - fields))
             raise ProbesError(f"{where}: unknown threshold(s) {bad}; known: {', '.join(sorted(fields))}")
+        for name, value in self.thresholds.items():
+            wanted = int if name == "min_prompts" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                kind = "a whole number" if name == "min_prompts" else "a number"
+                raise ProbesError(f"{where}: threshold {name} must be {kind}, got {value!r}")
         for item in self.claims:
             parse_selector(item, where)
         for item in self.compositions:

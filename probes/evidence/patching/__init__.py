@@ -74,6 +74,11 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
         raise ProbesError("the prompt set is empty: there is nothing to patch")
     if component == "mlp_out" and model.cfg.attn_only:
         raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
+    if model.cfg.ungroup_grouped_query_attention:
+        raise ProbesError(
+            "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
+            "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"
+        )
     if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
         raise ProbesError("patching needs a causal model whose residual stream carries its positions")
     if prompts.clean.max() >= model.cfg.d_vocab or prompts.corrupt.max() >= model.cfg.d_vocab:

@@ -48,7 +48,7 @@ from probes.core.errors import ProbesError
 from probes.evidence.metric import Metric
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
-from probes.models.architecture import keys_values_separate
+from probes.models.architecture import keys_values_separate, n_kv_heads
 from probes.prompts.promptset import PromptSet
 
 # Patched runs of up to this many consecutive layers share one staggered batch (each run joins at its own layer):
@@ -59,9 +59,7 @@ WINDOW_LAYERS = 5
 
 def n_variants_of(model: HookedTransformer, component: str) -> int:
     """Query heads, except for keys and values of grouped-query models, which have their own (fewer) heads."""
-    if component in ("k", "v") and model.cfg.n_key_value_heads is not None:
-        return model.cfg.n_key_value_heads
-    return model.cfg.n_heads
+    return n_kv_heads(model) if component in ("k", "v") else model.cfg.n_heads
 
 
 def cells_by_layer(
@@ -421,9 +419,10 @@ def patch_hook(slot: Slot, rows: Int[Tensor, " new"], values: Tensor | None):
             view[rows, slot.at, slot.position] = values
         else:
             weights = view[rows, slot.at, slot.position]  # [new, key]
+            total = weights.sum(-1, keepdim=True)  # 1, or less where attention sinks take a share
             weights[torch.arange(len(rows)), slot.knockout_key] = 0
             rest = weights.sum(-1, keepdim=True)  # 0 where the head looked only at dst: it then reads nothing
-            view[rows, slot.at, slot.position] = torch.where(rest > 0, weights / rest, weights)
+            view[rows, slot.at, slot.position] = torch.where(rest > 0, weights * (total / rest), weights)
         return activation
 
     return hook

@@ -43,8 +43,8 @@ Receiver = tuple[int, int, str] | str  # (layer, head, "q" | "k" | "v"), or "log
 
 @dataclass
 class PathsResult(PatchedMetric):
-    """``patched[i, s, r]``: the metric of prompt ``i`` with sender ``s``'s path to receiver ``r`` patched (NaN where
-    the receiver does not come after the sender)."""
+    """``patched[i, s, r]``: the metric of prompt ``i`` with sender ``s``'s path to receiver ``r`` patched (every
+    receiver comes after every sender: :func:`patch_paths` refuses other pairs)."""
 
     senders: list[tuple[int, int]] | None = None
     receivers: list[Receiver] | None = None
@@ -65,13 +65,19 @@ def _check(model: HookedTransformer, senders: Sequence[tuple[int, int]], receive
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if not senders or not receivers:
         raise ProbesError("patch_paths needs at least one sender (layer, head) and one receiver")
-    for layer, head in senders:
+    for sender in senders:
+        if not (isinstance(sender, (tuple, list)) and len(sender) == 2 and all(isinstance(x, int) for x in sender)):
+            raise ProbesError(f"sender {sender!r} is not a head (layer, head)")
+        layer, head = sender
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise ProbesError(f"sender {layer}.{head} does not exist: the model has {n_layers} layers x {n_heads} heads")
     for receiver in receivers:
         if receiver == LOGITS:
             continue
-        if not (isinstance(receiver, (tuple, list)) and len(receiver) == 3 and receiver[2] in RECEIVER_INPUTS):
+        if not (
+            isinstance(receiver, (tuple, list)) and len(receiver) == 3 and receiver[2] in RECEIVER_INPUTS
+            and all(isinstance(x, int) for x in receiver[:2])
+        ):
             raise ProbesError(
                 f"receiver {receiver!r} is neither (layer, head, 'q' | 'k' | 'v') nor 'logits'"
             )
@@ -106,9 +112,9 @@ def patch_paths(
         raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
     if batch_size < 1:
         raise ProbesError(f"batch_size must be at least 1, got {batch_size}")
+    _check(model, senders, receivers)
     senders = [(int(layer), int(head)) for layer, head in senders]
     receivers = [r if r == LOGITS else (int(r[0]), int(r[1]), r[2]) for r in receivers]
-    _check(model, senders, receivers)
     target_tokens, source_tokens = (
         (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
     )
