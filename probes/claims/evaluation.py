@@ -8,6 +8,7 @@ bootstrap interval, adjusts p-values over the heads tested together, and applies
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,6 +24,7 @@ from probes.core.errors import ProbesError
 from probes.core.stats import Estimate, adjust_p, bootstrap_mean, bootstrap_spearman, estimate_mean, signed_rank_p
 from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations, patch_paths
+from probes.evidence.patching.sites import PatchedMetric
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 
@@ -65,11 +67,10 @@ class EvidenceContext:
         return norm_weighted_attention(self.model, self.prompts, self.src, self.foil).numpy()
 
     def patching(self, component: str) -> PatchingResult:
-        if component not in self._patching:
-            self._patching[component] = patch_activations(
-                self.model, self.prompts, component, self.direction, cells=self.heads, progress=self.heads is None
-            )
-        return self._patching[component]
+        """The sweep patching ``component`` of the heads (each sweep runs once)."""
+        return self._once(component, lambda: patch_activations(
+            self.model, self.prompts, component, self.direction, cells=self.heads, progress=self.heads is None
+        ))
 
     def effect(self, component: str) -> Float[np.ndarray, "prompt layer head"]:
         """Patched minus the run patched into, in logits."""
@@ -77,26 +78,38 @@ class EvidenceContext:
 
     def edge_effect(self, intervention: str) -> Float[np.ndarray, "prompt layer head"]:
         """An intervention on the claimed edge src -> dst (:func:`probes.evidence.patching.edge_effects`), in logits."""
-        key = f"edge:{intervention}"
-        if key not in self._patching:
-            self._patching[key] = edge_effects(
-                self.model, self.prompts, self.src, self.dst, heads=self.heads, intervention=intervention,
-                direction=self.direction, progress=self.heads is None,
-            )
-        return self._patching[key].effect.double().numpy()
+        result = self._once(f"edge:{intervention}", lambda: edge_effects(
+            self.model, self.prompts, self.src, self.dst, heads=self.heads, intervention=intervention,
+            direction=self.direction, progress=self.heads is None,
+        ))
+        return result.effect.double().numpy()
 
     @cached_property
     def gap(self) -> Estimate:
         """Mean clean - corrupt logit difference, with its interval."""
-        z = self.patching("z")
-        return estimate_mean((z.clean - z.corrupt).double().numpy(), seed=self.seed)
+        return gap_estimate(self.patching("z"), self.seed)
 
     @cached_property
     def gap_scale(self) -> float:
-        return self.gap.value if self.gap.value != 0 else np.nan
+        return per_unit_gap(self.gap)
+
+    def _once(self, key: str, measure: Callable[[], PatchingResult]) -> PatchingResult:
+        if key not in self._results:
+            self._results[key] = measure()
+        return self._results[key]
 
     def __post_init__(self) -> None:
-        self._patching: dict[str, PatchingResult] = {}
+        self._results: dict[str, PatchingResult] = {}
+
+
+def gap_estimate(result: PatchedMetric, seed: int) -> Estimate:
+    """The mean clean - corrupt metric of the prompts behind ``result``, with its bootstrap interval."""
+    return estimate_mean((result.clean - result.corrupt).double().numpy(), seed=seed)
+
+
+def per_unit_gap(gap: Estimate) -> float:
+    """What effects are divided by to be fractions of the gap (NaN when there is no gap)."""
+    return gap.value if gap.value != 0 else np.nan
 
 
 def _sentence(
@@ -177,10 +190,9 @@ def evaluate_composition(
     if claim.via not in ("q", "k", "v"):
         raise ProbesError(f"{claim.head_name}: via must be 'q', 'k' or 'v', not {claim.via!r}")
     paths = patch_paths(model, prompts, [claim.sender], [(*claim.receiver, claim.via)], direction, progress=False)
-    gap_values = (paths.clean - paths.corrupt).double().numpy()
-    gap = estimate_mean(gap_values, seed=seed)
+    gap = gap_estimate(paths, seed)
     effect = paths.effect[:, 0, 0].double().numpy()
-    fraction = effect / (gap.value if gap.value != 0 else np.nan)
+    fraction = effect / per_unit_gap(gap)
     p_value = float(signed_rank_p(fraction))
     evidence = {
         "path_effect": estimate_mean(fraction, p_value=p_value, seed=seed),

@@ -117,7 +117,9 @@ def patch_activations(
     site = check_inputs(model, prompts, component, direction, memory_mb)
     n_index = int(prompts.end.max()) + 1 if site.per_position else n_variants_of(model, component)
     todo = cells_by_layer(model, component, n_index, layers, cells)
-    return _sweep(model, prompts, site, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric)
+    return _sweep(
+        model, prompts, site, n_index, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric
+    )
 
 
 def edge_effects(
@@ -159,9 +161,11 @@ def edge_effects(
     edge = Edge(intervention, src_pos, dst_pos)
     direction = "noising" if edge.knockout else direction
     site = check_inputs(model, prompts, edge.site.component, direction, memory_mb)
-    todo = cells_by_layer(model, intervention, model.cfg.n_heads, None, heads)
+    n_index = model.cfg.n_heads  # an edge is a query head's own
+    todo = cells_by_layer(model, intervention, n_index, None, heads)
     return _sweep(
-        model, prompts, site, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric, edge
+        model, prompts, site, n_index, todo, direction, checkpoint_dir, memory_mb, progress, onednn, workers, metric,
+        edge,
     )
 
 
@@ -169,6 +173,7 @@ def _sweep(
     model: HookedTransformer,
     prompts: PromptSet,
     site: Site,
+    n_index: int,
     todo: dict[int, list[int]],
     direction: Direction,
     checkpoint_dir: str | Path | None,
@@ -179,10 +184,10 @@ def _sweep(
     metric: Metric,
     edge: Edge | None = None,
 ) -> PatchingResult:
-    """One patch per run, each cell of ``todo`` in turn, windows of layers spread over worker threads."""
+    """One patch per run, each cell of ``todo`` (``n_index`` variants a layer) in turn, windows of layers spread
+    over worker threads."""
     workers = n_workers(model, workers)
     component = site.component if edge is None else edge.intervention
-    n_index = int(prompts.end.max()) + 1 if site.per_position else n_variants_of(model, site.component)
     checkpoint = None
     if checkpoint_dir is not None:
         where = () if edge is None else (edge.src, edge.dst)
