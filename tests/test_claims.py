@@ -53,7 +53,7 @@ def test_three_prompts_are_inconclusive_not_confident(toy_model):
     for head in (toy_model.heads.antecedent, toy_model.heads.decoy, toy_model.heads.untouched[0]):
         result = evaluate(toy_model.model, few, _claim(head))
         assert result.verdict == "inconclusive"
-        assert "only 3 prompts" in result.sentence
+        assert "only 3 independent groups of prompts" in result.sentence
 
 
 def test_same_seed_same_result_and_another_seed_other_intervals(toy_model, pronoun_prompts):
@@ -92,7 +92,7 @@ def test_find_the_heads_tests_every_head(toy_model, pronoun_prompts):
     assert set(table.columns) >= {"layer", "head", "verdict", "attention", "attention_p_value", "effect_z_ci_low"}
 
 
-def test_p_values_are_benjamini_hochberg_over_all_heads_tested_together(toy_model, pronoun_prompts):
+def test_p_values_are_bonferroni_over_all_heads_screened_together(toy_model, pronoun_prompts):
     """Recompute every head's p-value from its per-prompt values with scipy alone, then adjust over all heads."""
     result = evaluate(toy_model.model, pronoun_prompts, _claim(None))
     tested = {name for r in result.heads for name, est in r.evidence.items()
@@ -105,11 +105,11 @@ def test_p_values_are_benjamini_hochberg_over_all_heads_tested_together(toy_mode
             stats.wilcoxon(v, alternative=alternative, zero_method="zsplit").pvalue if np.any(v != 0) else 1.0
             for v in (np.asarray(r.per_prompt[name], dtype=float) for r in result.heads)
         ])
-        expected = stats.false_discovery_control(raw, method="bh")
+        expected = np.minimum(raw * len(result.heads), 1.0)
         reported = np.array([r.evidence[name].p_value for r in result.heads])
         np.testing.assert_allclose(reported, expected, rtol=1e-12, err_msg=name)
         adjusted_anything |= not np.allclose(expected, raw)
-    assert adjusted_anything  # the comparison can tell adjusted from raw p-values (and per-head from all-heads BH)
+    assert adjusted_anything  # the comparison can tell adjusted from raw p-values
 
 
 def test_previous_token_head_is_necessary_for_induction_through_the_edge_induction_reads(toy_model):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from markupsafe import escape
@@ -32,7 +33,7 @@ def _spec(path, thresholds=None, **fields):
 def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, capsys):
     thresholds = Thresholds(effect=0.25, min_prompts=12)  # not the defaults: the run must carry these
     spec = _spec(
-        tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=12, src="induction_target", dst="previous",
+        tmp_path / "prev.toml", model=str(toy_dir), task="induction", n=24, src="induction_target", dst="previous",
         direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:2"],
         thresholds={"effect": thresholds.effect, "min_prompts": thresholds.min_prompts},
     )
@@ -40,9 +41,16 @@ def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, caps
     out = capsys.readouterr().out
     assert "report: " in out and "supported" in out
     run = read_run(tmp_path / "run")
-    assert run.n_prompts == 12 and len(run.heads) == 8
+    assert run.n_prompts == 24 and len(run.heads) == 8
     verdicts = {c.claim.head: c.verdict for c in run.claims}
     assert verdicts[toy_model.heads.previous_token] == "supported"
+    # the named head is judged on every prompt; the top two by effect are it (already named) and one more, judged
+    # on the 12 held-out groups only
+    named, *selected = run.claims
+    assert not named.selected and len(selected) == 1 and all(c.selected for c in selected)
+    for c in selected:
+        assert len(c.discovery) == len(c.confirmation) == 12 and not set(c.discovery) & set(c.confirmation)
+        assert c.family == 2 and "selected on 12 discovery prompts, tested on 12 held-out prompts" in c.sentence
     assert all(c.thresholds == thresholds for c in run.claims)
     # the rule stored with the run, and shown in its report, is the code's rule at the spec's thresholds
     assert run.verdict_rule == rule_lines(thresholds) != rule_lines(Thresholds())
@@ -109,14 +117,19 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
 
 
 def test_claim_selectors_rank_attention_by_sign_and_effect_by_size():
-    import pandas as pd
+    from probes.claims.evaluation import Gathered, rank_heads
+    from probes.run.pipeline import AnalysisSpec, _named_heads, _selectors
 
-    from probes.run.pipeline import AnalysisSpec, _selected_heads
-
-    table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
-                          "attention": [0.5, -0.9, 0.1, 0.0], "effect_z": [0.1, 0.2, -0.8, 0.3]})
+    heads = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    attention = np.array([[0.5, -0.9, 0.1, 0.0], [0.5, -0.9, 0.1, 0.0], [9.0, 9.0, 9.0, 9.0]])
+    effect = np.array([[0.1, 0.2, -0.8, 0.3], [0.1, 0.2, -0.8, 0.3], [9.0, 9.0, 9.0, 9.0]])
+    g = Gathered(heads, {"attention": attention, "effect_z": effect}, np.ones(3), np.ones(3), np.arange(3))
+    rows = np.array([0, 1])  # the discovery rows: the third row (which would tie everything) is held out
+    assert rank_heads(g, rows, "top_attention")[:1] == [(0, 0)]
+    assert rank_heads(g, rows, "top_effect")[:2] == [(1, 0), (1, 1)]
     spec = AnalysisSpec(model="m", src="a", dst="b", task="ioi", claims=["top_attention:1", "top_effect:2", [0, 1]])
-    assert _selected_heads(spec, table, n_layers=2, n_heads=2) == [(0, 0), (1, 0), (1, 1), (0, 1)]
+    assert _named_heads(spec, n_layers=2, n_heads=2) == [(0, 1)]
+    assert _selectors(spec) == [("top_attention", 1), ("top_effect", 2)]
 
 
 def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, capsys):
@@ -136,6 +149,6 @@ def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, 
     assert cli.main(["run", str(bad)]) == 2
     assert "composition" in capsys.readouterr().err
     early = _spec(tmp_path / "early.toml", model=str(toy_dir), task="induction", n=12, src="end", dst="previous",
-                  compositions=[[list(receiver), list(sender), "k"]])
+                  claims=[list(sender)], compositions=[[list(receiver), list(sender), "k"]])
     assert cli.main(["run", str(early), "--out", str(tmp_path / "early")]) == 2
     assert "not after sender" in capsys.readouterr().err

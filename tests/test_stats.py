@@ -16,12 +16,15 @@ from probes.core.stats import (
     CONFIDENCE,
     N_RESAMPLES,
     Estimate,
-    adjust_p,
     bootstrap_mean,
     bootstrap_spearman,
     cluster_bootstrap_means,
     estimate_mean,
+    family_p,
+    ratio_estimate,
+    resamples_for,
     signed_rank_p,
+    simultaneous_confidence,
 )
 
 
@@ -96,19 +99,52 @@ def test_signed_rank_p_shapes_and_degenerate_columns() -> None:
     assert signed_rank_p(np.array([[3.0]])) == np.ones(1)  # one prompt: nothing to test
 
 
-def test_adjust_p_is_benjamini_hochberg() -> None:
-    p = np.array([0.01, 0.04, 0.03, 0.20, 0.005])
-    # by hand: sorted 0.005, 0.01, 0.03, 0.04, 0.20 times m/rank (5/1, 5/2, 5/3, 5/4, 5/5)
-    #   = 0.025, 0.025, 0.05, 0.05, 0.20; then the running minimum from the largest rank down (already monotone)
-    expected = np.array([0.025, 0.05, 0.05, 0.20, 0.025])
-    np.testing.assert_allclose(adjust_p(p), expected, rtol=1e-12)
-    # monotonicity step: 0.04 * 3/2 = 0.06 > 0.045 * 3/3, so the smaller rank takes the larger rank's value
-    np.testing.assert_allclose(adjust_p(np.array([0.01, 0.04, 0.045])), [0.03, 0.045, 0.045], rtol=1e-12)
-    # never above 1, shape kept (the heads of a [layer, head] grid are adjusted together)
-    grid = np.array([[0.5, 0.9], [0.01, 0.8]])
-    adjusted = adjust_p(grid)
-    assert adjusted.shape == (2, 2) and (adjusted <= 1).all() and (adjusted >= grid).all()
-    np.testing.assert_allclose(adjusted.ravel(), adjust_p(grid.ravel()))
+def test_family_adjustment_is_bonferroni_and_needs_only_the_family_size() -> None:
+    p = np.array([0.01, 0.04, 0.3, np.nan])
+    # by hand: times 4, capped at 1, NaN (untested) left NaN
+    np.testing.assert_allclose(family_p(p, 4), [0.04, 0.16, 1.0, np.nan])
+    # a head's adjusted p depends on how many claims were tested together, never on the others' p-values
+    assert family_p(np.array([0.01]), 4)[0] == family_p(p, 4)[0]
+    assert simultaneous_confidence(0.05, 1) == pytest.approx(0.95)
+    assert simultaneous_confidence(0.05, 10) == pytest.approx(0.995)
+    # the tails of a simultaneous interval hold draws: 4 / tail resamples, within [N_RESAMPLES, 20000]
+    assert resamples_for(0.95) == N_RESAMPLES and resamples_for(0.995) == 2000 and resamples_for(0.9995) == 16000
+    assert resamples_for(1 - 0.05 / 270) == 20_000
+
+
+def test_grouped_tests_use_group_means() -> None:
+    rng = np.random.default_rng(3)
+    means = rng.normal(0.4, 1, 12)
+    rows = np.repeat(means, 3) + np.tile([-0.1, 0.0, 0.1], 12)  # three rows per group, centred on its mean
+    groups = np.repeat(np.arange(12), 3)
+    expected = stats.wilcoxon(means, zero_method="zsplit").pvalue
+    assert signed_rank_p(rows, groups=groups) == pytest.approx(expected, rel=1e-9)
+
+
+def test_duplicated_rows_in_their_own_group_keep_the_interval() -> None:
+    x = np.random.default_rng(5).normal(size=(30, 2))
+    base = estimate_mean(x[:, 0], seed=0)
+    dup = estimate_mean(np.repeat(x[:, 0], 3), seed=0, groups=np.repeat(np.arange(30), 3))
+    naive = estimate_mean(np.repeat(x[:, 0], 3), seed=0)
+    width = lambda e: e.ci_high - e.ci_low  # noqa: E731
+    assert dup.n == 30 and naive.n == 90
+    assert abs(width(dup) / width(base) - 1) < 0.15
+    assert width(naive) < 0.7 * width(base)  # what ignoring the groups would claim
+
+
+def test_ratio_interval_redraws_numerator_and_denominator_together() -> None:
+    rng = np.random.default_rng(9)
+    gap = rng.normal(2.0, 1.0, 40)
+    effect = 0.5 * gap + rng.normal(0, 0.05, 40)  # the effect tracks the gap: the ratio is tight
+    est = ratio_estimate(effect, gap, seed=0)
+    assert est.value == pytest.approx(effect.mean() / gap.mean())
+    assert est.ci_low < est.value < est.ci_high and est.ci_high - est.ci_low < 0.05
+    # dividing by a fixed mean gap instead ignores that co-variation and is much wider
+    fixed = estimate_mean(effect / gap.mean(), seed=0)
+    assert fixed.ci_high - fixed.ci_low > 4 * (est.ci_high - est.ci_low)
+    # by hand, one resample: with every group drawn once the ratio of sums is the estimate itself
+    draws = cluster_bootstrap_means(np.column_stack([effect, gap]), np.arange(40), n_resamples=1, seed=0)
+    assert draws.shape == (1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,10 +263,3 @@ def test_bootstrap_resamples_prompts_not_rows() -> None:
     assert abs(low - reference.confidence_interval.low) < 0.04 and abs(high - reference.confidence_interval.high) < 0.04
     assert high - low > 0.25
     assert (boot[:, 1] == 0).all()
-
-
-def test_adjust_p_leaves_untested_entries_out() -> None:
-    p = np.array([0.01, np.nan, 0.04, 0.03])
-    adjusted = adjust_p(p)
-    assert np.isnan(adjusted[1])
-    np.testing.assert_allclose(adjusted[[0, 2, 3]], stats.false_discovery_control([0.01, 0.04, 0.03], method="bh"))

@@ -154,8 +154,8 @@ def test_baseline_agrees_with_plain_logits(toy_model: ToyModel) -> None:
         diff = clean[idx, prompts.answer] - clean[idx, prompts.foil]
         corrupt_diff = corrupt[idx, prompts.answer] - corrupt[idx, prompts.foil]
         assert result.n == N and result.task == prompts.task
-        assert result.accuracy_top1 == (clean.argmax(-1) == prompts.answer).float().mean().item() == 1.0
-        assert result.accuracy_vs_foil == (diff > 0).float().mean().item()
+        assert result.accuracy_top1.value == (clean.argmax(-1) == prompts.answer).float().mean().item() == 1.0
+        assert result.accuracy_vs_foil.value == (diff > 0).float().mean().item()
         clean_ld, corrupt_ld = result.clean_logit_diff, result.corrupt_logit_diff
         assert clean_ld.value == pytest.approx(diff.mean().item(), abs=1e-4)
         assert corrupt_ld.value == pytest.approx(corrupt_diff.mean().item(), abs=1e-4)

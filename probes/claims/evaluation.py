@@ -1,9 +1,12 @@
-"""Settle a claim: gather every registered measure per prompt and head, estimate, test, decide, say it in words.
+"""Settle a claim: gather every registered measure per prompt and head, estimate over groups, decide, say it.
 
 :func:`evaluate` gathers, per prompt, the measures of :mod:`probes.claims.measures` (attention margin, norm-weighted
-attention, denoising/noising patching effects, ...) through one :class:`EvidenceContext`, estimates each with a
-bootstrap interval, adjusts p-values over the heads tested together, and applies the rule of
-:mod:`probes.claims.verdicts`.
+attention, edge knockout, patching effects, ...) through one :class:`EvidenceContext` (:func:`gather`), then
+:func:`judge` estimates each on a set of prompts with intervals that resample whole groups, simultaneous over the
+claims tested together, and applies the rule of :mod:`probes.claims.verdicts`.
+
+A head chosen from data is never judged on the prompts it was chosen on: :func:`split_groups` holds out groups,
+:func:`rank_heads` ranks on the discovery side and :func:`judge` confirms on the other.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
+import torch
+from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Composition, Head, Thresholds
-from probes.claims.verdicts import HEAD, VERDICTS, decide, decide_composition, gate_passes, judge_legs
+from probes.claims.verdicts import HEAD, VERDICTS, decide, decide_composition, gate_failure, judge_legs
 from probes.core.errors import ProbesError
-from probes.core.stats import Estimate, adjust_p, bootstrap_mean, bootstrap_spearman, estimate_mean, signed_rank_p
+from probes.core.stats import (
+    Estimate, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p, n_units,
+    percentile_interval, ratio_estimate, resamples_for, signed_rank_p, simultaneous_confidence,
+)
 from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations, patch_paths
-from probes.evidence.patching.sites import PatchedMetric
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
+
+Rows = Int[np.ndarray, " row"]
 
 
 @dataclass
@@ -43,17 +51,23 @@ class EvidenceContext:
     foil: str | None
     heads: list[Head] | None  # None: every head
     direction: Direction = "denoising"
-    seed: int = 0  # of every bootstrap
 
     @cached_property
     def attention_target(self) -> Float[np.ndarray, "prompt layer head"]:
         return role_attention(self.model, self.prompts, self.src, self.dst).numpy()
 
     @cached_property
+    def attention_sink(self) -> Float[np.ndarray, "prompt layer head"]:
+        """Attention from src to the first token, where heads park attention they do not use."""
+        first = torch.zeros(len(self.prompts), dtype=torch.long)
+        return role_attention(self.model, self.prompts, self.src, first).numpy()
+
+    @cached_property
     def attention_foil(self) -> Float[np.ndarray, "prompt layer head"]:
-        if self.foil is None:  # uniform attention over the positions the source can see: 1 / (src + 1)
-            per_prompt = 1.0 / (self.prompts.role(self.src).double().numpy() + 1.0)
-            return np.broadcast_to(per_prompt[:, None, None], self.attention_target.shape).copy()
+        if self.foil is None:
+            # uniform: the non-sink attention spread evenly over the src positions after the first token
+            src = self.prompts.role(self.src).double().numpy()[:, None, None]
+            return np.where(src > 0, (1.0 - self.attention_sink) / np.maximum(src, 1.0), 1.0)
         return role_attention(self.model, self.prompts, self.src, self.foil).numpy()
 
     @cached_property
@@ -84,15 +98,6 @@ class EvidenceContext:
         ))
         return result.effect.double().numpy()
 
-    @cached_property
-    def gap(self) -> Estimate:
-        """Mean clean - corrupt logit difference, with its interval."""
-        return gap_estimate(self.patching("z"), self.seed)
-
-    @cached_property
-    def gap_scale(self) -> float:
-        return per_unit_gap(self.gap)
-
     def _once(self, key: str, measure: Callable[[], PatchingResult]) -> PatchingResult:
         if key not in self._results:
             self._results[key] = measure()
@@ -102,67 +107,194 @@ class EvidenceContext:
         self._results: dict[str, PatchingResult] = {}
 
 
-def gap_estimate(result: PatchedMetric, seed: int) -> Estimate:
-    """The mean clean - corrupt metric of the prompts behind ``result``, with its bootstrap interval."""
-    return estimate_mean((result.clean - result.corrupt).double().numpy(), seed=seed)
+@dataclass
+class Gathered:
+    """Every registered measure per prompt for some heads, with what every estimate needs beside it: the
+    clean-corrupt gap and the clean metric per prompt, and each prompt's group."""
+
+    heads: list[Head]
+    values: dict[str, Float[np.ndarray, "prompt head"]]
+    gap: Float[np.ndarray, " prompt"]
+    clean: Float[np.ndarray, " prompt"]
+    groups: Int[np.ndarray, " prompt"]
+
+    def column(self, head: Head) -> int:
+        return self.heads.index(head)
 
 
-def per_unit_gap(gap: Estimate) -> float:
-    """What effects are divided by to be fractions of the gap (NaN when there is no gap)."""
-    return gap.value if gap.value != 0 else np.nan
+def gather(ctx: EvidenceContext, heads: list[Head]) -> Gathered:
+    """Run every measurement the registry needs (each once) and keep the columns of ``heads``."""
+    layers, cols = (list(x) for x in zip(*heads))
+    values = {name: m.gather(ctx)[:, layers, cols] for name, m in MEASURES.items() if m.gather is not None}
+    z = ctx.patching("z")
+    return Gathered(heads, values, (z.clean - z.corrupt).double().numpy(), z.clean.double().numpy(),
+                    ctx.prompts.group_index)
 
 
-def _sentence(
-    claim: Claim, verdict: str, ev: dict[str, Estimate], gap: Estimate, n: int, t: Thresholds, direction: Direction
-) -> str:
-    """The verdict in words, quoting the numbers it rests on and saying which intervention asked what."""
-    foil = "uniform attention" if claim.foil is None else f"the {claim.foil}"
-    attends, edge, effect, logits = ev["attends_fraction"], ev["edge_knockout"], ev["effect_z"], ev["effect_z_logits"]
+def split_groups(
+    groups: Int[np.ndarray, " prompt"], confirm_fraction: float, seed: int, min_units: int
+) -> tuple[Rows, Rows]:
+    """Prompt indices of a discovery and a confirmation split that share no group (seeded).
+
+    Refuses a split that leaves either side fewer than ``min_units`` groups: a head chosen on too little, or
+    confirmed on too little, says nothing.
+    """
+    if not 0 < confirm_fraction < 1:
+        raise ProbesError(f"confirm_fraction must lie strictly between 0 and 1, got {confirm_fraction!r}")
+    units = np.unique(groups)
+    held_out = np.random.default_rng(seed).permutation(units)[: int(round(len(units) * confirm_fraction))]
+    confirmation = np.isin(groups, held_out)
+    n_confirm, n_discover = len(held_out), len(units) - len(held_out)
+    if min(n_confirm, n_discover) < min_units:
+        raise ProbesError(
+            f"choosing heads from data needs at least {min_units} groups of prompts on each side of the "
+            f"discovery/confirmation split; {len(units)} groups at confirm_fraction={confirm_fraction} give "
+            f"{n_discover} and {n_confirm}: raise n (or name the heads instead of selecting them)"
+        )
+    return np.flatnonzero(~confirmation), np.flatnonzero(confirmation)
+
+
+def _measure_draws(g: Gathered, name: str, rows: Rows, cols: list[int], n_resamples: int, seed: int) -> tuple:
+    """A measure's point estimate per column and its bootstrap draws over groups (ratios drawn with the gap)."""
+    x = g.values[name][np.ix_(rows, cols)]
+    if not MEASURES[name].of_gap:
+        return x.mean(axis=0), cluster_bootstrap_means(x, g.groups[rows], n_resamples, seed)
+    gap = g.gap[rows]
+    draws = cluster_bootstrap_means(np.column_stack([x, gap]), g.groups[rows], n_resamples, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x.mean(axis=0) / gap.mean(), draws[:, :-1] / draws[:, -1:]
+
+
+def estimates(
+    g: Gathered, heads: list[Head], rows: Rows, family: int, alpha: float, seed: int
+) -> list[dict[str, Estimate]]:
+    """Each head's measures on ``rows``: means (effects as fractions of the gap, a ratio of means) with intervals
+    over groups, simultaneous over ``family`` claims, and signed-rank p-values over groups, adjusted for it."""
+    cols = [g.column(h) for h in heads]
+    groups = g.groups[rows]
+    confidence = simultaneous_confidence(alpha, family)
+    n_resamples = resamples_for(confidence)
+    units = n_units(groups, len(rows))
+    out: list[dict[str, Estimate]] = [{} for _ in heads]
+    for name, m in MEASURES.items():
+        if m.gather is None:
+            continue
+        value, draws = _measure_draws(g, name, rows, cols, n_resamples, seed)
+        low, high = percentile_interval(draws, confidence)
+        p = None
+        if m.test is not None:
+            p = family_p(signed_rank_p(g.values[name][np.ix_(rows, cols)], alternative=m.test, groups=groups), family)
+        for j, est in enumerate(out):
+            est[name] = Estimate(float(value[j]), float(low[j]), float(high[j]), n=units,
+                                 p_value=None if p is None else float(p[j]))
+    context = _task_estimates(g, rows, seed)
+    correlations = bootstrap_spearman(g.values["attention_target"][np.ix_(rows, cols)],
+                                      g.values["effect_z"][np.ix_(rows, cols)], seed=seed, groups=groups)
+    for est, correlation in zip(out, correlations):
+        est |= context | {"attention_effect_correlation": correlation}
+    return out
+
+
+def _task_estimates(g: Gathered, rows: Rows, seed: int) -> dict[str, Estimate]:
+    """What the task gate reads: the clean-corrupt gap and the clean accuracy, with 95% intervals over groups."""
+    groups = g.groups[rows]
+    return {
+        "gap_logits": estimate_mean(g.gap[rows], seed=seed, groups=groups),
+        "clean_accuracy": estimate_mean((g.clean[rows] > 0).astype(float), seed=seed, groups=groups),
+    }
+
+
+def rank_heads(g: Gathered, rows: Rows, by: str) -> list[Head]:
+    """Heads from best to worst on ``rows``: ``top_attention`` by mean attention margin, ``top_effect`` by the
+    size of the whole-output effect either way (denoising raises the metric, noising lowers it)."""
+    if by == "top_attention":
+        score = g.values["attention"][rows].mean(axis=0)
+    elif by == "top_effect":
+        score = np.abs(np.nan_to_num(g.values["effect_z"][rows].mean(axis=0)))
+    else:
+        raise ProbesError(f"unknown head ranking '{by}'; use 'top_attention' or 'top_effect'")
+    return [g.heads[j] for j in np.argsort(-score, kind="stable")]
+
+
+def judge(
+    claim: Claim,
+    g: Gathered,
+    heads: list[Head],
+    rows: Rows | None = None,
+    *,
+    thresholds: Thresholds = Thresholds(),
+    family: int = 1,
+    direction: Direction = "denoising",
+    seed: int = 0,
+    probe_table: pd.DataFrame | None = None,
+    discovery: Rows | None = None,
+) -> list[ClaimResult]:
+    """The verdict on ``claim`` for each of ``heads``, from the prompts ``rows`` (all by default) alone.
+
+    ``discovery``: the prompts the heads were chosen on (they are then reported as selected, and ``rows`` must
+    not share a group with them).
+    """
+    rows = np.arange(len(g.gap)) if rows is None else np.asarray(rows)
+    if discovery is not None and np.isin(g.groups[rows], g.groups[discovery]).any():
+        raise ProbesError("confirmation prompts share a group with the discovery prompts the heads were chosen on")
+    results = []
+    for head, est in zip(heads, estimates(g, heads, rows, family, thresholds.alpha, seed)):
+        selectivity = _probe_selectivity(probe_table, head)
+        if selectivity is not None:
+            est["probe_selectivity"] = selectivity
+        head_claim = Claim(head, claim.src, claim.dst, claim.foil)
+        verdict = decide(est, thresholds)
+        result = ClaimResult(
+            claim=head_claim, verdict=verdict, sentence="", evidence=est, thresholds=thresholds,
+            per_prompt=_per_prompt(g, head, rows), selected=discovery is not None,
+            discovery=None if discovery is None else discovery.tolist(),
+            confirmation=None if discovery is None else rows.tolist(), family=family,
+        )
+        result.sentence = _sentence(result, direction)
+        results.append(result)
+    return results
+
+
+def _per_prompt(g: Gathered, head: Head, rows: Rows) -> dict[str, Float[np.ndarray, " prompt"]]:
+    """The values behind each estimate, one per prompt of ``rows``; effects as fractions of the mean gap."""
+    j, gap = g.column(head), g.gap[rows].mean()
+    return {name: values[rows, j] / (gap if MEASURES[name].of_gap and gap != 0 else 1.0)
+            for name, values in g.values.items()}
+
+
+def _sentence(result: ClaimResult, direction: Direction) -> str:
+    """The verdict in words, quoting the statistics it rests on and saying which intervention asked what."""
+    claim, ev, t = result.claim, result.evidence, result.thresholds
+    foil = "uniform attention (the non-sink attention spread over the earlier tokens)" if claim.foil is None else f"the {claim.foil}"
+    margin, attends = ev["attention"], ev["attends_fraction"]
+    edge, effect, logits = ev["edge_knockout"], ev["effect_z"], ev["effect_z_logits"]
     whole = (
         "patching its clean output into the corrupt run at every position (is the head sufficient to restore the "
         "answer?)" if direction == "denoising" else
         "patching its corrupt output into the clean run at every position (is the head necessary?)"
     )
+    if margin.ci_high < 0:
+        opening = f"{claim.head_name} attends to {foil} more than to the {claim.dst} (from the {claim.src})"
+    else:
+        opening = str(claim)
     text = (
-        f"{claim} more than to {foil} in {attends.value:.0%} of {n} prompts [{attends.ci_low:.0%}, "
-        f"{attends.ci_high:.0%}]; knocking out that edge in the clean run (is it necessary?) moves the answer by "
-        f"{edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, {edge.ci_high:+.0%}]; {whole} moves it by "
-        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
+        f"{opening}: attention margin over {foil} {margin.value:+.2f} [{margin.ci_low:+.2f}, {margin.ci_high:+.2f}] "
+        f"(more on the {claim.dst} in {attends.value:.0%} of prompts); knocking out that edge in the clean run (is "
+        f"it necessary?) moves the answer by {edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, "
+        f"{edge.ci_high:+.0%}]; {whole} moves it by {effect.value:+.0%} [{effect.ci_low:+.0%}, "
+        f"{effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
     )
-    if verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
+    if result.verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
         text += "; the head matters, but its effect runs through other positions than this edge"
-    if n < t.min_prompts:
-        text += f" (only {n} prompts; at least {t.min_prompts} are needed)"
-    elif not gate_passes(n, gap, t):
-        text += f" (the model does not do the task: clean-corrupt gap {gap.value:+.2f} [{gap.ci_low:.2f}, {gap.ci_high:.2f}])"
-    return f"{text}: {verdict}"
+    reason = gate_failure(ev, t)
+    if reason is not None:
+        text += f" ({reason})"
+    return f"{text} [{_scope(result)}]: {result.verdict}"
 
 
-def _head_estimates(
-    ctx: EvidenceContext, heads: list[Head], seed: int
-) -> tuple[dict[Head, dict[str, Estimate]], dict[str, np.ndarray]]:
-    """Estimates of every per-prompt measure for each head; p-values adjusted over the heads tested together."""
-    layers, cols = zip(*heads)
-    per_prompt = {
-        name: m.gather(ctx)[:, list(layers), list(cols)] for name, m in MEASURES.items() if m.gather is not None
-    }
-    p_values = {
-        name: adjust_p(signed_rank_p(per_prompt[name], alternative=m.test))
-        for name, m in MEASURES.items() if m.test is not None and name in per_prompt
-    }
-    bounds = {name: bootstrap_mean(values, seed=seed) for name, values in per_prompt.items()}
-    out = {}
-    for j, head in enumerate(heads):
-        est = {
-            name: Estimate(float(mean[j]), float(low[j]), float(high[j]), n=per_prompt[name].shape[0],
-                           p_value=float(p_values[name][j]) if name in p_values else None)
-            for name, (mean, low, high) in bounds.items()
-        }
-        est["attention_effect_correlation"] = bootstrap_spearman(
-            per_prompt["attention_target"][:, j], per_prompt["effect_z"][:, j], seed=seed
-        )
-        out[head] = est
-    return out, per_prompt
+def _scope(result: ClaimResult) -> str:
+    level = simultaneous_confidence(result.thresholds.alpha, result.family)
+    return f"{result.provenance_note}; intervals {level:.1%} each, over groups of prompts"
 
 
 def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate | None:
@@ -185,33 +317,37 @@ def evaluate_composition(
     *,
     direction: Direction = "denoising",
     seed: int = 0,
+    family: int = 1,
 ) -> ClaimResult:
-    """Settle "head R reads head S's output through its q/k/v" by path patching (one test: no adjustment)."""
+    """Settle "head R reads head S's output through its q/k/v" by path patching."""
     if claim.via not in ("q", "k", "v"):
         raise ProbesError(f"{claim.head_name}: via must be 'q', 'k' or 'v', not {claim.via!r}")
     paths = patch_paths(model, prompts, [claim.sender], [(*claim.receiver, claim.via)], direction, progress=False)
-    gap = gap_estimate(paths, seed)
+    groups = prompts.group_index
+    gap_rows = (paths.clean - paths.corrupt).double().numpy()
     effect = paths.effect[:, 0, 0].double().numpy()
-    fraction = effect / per_unit_gap(gap)
-    p_value = float(signed_rank_p(fraction))
+    confidence = simultaneous_confidence(thresholds.alpha, family)
+    p_value = float(family_p(signed_rank_p(effect, groups=groups), family))
     evidence = {
-        "path_effect": estimate_mean(fraction, p_value=p_value, seed=seed),
-        "path_effect_logits": estimate_mean(effect, seed=seed),
-        "gap_logits": gap,
+        "path_effect": ratio_estimate(effect, gap_rows, groups, seed=seed, p_value=p_value, confidence=confidence),
+        "path_effect_logits": estimate_mean(effect, seed=seed, groups=groups, confidence=confidence),
+        "gap_logits": estimate_mean(gap_rows, seed=seed, groups=groups),
+        "clean_accuracy": estimate_mean((paths.clean > 0).double().numpy(), seed=seed, groups=groups),
     }
-    n = len(prompts)
-    verdict = decide_composition(n, gap, evidence["path_effect"], thresholds)
+    verdict = decide_composition(evidence, thresholds)
     path = evidence["path_effect"]
     patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
+    result = ClaimResult(claim, verdict, "", evidence, thresholds, family=family,
+                         per_prompt={"path_effect": effect / (gap_rows.mean() or 1.0), "path_effect_logits": effect})
     sentence = (
         f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
-        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {n} prompts"
+        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {path.n} groups of prompts"
     )
-    if not gate_passes(n, gap, thresholds):
-        sentence += f" (needs at least {thresholds.min_prompts} prompts and a clean-corrupt gap above 0)"
-    sentence += f": {verdict}"
-    return ClaimResult(claim, verdict, sentence, evidence, thresholds,
-                       per_prompt={"path_effect": fraction, "path_effect_logits": effect})
+    reason = gate_failure(evidence, thresholds)
+    if reason is not None:
+        sentence += f" ({reason})"
+    result.sentence = f"{sentence} [{_scope(result)}]: {verdict}"
+    return result
 
 
 def evaluate(
@@ -223,48 +359,41 @@ def evaluate(
     probe_table: pd.DataFrame | None = None,
     direction: Direction = "denoising",
     seed: int = 0,
+    family: int = 1,
 ) -> ClaimResult:
-    """Settle ``claim`` on ``prompts``; with ``claim.head=None`` every head is tested (multiple-comparison
-    adjusted) and the result's verdict is that of the best-supported head, with all heads in ``.heads``.
-    A :class:`Composition` is settled by path patching (:func:`evaluate_composition`).
+    """Settle ``claim`` on ``prompts``, as one of ``family`` claims tested together (intervals simultaneous over
+    them, p-values adjusted for them).
+
+    ``claim.head=None`` ("some head does this"): every head is screened on every prompt (``.heads``, a family of
+    all heads), the best-supported head is chosen on a discovery split of the groups, and its verdict comes from
+    the held-out confirmation groups only (``thresholds.confirm_fraction`` of them). A :class:`Composition` is
+    settled by path patching (:func:`evaluate_composition`).
 
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
     *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
     """
     if isinstance(claim, Composition):
-        return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed)
+        return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed, family=family)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if claim.head is not None and not (0 <= claim.head[0] < n_layers and 0 <= claim.head[1] < n_heads):
         raise ProbesError(f"{claim.head_name} does not exist: the model has {n_layers} layers x {n_heads} heads")
     for role in (claim.src, claim.dst, claim.foil):
         if role is not None and role != PREVIOUS:
             prompts.role(role)
-    heads = [claim.head] if claim.head is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    ctx = EvidenceContext(model, prompts, claim.src, claim.dst, claim.foil, [claim.head] if claim.head else None,
-                          direction, seed)
-    estimates, per_prompt = _head_estimates(ctx, heads, seed)
-    n = len(prompts)
-    results = []
-    for j, head in enumerate(heads):
-        est = estimates[head]
-        selectivity = _probe_selectivity(probe_table, head)
-        if selectivity is not None:
-            est["probe_selectivity"] = selectivity
-        est["gap_logits"] = ctx.gap
-        head_claim = Claim(head, claim.src, claim.dst, claim.foil)
-        verdict = decide(n, ctx.gap, est, thresholds)
-        results.append(
-            ClaimResult(
-                claim=head_claim,
-                verdict=verdict,
-                sentence=_sentence(head_claim, verdict, est, ctx.gap, n, thresholds, direction),
-                evidence=est,
-                thresholds=thresholds,
-                per_prompt={name: values[:, j] for name, values in per_prompt.items()},
-            )
-        )
+    every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    heads = [claim.head] if claim.head is not None else every
+    options = dict(thresholds=thresholds, direction=direction, seed=seed, probe_table=probe_table)
+    if claim.head is None:  # fail before any model work when the split cannot be made
+        discovery, confirmation = split_groups(prompts.group_index, thresholds.confirm_fraction, seed, thresholds.min_prompts)
+    ctx = EvidenceContext(model, prompts, claim.src, claim.dst, claim.foil, [claim.head] if claim.head else None, direction)
+    g = gather(ctx, heads)
     if claim.head is not None:
-        return results[0]
+        return judge(claim, g, heads, family=family, **options)[0]
+    screened = judge(claim, g, heads, family=len(heads), **options)
+    on_discovery = judge(claim, g, heads, discovery, family=len(heads), **options)
     order = {v: i for i, v in enumerate(VERDICTS)}
-    best = min(results, key=lambda r: (order[r.verdict], -r.evidence["effect_z"].value))
-    return ClaimResult(claim, best.verdict, best.sentence, best.evidence, thresholds, best.per_prompt, heads=results)
+    best = min(on_discovery, key=lambda r: (order[r.verdict], -abs(np.nan_to_num(r.evidence["effect_z"].value))))
+    confirmed = judge(claim, g, [best.claim.head], confirmation, family=family, discovery=discovery, **options)[0]
+    confirmed.claim, confirmed.heads = claim, screened
+    return confirmed
+

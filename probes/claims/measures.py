@@ -7,8 +7,10 @@ gather it: a function of the evidence context (:class:`probes.claims.evaluation.
 value per prompt and head, ``[prompt, layer, head]``. Claims, ``results.json``, the tables and the report all read
 this registry; adding a measure is one :func:`register` call plus its gather function.
 
-Head-level measures that are not a mean over prompts (a correlation, the task gap, a probe's selectivity) have
-``gather=None``: :mod:`probes.claims.evaluation` computes them.
+A measure with ``of_gap=True`` gathers logits and is estimated as a fraction of the clean-corrupt gap: a ratio
+of means whose numerator and denominator are resampled together. Head-level measures that are not a mean over
+prompts (a correlation, the task gap, a probe's selectivity) have ``gather=None``: :mod:`probes.claims.evaluation`
+computes them.
 
 Light on purpose (numpy only): the report reads the registry without loading torch.
 """
@@ -42,6 +44,7 @@ class Measure:
     test: Test | None = None  # Wilcoxon signed-rank alternative, BH-adjusted over the heads tested together
     threshold: str | None = None  # the Thresholds field this measure is judged against
     panel: bool = False  # shown as a per-head heatmap in the report (the first of each leg is its headline)
+    of_gap: bool = False  # gathered in logits, estimated as a fraction of the mean clean-corrupt gap
 
 
 MEASURES: dict[str, Measure] = {}
@@ -74,6 +77,16 @@ register(Measure(
     gather=lambda ctx: ctx.attention_target,
 ))
 register(Measure(
+    "attention_sink_aware", "context",
+    "sink-aware attention: alpha(src -> dst) / (1 - alpha(src -> first token)), the share of the attention not "
+    "parked on the first-token sink", "share of non-sink attention",
+    gather=lambda ctx: ctx.attention_target / np.clip(1.0 - ctx.attention_sink, 1e-6, None),
+))
+register(Measure(
+    "attention_sink", "context", "attention on the first token (the BOS attention sink)", "attention weight",
+    gather=lambda ctx: ctx.attention_sink,
+))
+register(Measure(
     "attends_fraction", "context", "share of prompts where the head attends more to dst than to the foil",
     "fraction of prompts", gather=lambda ctx: (ctx.attention_target - ctx.attention_foil > 0).astype(float),
 ))
@@ -85,13 +98,13 @@ register(Measure(
 register(Measure(
     "edge_knockout", "causal",
     "knocking out the head's attention from src to dst in the clean run: fraction of the clean-corrupt gap moved",
-    "fraction of the mean gap", gather=lambda ctx: ctx.edge_effect("knockout") / ctx.gap_scale, test="two-sided",
-    threshold="effect", panel=True,
+    "fraction of the mean gap", gather=lambda ctx: ctx.edge_effect("knockout"), test="two-sided",
+    threshold="effect", panel=True, of_gap=True,
 ))
 register(Measure(
     "effect_z", "causal", "patching the head's output: fraction of the clean-corrupt gap moved",
-    "fraction of the mean gap", gather=lambda ctx: ctx.effect("z") / ctx.gap_scale, test="two-sided",
-    threshold="effect", panel=True,
+    "fraction of the mean gap", gather=lambda ctx: ctx.effect("z"), test="two-sided",
+    threshold="effect", panel=True, of_gap=True,
 ))
 register(Measure(
     "effect_z_logits", "context", "patching the head's output: change of the logit difference", "logits",
@@ -99,8 +112,8 @@ register(Measure(
 ))
 register(Measure(
     "effect_pattern", "causal", "patching the head's attention pattern only: fraction of the gap moved",
-    "fraction of the mean gap", gather=lambda ctx: ctx.effect("pattern") / ctx.gap_scale, test="two-sided",
-    panel=True,
+    "fraction of the mean gap", gather=lambda ctx: ctx.effect("pattern"), test="two-sided",
+    panel=True, of_gap=True,
 ))
 register(Measure(
     "path_effect", "causal",
@@ -115,6 +128,10 @@ register(Measure(
     "probe_selectivity", "representational",
     "linear probe accuracy minus control-task accuracy at the head's output (Hewitt & Liang 2019)",
     "accuracy difference",
+))
+register(Measure(
+    "clean_accuracy", "context",
+    "share of clean prompts where the answer beats the foil (the task gate needs it high)", "fraction of prompts",
 ))
 register(Measure(
     "gap_logits", "context", "clean minus corrupt logit difference: the gap every effect is a fraction of",

@@ -74,8 +74,11 @@ class Thresholds:
 
     attention_margin: float = 0.1  # mean alpha(target) - alpha(foil)
     effect: float = 0.1  # fraction of the clean-corrupt gap moved by patching the head's output
-    alpha: float = 0.05  # on BH-adjusted p-values over the heads tested together
-    min_prompts: int = 10  # below this, bootstrap intervals are not trustworthy
+    alpha: float = 0.05  # family-wise: BH-adjusted p-values and simultaneous intervals over the claims tested together
+    min_prompts: int = 10  # independent units (groups of prompts); below this, bootstrap intervals are not trustworthy
+    min_accuracy: float = 0.75  # the task gate: the answer must beat the foil on this share of clean prompts
+    min_gap: float = 1.0  # the task gate: the mean clean - corrupt logit difference every effect is a fraction of
+    confirm_fraction: float = 0.5  # share of groups held out to confirm a head chosen from data
 
 
 @dataclass
@@ -83,6 +86,9 @@ class ClaimResult:
     """The verdict on one claim, the numbers behind it, and (for ``head=None``) the verdict on every head.
 
     ``per_prompt`` holds the per-prompt values behind each estimate (empty when read back from a run directory).
+    A head chosen from data (``selected``) was ranked on the ``discovery`` prompts and every number of its verdict
+    comes from the disjoint ``confirmation`` prompts. ``family``: how many claims were tested together; every
+    interval is simultaneous over them (confidence ``1 - alpha / family`` each) and p-values are adjusted for them.
     """
 
     claim: Claim | Composition
@@ -92,12 +98,24 @@ class ClaimResult:
     thresholds: Thresholds
     per_prompt: dict[str, Float[np.ndarray, " prompt"]] = field(default_factory=dict)
     heads: list[ClaimResult] = field(default_factory=list)
+    selected: bool = False
+    discovery: list[int] | None = None
+    confirmation: list[int] | None = None
+    family: int = 1
+
+    @property
+    def provenance_note(self) -> str:
+        """Where the numbers come from, in words: "selected on N discovery prompts, tested on M held-out prompts"."""
+        if not self.selected:
+            return f"tested on all prompts; one of {self.family} claims tested together"
+        return (f"selected on {len(self.discovery)} discovery prompts, tested on {len(self.confirmation)} held-out "
+                f"prompts; one of {self.family} claims tested together")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head (or the one head, or the one path): verdict and every estimate with its interval."""
         rows = []
         for result in self.heads or [self]:
-            row = result.claim.describe() | {"verdict": result.verdict}
+            row = result.claim.describe() | {"verdict": result.verdict, "selected": result.selected}
             for name, est in result.evidence.items():
                 row |= {name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high}
                 if est.p_value is not None:

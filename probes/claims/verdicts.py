@@ -1,9 +1,11 @@
 """The verdict rule, as code and as the words the report shows: both come from the data below.
 
 A claim ("head L.H attends from src to dst") has three legs, each judged from one registered measure's interval
-(95% bootstrap over prompts) and its Benjamini-Hochberg adjusted signed-rank p-value: a leg *holds* when the
+(a bootstrap over groups of prompts, simultaneous over the claims tested together: confidence 1 - alpha/family
+each) and its signed-rank p-value over groups (Bonferroni-adjusted for the same family): a leg *holds* when the
 interval clears its threshold on the claimed side and the test agrees, *fails* when the interval lies wholly on
-the other side, and is otherwise undecided.
+the other side, and is otherwise undecided. Holding and failing use the same adjusted interval, so a negative
+verdict is as protected as a positive one.
 
 - it ATTENDS: the attention margin (target minus foil);
 - the EDGE matters: knocking out the head's attention from src to dst in the clean run moves the answer (is this
@@ -11,8 +13,9 @@ the other side, and is otherwise undecided.
 - the HEAD matters somewhere: patching its whole output (every position) moves the answer.
 
 The claim is about the edge, so the verdict reads the edge leg when the head attends and the head leg when it does
-not. Before any leg, a gate: too few prompts, or a model that does not do the task (a clean-corrupt gap whose
-interval reaches 0), makes every verdict ``inconclusive``.
+not. Before any leg, a gate: too few independent groups of prompts, or a model that does not do the task (the
+answer must beat the foil on most clean prompts, and the clean-corrupt gap every effect is a fraction of must be
+large), makes every verdict ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ VERDICTS: dict[str, str] = {
     "effect_only": "the head matters for the answer, but not by attending where the claim says",
     "refuted": "the head neither attends as claimed nor matters for the answer (for a composition: the path "
     "does not move it)",
-    "inconclusive": "the intervals are too wide to decide with this many prompts, or the model does not do the task",
+    "inconclusive": "the intervals are too wide to decide with this many groups of prompts, or the model does not do "
+    "the task",
 }
 
 
@@ -79,7 +83,7 @@ HEAD = Leg(
 )
 PATH = Leg(
     "the path matters", "the path does not matter", "path_effect", "effect", "outside",
-    holds="the path-patching effect's interval lies outside [-{effect}, +{effect}] and its p < {alpha}",
+    holds="the path-patching effect's interval lies outside [-{effect}, +{effect}] and its adjusted p < {alpha}",
     fails="the path-patching effect's interval lies inside (-{effect}, +{effect})",
 )
 LEGS = (ATTENDS, EDGE, HEAD)
@@ -91,13 +95,26 @@ OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], str], ...] = (
     (((ATTENDS, False), (HEAD, False)), "refuted"),
 )
 GATE = (
-    "fewer than {min_prompts} prompts, or a clean-corrupt gap whose interval reaches 0 (the model does not do the "
-    "task, so an effect on the answer means nothing): inconclusive"
+    "the task gate: fewer than {min_prompts} independent groups of prompts, the answer beating the foil on less "
+    "than {min_accuracy:.0%} of clean prompts (or that share's interval reaching 50%), or a mean clean-corrupt gap "
+    "below {min_gap} logits (or its interval reaching 0): inconclusive, because an effect on an answer the model "
+    "does not give, or a fraction of a gap that is not there, means nothing"
 )
 
 
-def gate_passes(n: int, gap: Estimate, t: Thresholds) -> bool:
-    return n >= t.min_prompts and gap.ci_low > 0
+def gate_failure(evidence: dict[str, Estimate], t: Thresholds) -> str | None:
+    """Why the task gate stops this claim (None when it passes): reads ``gap_logits`` and ``clean_accuracy``."""
+    gap, accuracy = evidence["gap_logits"], evidence.get("clean_accuracy")
+    if gap.n is not None and gap.n < t.min_prompts:
+        return f"only {gap.n} independent groups of prompts; at least {t.min_prompts} are needed"
+    if accuracy is not None and not (accuracy.value >= t.min_accuracy and accuracy.ci_low > 0.5):
+        return (f"the model does not do the task: the answer beats the foil on {accuracy.value:.0%} of clean prompts "
+                f"[{accuracy.ci_low:.0%}, {accuracy.ci_high:.0%}]; the gate needs {t.min_accuracy:.0%} and a lower "
+                "bound above 50%")
+    if not (gap.value >= t.min_gap and gap.ci_low > 0):
+        return (f"the clean-corrupt gap is {gap.value:+.2f} logits [{gap.ci_low:+.2f}, {gap.ci_high:+.2f}]; the "
+                f"gate needs at least {t.min_gap} with an interval above 0")
+    return None
 
 
 def judge_legs(evidence: dict[str, Estimate], t: Thresholds) -> dict[str, bool | None]:
@@ -105,9 +122,9 @@ def judge_legs(evidence: dict[str, Estimate], t: Thresholds) -> dict[str, bool |
     return {leg.name: leg.judge(evidence[leg.measure], t) for leg in LEGS}
 
 
-def decide(n: int, gap: Estimate, evidence: dict[str, Estimate], t: Thresholds) -> str:
+def decide(evidence: dict[str, Estimate], t: Thresholds) -> str:
     """The verdict, by the rule :func:`rule_lines` states."""
-    if not gate_passes(n, gap, t):
+    if gate_failure(evidence, t) is not None:
         return "inconclusive"
     legs = judge_legs(evidence, t)
     for conditions, verdict in OUTCOMES:
@@ -116,11 +133,11 @@ def decide(n: int, gap: Estimate, evidence: dict[str, Estimate], t: Thresholds) 
     return "inconclusive"
 
 
-def decide_composition(n: int, gap: Estimate, path: Estimate, t: Thresholds) -> str:
+def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> str:
     """A composition claim (sender -> receiver via q/k/v) has one leg, the path: supported, refuted or inconclusive."""
-    if not gate_passes(n, gap, t):
+    if gate_failure(evidence, t) is not None:
         return "inconclusive"
-    return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(path, t)]
+    return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(evidence["path_effect"], t)]
 
 
 def rule_lines(t: Thresholds) -> list[str]:
@@ -132,6 +149,11 @@ def rule_lines(t: Thresholds) -> list[str]:
         said = " and ".join(leg.name if wanted else leg.negation for leg, wanted in conditions)
         lines.append(f"{said}: {verdict}")
     lines.append("otherwise (a leg the outcome needs is undecided: an interval straddles its threshold): inconclusive")
+    lines.append(
+        "every interval is simultaneous over the claims tested together (confidence 1 - {alpha}/family each, "
+        "Bonferroni) and resamples groups of prompts; a head chosen from data is judged only on held-out "
+        "groups it was not chosen on".format(**values)
+    )
     lines.append(
         f"a composition claim (sender -> receiver via q, k or v) has one leg, {PATH.name}: "
         f"{PATH.holds.format(**values)}: supported; {PATH.fails.format(**values)}: refuted; otherwise inconclusive"

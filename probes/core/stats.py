@@ -1,9 +1,11 @@
 """Statistics shared by every stage: estimates with bootstrap intervals, paired tests, multiple-comparison control.
 
-Everything resamples *prompts* (the unit the evidence is measured on) and is seeded, so a verdict is a
-deterministic function of the prompts and the seed. scipy does the work where it has the estimator; this module
-fixes the conventions, and adds the one resampler scipy lacks: a bootstrap over groups of rows
-(:func:`cluster_bootstrap_means`), for measures taken on several rows per prompt.
+Everything resamples *groups*: prompts that share a group (a template filled with the same names, a duplicated
+line) are one independent unit, so duplicating prompts adds no precision. Without groups each prompt is its own
+unit. Everything is seeded, so a verdict is a deterministic function of the prompts and the seed. scipy does the
+work where it has the estimator (the percentile bootstrap of independent rows, Wilcoxon, Benjamini-Hochberg); this
+module fixes the conventions and adds the one resampler scipy lacks: a bootstrap over groups of rows
+(:func:`cluster_bootstrap_means`), which also carries ratios (numerator and denominator drawn together).
 """
 
 from __future__ import annotations
@@ -49,14 +51,27 @@ class Estimate:
         return low < self.ci_low and self.ci_high < high
 
 
+def independent(groups, n: int) -> bool:
+    """True when every row is its own unit (no groups given, or all distinct)."""
+    return groups is None or len(np.unique(np.asarray(groups))) == n
+
+
 def bootstrap_mean(
-    values: Float[np.ndarray, "prompt *rest"], confidence: float = CONFIDENCE, seed: int = 0
+    values: Float[np.ndarray, "prompt *rest"], confidence: float = CONFIDENCE, seed: int = 0, groups=None,
 ) -> tuple[Float[np.ndarray, "*rest"], Float[np.ndarray, "*rest"], Float[np.ndarray, "*rest"]]:
-    """Mean over prompts (axis 0) with a percentile-bootstrap interval, vectorised over the other axes."""
+    """Mean over prompts (axis 0) with a percentile-bootstrap interval, vectorised over the other axes.
+
+    ``groups`` (one id per prompt): whole groups are resampled (:func:`cluster_bootstrap_means`).
+    """
     x = np.asarray(values, dtype=float)
     mean = x.mean(axis=0)
     if x.shape[0] < 2:
         return mean, mean.copy(), mean.copy()
+    if not independent(groups, x.shape[0]):
+        flat = x.reshape(x.shape[0], -1)
+        draws = cluster_bootstrap_means(flat, groups, seed=seed)
+        low, high = percentile_interval(draws, confidence)
+        return mean, low.reshape(mean.shape), high.reshape(mean.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant columns: handled below
         res = stats.bootstrap(
@@ -70,14 +85,67 @@ def bootstrap_mean(
     return mean, low, high
 
 
-def estimate_mean(values: Float[np.ndarray, " prompt"], p_value: float | None = None, seed: int = 0) -> Estimate:
-    mean, low, high = bootstrap_mean(np.asarray(values, dtype=float), seed=seed)
-    return Estimate(float(mean), float(low), float(high), n=len(values), p_value=p_value)
+def percentile_interval(
+    draws: Float[np.ndarray, "resample k"], confidence: float = CONFIDENCE
+) -> tuple[Float[np.ndarray, " k"], Float[np.ndarray, " k"]]:
+    """The central ``confidence`` interval of bootstrap draws, per column (NaN draws left out)."""
+    tail = 100 * (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: NaN bounds
+        return np.nanpercentile(draws, tail, axis=0), np.nanpercentile(draws, 100 - tail, axis=0)
 
 
-def signed_rank_p(values: Float[np.ndarray, "prompt *rest"], alternative: str = "two-sided") -> Float[np.ndarray, "*rest"]:
-    """Wilcoxon signed-rank p-value of "the median paired difference is 0", per column (1 where all are 0)."""
+def n_units(groups, n: int) -> int:
+    """How many independent units ``n`` rows are: their distinct groups (each row one, without groups)."""
+    return n if groups is None else len(np.unique(np.asarray(groups)))
+
+
+def estimate_mean(
+    values: Float[np.ndarray, " prompt"], p_value: float | None = None, seed: int = 0, groups=None,
+    confidence: float = CONFIDENCE,
+) -> Estimate:
+    """The mean with its (group-)bootstrap interval; ``n`` counts the independent units behind it."""
+    mean, low, high = bootstrap_mean(np.asarray(values, dtype=float), confidence, seed=seed, groups=groups)
+    return Estimate(float(mean), float(low), float(high), n=n_units(groups, len(values)), p_value=p_value)
+
+
+def ratio_estimate(
+    numerator: Float[np.ndarray, " prompt"], denominator: Float[np.ndarray, " prompt"], groups=None, seed: int = 0,
+    p_value: float | None = None, confidence: float = CONFIDENCE,
+) -> Estimate:
+    """mean(numerator) / mean(denominator) with a bootstrap interval that redraws both from the same units.
+
+    An effect as a fraction of the clean-corrupt gap is such a ratio: dividing per-prompt effects by a fixed mean
+    gap would ignore the gap's own uncertainty.
+    """
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    n = len(num)
+    ids = np.arange(n) if groups is None else groups
+    draws = cluster_bootstrap_means(np.stack([num, den], axis=1), ids, seed=seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = num.mean() / den.mean() if den.mean() != 0 else math.nan
+        ratios = np.where(draws[:, 1] != 0, draws[:, 0] / draws[:, 1], np.nan)
+    low, high = percentile_interval(ratios[:, None], confidence)
+    return Estimate(float(value), float(low[0]), float(high[0]), n=n_units(groups, n), p_value=p_value)
+
+
+def group_means(values: Float[np.ndarray, "prompt *rest"], groups=None) -> Float[np.ndarray, "group *rest"]:
+    """The mean of each group's rows (rows unchanged without groups): what tests treat as one observation."""
     x = np.asarray(values, dtype=float)
+    if groups is None:
+        return x
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    flat = x.reshape(x.shape[0], -1)
+    sums = np.stack([np.bincount(index, weights=flat[:, j]) for j in range(flat.shape[1])], axis=1)
+    return (sums / np.bincount(index)[:, None]).reshape((-1, *x.shape[1:]))
+
+
+def signed_rank_p(
+    values: Float[np.ndarray, "prompt *rest"], alternative: str = "two-sided", groups=None
+) -> Float[np.ndarray, "*rest"]:
+    """Wilcoxon signed-rank p-value of "the median paired difference is 0", per column (1 where all are 0);
+    with ``groups``, over the group means (each group one observation)."""
+    x = group_means(values, groups)
     flat = x.reshape(x.shape[0], -1)
     out = np.ones(flat.shape[1])
     for j in range(flat.shape[1]):
@@ -87,34 +155,59 @@ def signed_rank_p(values: Float[np.ndarray, "prompt *rest"], alternative: str = 
     return out.reshape(x.shape[1:])
 
 
-def adjust_p(p_values: Float[np.ndarray, "..."]) -> Float[np.ndarray, "..."]:
-    """Benjamini-Hochberg adjustment over all entries (the heads tested together); NaN (untested) stays NaN and
-    does not count as a test."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    tested = np.isfinite(p)
-    if tested.any():
-        out[tested] = stats.false_discovery_control(p[tested], method="bh")
-    return out
+def simultaneous_confidence(alpha: float, family: int) -> float:
+    """Confidence of each of ``family`` intervals so that all hold together with probability >= 1 - alpha
+    (Bonferroni): a claim's verdict then depends on how many claims were tested together, never on which."""
+    return 1.0 - alpha / max(int(family), 1)
 
 
-def bootstrap_spearman(x: Float[np.ndarray, " prompt"], y: Float[np.ndarray, " prompt"], seed: int = 0) -> Estimate:
-    """Spearman rank correlation of two per-prompt measures, with a paired percentile-bootstrap interval."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Estimate(math.nan, math.nan, math.nan, n=len(x))
-    rho = stats.spearmanr(x, y)
-    with warnings.catch_warnings():
-        # a resample can draw one prompt n times: its correlation is undefined (NaN), and left out below
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap(
-            (x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True, vectorized=False,
-            confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES // 4, method="percentile",
-            random_state=np.random.default_rng(seed),
-        )
-    low, high = res.confidence_interval
-    return Estimate(float(rho.statistic), float(low), float(high), n=len(x), p_value=float(rho.pvalue))
+def family_p(p_values: Float[np.ndarray, "..."], family: int) -> Float[np.ndarray, "..."]:
+    """Bonferroni: each p-value times the number of claims tested together (capped at 1; NaN stays NaN).
+
+    Chosen over Benjamini-Hochberg because a head's adjusted p must not depend on the other heads' p-values:
+    the same head tested alone (in a family of the same size) or among others gets the same verdict.
+    """
+    return np.minimum(np.asarray(p_values, dtype=float) * max(int(family), 1), 1.0)
+
+
+def resamples_for(confidence: float) -> int:
+    """Enough bootstrap resamples that each tail of a ``confidence`` interval holds a few draws (at most 20,000)."""
+    tail = (1.0 - confidence) / 2
+    return int(min(20_000, max(N_RESAMPLES, math.ceil(round(4 / tail, 6)))))
+
+
+def bootstrap_spearman(
+    x: Float[np.ndarray, "prompt *k"], y: Float[np.ndarray, "prompt *k"], seed: int = 0, groups=None,
+    n_resamples: int = N_RESAMPLES,
+) -> Estimate | list[Estimate]:
+    """Spearman rank correlation of two per-prompt measures (per column), with an interval over resampled groups.
+
+    Each resample draws whole groups and takes the weighted Pearson correlation of the full sample's ranks (a
+    drawn row counts as often as its group was drawn): vectorised over resamples and columns, which a loop of
+    ``spearmanr`` calls is not. A 1-d input gives one :class:`Estimate`, a 2-d input one per column.
+    """
+    x2, y2 = (np.asarray(v, dtype=float).reshape(len(v), -1) for v in (x, y))
+    n = n_units(groups, len(x2))
+    rx, ry = stats.rankdata(x2, axis=0), stats.rankdata(y2, axis=0)
+    _, index = np.unique(np.arange(len(x2)) if groups is None else np.asarray(groups), return_inverse=True)
+    n_groups = index.max() + 1
+    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+    w = draws[:, index].astype(float)  # [resample, row]
+    w /= w.sum(axis=1, keepdims=True)
+    out = []
+    for j in range(x2.shape[1]):
+        a, b = rx[:, j], ry[:, j]
+        if len(a) < 3 or np.ptp(x2[:, j]) == 0 or np.ptp(y2[:, j]) == 0:
+            out.append(Estimate(math.nan, math.nan, math.nan, n=n))
+            continue
+        rho = stats.spearmanr(x2[:, j], y2[:, j])
+        ma, mb = w @ a, w @ b
+        cov = w @ (a * b) - ma * mb
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = cov / np.sqrt((w @ (a * a) - ma**2) * (w @ (b * b) - mb**2))
+        low, high = percentile_interval(r[:, None])
+        out.append(Estimate(float(rho.statistic), float(low[0]), float(high[0]), n=n, p_value=float(rho.pvalue)))
+    return out[0] if np.ndim(x) == 1 else out
 
 
 def cluster_bootstrap_means(
@@ -124,6 +217,9 @@ def cluster_bootstrap_means(
     seed: int = 0,
 ) -> Float[np.ndarray, "resample k"]:
     """Row-weighted means of each column on resamples of whole clusters (all rows of a drawn cluster move as one).
+
+    One set of draws serves every column, so columns resampled together (a ratio's numerator and denominator)
+    stay paired.
 
     scipy's bootstrap resamples rows; when rows come in groups (several positions of one prompt) the group is the
     independent unit, so groups are drawn with replacement and each resample's mean is taken over their rows.

@@ -2,40 +2,44 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from probes.core.stats import CONFIDENCE, Estimate, bootstrap_mean
-from probes.evidence.metric import answer_is_top1, logit_diff
+from probes.core.stats import CONFIDENCE, Estimate, estimate_mean
+from probes.evidence.metric import answer_distribution, logit_diff
 from probes.prompts.promptset import PromptSet
 
 
 @dataclass(frozen=True)
 class Behaviour:
-    """The task baseline: logit differences (answer minus foil) with bootstrap intervals, and two accuracies.
+    """The task baseline: logit differences (answer minus foil), accuracies and the answer's place in the output
+    distribution, each with a bootstrap interval over groups of prompts.
 
     ``accuracy_vs_foil``: the answer beats the foil (logit difference > 0; 50% is chance); ``accuracy_top1``: the
-    answer is the argmax over the whole vocabulary.
+    answer is the argmax over the whole vocabulary; ``answer_probability`` and ``answer_rank`` (1 = top) read the
+    whole distribution, which a logit difference between two tokens cannot.
     """
 
     task: str
     n: int
     clean_logit_diff: Estimate
     corrupt_logit_diff: Estimate
-    accuracy_vs_foil: float
-    accuracy_top1: float
+    accuracy_vs_foil: Estimate
+    accuracy_top1: Estimate
+    answer_probability: Estimate
+    answer_rank: Estimate
 
     def estimates(self) -> dict[str, Estimate]:
-        """Every number as an :class:`Estimate` (accuracies without an interval), keyed by name."""
-        no_interval = dict(ci_low=math.nan, ci_high=math.nan, n=self.n)
+        """Every number as an :class:`Estimate`, keyed by name."""
         return {
             "clean_logit_diff": self.clean_logit_diff,
             "corrupt_logit_diff": self.corrupt_logit_diff,
-            "accuracy_vs_foil": Estimate(self.accuracy_vs_foil, **no_interval),
-            "accuracy_top1": Estimate(self.accuracy_top1, **no_interval),
+            "accuracy_vs_foil": self.accuracy_vs_foil,
+            "accuracy_top1": self.accuracy_top1,
+            "answer_probability": self.answer_probability,
+            "answer_rank": self.answer_rank,
         }
 
     def to_frame(self) -> pd.DataFrame:
@@ -49,19 +53,21 @@ class Behaviour:
 def behaviour(
     model: HookedTransformer, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:
-    """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals, seeded)."""
+    """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
     clean = logit_diff(model, prompts.clean, prompts)
     corrupt = logit_diff(model, prompts.corrupt, prompts)
+    probability, rank = answer_distribution(model, prompts)
 
     def estimate(values) -> Estimate:
-        _, low, high = bootstrap_mean(values.double().numpy(), confidence, seed)
-        return Estimate(values.mean().item(), float(low), float(high), n=len(values))
+        return estimate_mean(values.double().numpy(), seed=seed, groups=prompts.group_index, confidence=confidence)
 
     return Behaviour(
         task=prompts.task,
         n=len(prompts),
         clean_logit_diff=estimate(clean),
         corrupt_logit_diff=estimate(corrupt),
-        accuracy_vs_foil=(clean > 0).float().mean().item(),
-        accuracy_top1=answer_is_top1(model, prompts).float().mean().item(),
+        accuracy_vs_foil=estimate((clean > 0).double()),
+        accuracy_top1=estimate((rank == 1).double()),
+        answer_probability=estimate(probability),
+        answer_rank=estimate(rank.double()),
     )

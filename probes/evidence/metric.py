@@ -66,12 +66,23 @@ def logit_diff(
 
 
 @torch.no_grad()
-def answer_is_top1(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> torch.BoolTensor:
-    """Whether the answer token is the argmax over the whole vocabulary on the clean prompt (accuracy checks)."""
-    out = []
+def answer_distribution(
+    model: HookedTransformer, prompts: PromptSet, batch_size: int = 16
+) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
+    """The answer's probability and its rank (1 = the argmax) over the whole vocabulary on each clean prompt:
+    the output distribution beside the logit difference, which only compares two tokens."""
+    probs, ranks = [], []
     for start in range(0, len(prompts), batch_size):
         idx = slice(start, start + batch_size)
         resid = model(prompts.clean[idx], stop_at_layer=model.cfg.n_layers)
         logits = model.unembed(final_norm(model, resid_at(resid, prompts.end[idx]))[:, None, :])[:, 0, :]
-        out.append(logits.argmax(-1) == prompts.answer[idx])
-    return torch.cat(out)
+        answer = prompts.answer[idx]
+        answer_logit = logits.gather(1, answer[:, None])
+        probs.append(logits.float().softmax(-1).gather(1, answer[:, None])[:, 0])
+        ranks.append(1 + (logits > answer_logit).sum(-1))
+    return torch.cat(probs), torch.cat(ranks)
+
+
+def answer_is_top1(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> torch.BoolTensor:
+    """Whether the answer token is the argmax over the whole vocabulary on the clean prompt (accuracy checks)."""
+    return answer_distribution(model, prompts, batch_size)[1] == 1

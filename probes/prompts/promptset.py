@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -34,7 +35,9 @@ class PromptSet:
 
     ``roles[name][i]`` is the token position of role ``name`` in prompt ``i`` (same in clean and corrupt).
     ``labels`` carries per-prompt metadata (template id, names, genders...) used to group cross-validation
-    folds and to explain results; ``texts`` keeps the original strings (if any) for reports.
+    folds and to explain results; ``texts`` keeps the original strings (if any) for reports. ``groups`` holds one
+    id per prompt: prompts sharing an id (one template filled with the same names, a duplicated line) are one
+    independent unit for every interval and test; by default each prompt is its own group.
     """
 
     clean: Int[Tensor, "prompt pos"]
@@ -45,6 +48,7 @@ class PromptSet:
     task: str = "custom"
     labels: dict[str, list] = field(default_factory=dict)
     texts: list[dict] = field(default_factory=list)
+    groups: list | None = None
 
     def __post_init__(self) -> None:
         self.clean = torch.as_tensor(self.clean, dtype=torch.long)
@@ -73,6 +77,11 @@ class PromptSet:
         for key, values in self.labels.items():
             if len(values) != n:
                 raise ProbesError(f"label '{key}' has {len(values)} entries but there are {n} prompts")
+        self.groups = list(range(n)) if self.groups is None else list(self.groups)
+        if len(self.groups) != n:
+            raise ProbesError(f"groups has {len(self.groups)} entries but there are {n} prompts")
+        for i, g in enumerate(self.groups):
+            _check_group(g, f"prompt {i}")
 
     @classmethod
     def from_tokens(
@@ -84,9 +93,10 @@ class PromptSet:
         roles: dict[str, Int[Tensor, " prompt"]],
         task: str = "custom",
         labels: dict[str, list] | None = None,
+        groups: list | None = None,
     ) -> PromptSet:
         """Build a prompt set from token ids, for toy models that have no tokenizer."""
-        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}))
+        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}), groups=groups)
 
     @classmethod
     def from_strings(cls, model: HookedTransformer, records: list[dict], task: str = "custom") -> PromptSet:
@@ -128,7 +138,7 @@ class PromptSet:
         path = Path(path)
         lines = []
         for i, text in enumerate(self.texts):
-            record = {key: text[key] for key in RECORD_KEYS}
+            record = {key: text[key] for key in RECORD_KEYS} | {"group": self.groups[i]}
             if self.labels:
                 record["labels"] = {key: values[i] for key, values in self.labels.items()}
             try:
@@ -152,6 +162,16 @@ class PromptSet:
     def n_pos(self) -> int:
         return self.clean.shape[1]
 
+    @property
+    def group_index(self) -> np.ndarray:
+        """Dense group ids 0..G-1, one per prompt (in order of first appearance)."""
+        first = {}
+        return np.array([first.setdefault(g, len(first)) for g in self.groups], dtype=np.int64)
+
+    @property
+    def n_groups(self) -> int:
+        return len(set(self.groups))
+
     def role(self, name: str) -> Int[Tensor, " prompt"]:
         """Positions of a role, with a clear error naming the roles that exist."""
         if name not in self.roles:
@@ -171,6 +191,7 @@ class PromptSet:
             task=self.task,
             labels={k: [v[i] for i in ids] for k, v in self.labels.items()},
             texts=[self.texts[i] for i in ids] if self.texts else [],
+            groups=[self.groups[i] for i in ids],
         )
 
 
@@ -225,6 +246,8 @@ def _from_records(model: HookedTransformer, records: list[dict], where: list[str
         task=task,
         labels={key: [r.get("labels", {}).get(key) for r in records] for key in label_keys},
         texts=records,
+        # a record without a group is its own unit
+        groups=[r["group"] if "group" in r else f"record {i + 1}" for i, r in enumerate(records)],
     )
 
 
@@ -242,8 +265,18 @@ def _check_record(record: object, loc: str) -> None:
         raise ProbesError(f"{loc}: 'roles' must be an object mapping role names to words of the clean text")
     if END in record["roles"]:
         raise ProbesError(f"{loc}: role name '{END}' is reserved (it is always the last real token); rename that role")
+    if "group" in record:
+        _check_group(record["group"], loc)
     if not isinstance(record.get("labels", {}), dict):
         raise ProbesError(f"{loc}: 'labels' must be an object mapping label names to values")
+
+
+def _check_group(group: object, loc: str) -> None:
+    if isinstance(group, bool) or not isinstance(group, (str, int)):
+        raise ProbesError(
+            f"{loc}: 'group' must be a string or an integer (prompts sharing it are one unit for statistics), "
+            f"got {group!r}"
+        )
 
 
 def _single_token(tokenizer, record: dict, key: str, loc: str) -> int:

@@ -4,8 +4,11 @@ A spec (:mod:`probes.run.spec`) names a model, a task (or a JSONL file of the us
 roles of the claim to test and which heads to judge.
 
 
-Every head is evaluated (multiple-comparison adjusted), so ``heads.parquet`` has the evidence for all of them;
-the ``claims`` list picks which heads get a verdict sentence at the top of the report.
+Every head is screened on every prompt (a family of all heads), so ``heads.parquet`` has the evidence for all of
+them; the ``claims`` list picks which heads get a verdict: heads named in the spec are judged on every prompt,
+heads chosen from data (``top_attention:K``, ``top_effect:K``) are ranked on a discovery split of the groups and
+judged on the held-out confirmation groups only. Every claim of the run (heads and compositions) is one family:
+its intervals are simultaneous over them all.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from probes.claims.evaluation import evaluate
+from probes.claims.evaluation import EvidenceContext, evaluate, gather, judge, rank_heads, split_groups
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Thresholds
 from probes.claims.verdicts import rule_lines
@@ -30,6 +33,7 @@ from probes.evidence.behaviour import behaviour
 from probes.models.loading import load_model
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
+from probes.prompts.roles import PREVIOUS
 from probes.run.rundir import Example, ModelInfo, RunResults, write_run
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
@@ -38,24 +42,23 @@ from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
     if spec.prompts is not None:
         return PromptSet.from_jsonl(spec.prompts, model)
-    return tasks.generate(model, spec.task, spec.n, seed=spec.seed)
+    return tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates)
 
 
-def _selected_heads(spec: AnalysisSpec, table: pd.DataFrame, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+def _named_heads(spec: AnalysisSpec, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """The heads the spec names outright: hypotheses stated before the data, judged on every prompt."""
     heads: list[tuple[int, int]] = []
     for item in spec.claims:
         a, b = parse_selector(item, "claims")
         if isinstance(a, int):
             if not (0 <= a < n_layers and 0 <= b < n_heads):
                 raise ProbesError(f"claim head {a}.{b} does not exist: the model has {n_layers} layers x {n_heads} heads")
-            picked = [(a, b)]
-        else:
-            # attention: the heads that attend to the target most; effect: the largest effect either way
-            score = table["attention"] if a == "top_attention" else table["effect_z"].abs()
-            ranked = table.reindex(score.sort_values(ascending=False).index)
-            picked = list(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))[:b]
-        heads += [h for h in picked if h not in heads]
+            heads += [(a, b)] if (a, b) not in heads else []
     return heads
+
+
+def _selectors(spec: AnalysisSpec) -> list[tuple[str, int]]:
+    return [sel for sel in (parse_selector(item, "claims") for item in spec.claims) if isinstance(sel[0], str)]
 
 
 def _probe_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
@@ -103,18 +106,33 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
     model = load_model(spec.model)
     prompts = build_prompts(model, spec)
     thresholds = Thresholds(**spec.thresholds)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    named, selectors = _named_heads(spec, n_layers, n_heads), _selectors(spec)
+    for role in (spec.src, spec.dst, spec.foil):
+        if role is not None and role != PREVIOUS:
+            prompts.role(role)
+    if selectors:  # before any model work: a split that cannot confirm anything is an input error
+        discovery, confirmation = split_groups(
+            prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
+        )
     probes_table = _probe_table(model, prompts, spec)
-    everything = evaluate(
-        model, prompts, Claim(None, spec.src, spec.dst, spec.foil), thresholds,
-        probe_table=probes_table, direction=spec.direction, seed=spec.seed,
-    )
-    heads_table = everything.to_frame()
-    chosen = _selected_heads(spec, heads_table, model.cfg.n_layers, model.cfg.n_heads)
-    by_head = {r.claim.head: r for r in everything.heads}
-    claimed = [by_head[h] for h in chosen]
+    claim = Claim(None, spec.src, spec.dst, spec.foil)
+    every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    gathered = gather(EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction), every)
+    options = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
+    heads_table = ClaimResult(claim, "", "", {}, thresholds,
+                              heads=judge(claim, gathered, every, family=len(every), **options)).to_frame()
+    selected: list[tuple[int, int]] = []
+    for by, k in selectors:
+        selected += [h for h in rank_heads(gathered, discovery, by)[:k] if h not in selected and h not in named]
+    family = len(named) + len(selected) + len(spec.compositions)
+    claimed = judge(claim, gathered, named, family=family, **options)
+    if selected:
+        claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **options)
+    chosen = named + selected
     for item in spec.compositions:
         claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
-                                direction=spec.direction, seed=spec.seed))
+                                direction=spec.direction, seed=spec.seed, family=family))
     provenance = getattr(model, "provenance", None)
     run = RunResults(
         model=ModelInfo(spec.model, model.cfg.n_layers, model.cfg.n_heads,

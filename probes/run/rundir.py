@@ -173,6 +173,8 @@ def claim_to_dict(result: ClaimResult) -> dict:
     return named | {
         "verdict": result.verdict, "sentence": result.sentence,
         "evidence": {k: asdict(v) for k, v in result.evidence.items()}, "thresholds": asdict(result.thresholds),
+        "selected": result.selected, "discovery": result.discovery, "confirmation": result.confirmation,
+        "family": result.family, "tested_on": result.provenance_note,
     }
 
 
@@ -187,6 +189,10 @@ def claim_from_dict(d: dict) -> ClaimResult:
         sentence=d["sentence"],
         evidence={k: Estimate.from_dict(v) for k, v in d.get("evidence", {}).items()},
         thresholds=Thresholds(**d.get("thresholds", {})),
+        selected=bool(d.get("selected", False)),
+        discovery=d.get("discovery"),
+        confirmation=d.get("confirmation"),
+        family=int(d.get("family", 1)),
     )
 
 

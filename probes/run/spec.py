@@ -5,17 +5,19 @@
     title = "Coreference in Gemma-3-270m"
     model = "gemma-3-270m"
     task = "pronoun_resolution"        # a probes.prompts.tasks generator, or `prompts = "pairs.jsonl"`
-    n = 48
+    n = 48                             # at least one prompt per template: every n draws the same population
+    templates = [0, 1, 2]              # optional: a subset of the task's templates (e.g. to hold some out)
     seed = 0
     src = "pronoun"
     dst = "antecedent"
     foil = "distractor"                # optional; without it, attention is compared with uniform attention
     direction = "denoising"            # or "noising": is the head necessary rather than sufficient
-    claims = [[5, 2], "top_attention:3", "top_effect:3"]
+    claims = [[5, 2], "top_attention:3", "top_effect:3"]   # named heads: all prompts; selected: held-out groups
     compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
     [thresholds]                       # optional, see probes.claims.types.Thresholds
     effect = 0.1
+    confirm_fraction = 0.5             # share of groups held out to confirm heads chosen from data
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class AnalysisSpec:
     prompts: str | None = None
     title: str = ""
     n: int = 32
+    templates: list[int] | None = None
     seed: int = 0
     foil: str | None = None
     direction: str = "denoising"
@@ -80,8 +83,15 @@ class AnalysisSpec:
             raise ProbesError(f"{where}: unknown task '{self.task}'; tasks: {', '.join(tasks.GENERATORS)}")
         if self.direction not in ("denoising", "noising"):
             raise ProbesError(f"{where}: direction must be 'denoising' or 'noising', not '{self.direction}'")
-        if not isinstance(self.n, int) or self.n < 1:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ProbesError(f"{where}: n must be a positive integer, got {self.n!r}")
+        if self.templates is not None:
+            if self.task not in tasks.TEMPLATED:
+                raise ProbesError(f"{where}: `templates` applies to the tasks {', '.join(sorted(tasks.TEMPLATED))}, not to {self.task or 'a prompt file'}")
+            if not isinstance(self.templates, list) or not self.templates or any(
+                isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.templates
+            ):
+                raise ProbesError(f"{where}: templates must be a non-empty list of template numbers, got {self.templates!r}")
         for target in self.probe_targets:
             if target not in PROBE_TARGETS:
                 raise ProbesError(f"{where}: unknown probe target '{target}'; known: {', '.join(PROBE_TARGETS)}")

@@ -5,8 +5,10 @@ Each generator is ``(model, n, seed=0) -> PromptSet``. Text tasks write records 
 path. Every name, object, place and adjective is kept only if it is a single token (with its leading space) for
 the model's tokenizer: a swap then never changes a prompt's length, and answers are single tokens.
 
-Balance: consecutive prompts cycle through the cells that could otherwise explain a result (gender, name order,
-template), so any block of a few prompts covers them all and label-grouped folds stay balanced.
+Population: a text task draws every template of its family equally often and balances the cells that could
+otherwise explain a result (gender, name order) for every ``n`` (``n`` below the number of templates is refused:
+pass a template subset), so ``n`` changes precision, never what is measured. Each prompt carries a group (its
+template with its names): the unit every interval resamples.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from probes.prompts.tasks.toy import pronoun_prompts, repeated_prompts
 from probes.prompts.tasks.words import single_tokens
 
 __all__ = [
-    "GENERATORS", "IOI_CORRUPTIONS", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
+    "GENERATORS", "IOI_CORRUPTIONS", "TEMPLATED", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
     "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
 ]  # fmt: skip
 
@@ -36,8 +38,16 @@ GENERATORS = {
 }
 
 
-def generate(model: HookedTransformer, task: str, n: int, seed: int = 0) -> PromptSet:
-    """The generator named ``task``, with a clear error listing the tasks that exist."""
+TEMPLATED = {"ioi", "pronoun_resolution", "gender_tag"}
+
+
+def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None) -> PromptSet:
+    """The generator named ``task`` (restricted to a template subset when given), with a clear error listing the
+    tasks that exist."""
     if task not in GENERATORS:
         raise ProbesError(f"unknown task '{task}'; tasks: {', '.join(GENERATORS)}")
-    return GENERATORS[task](model, n, seed=seed)
+    if templates is None:
+        return GENERATORS[task](model, n, seed=seed)
+    if task not in TEMPLATED:
+        raise ProbesError(f"task '{task}' has no templates; `templates` applies to {', '.join(sorted(TEMPLATED))}")
+    return GENERATORS[task](model, n, seed=seed, templates=templates)

@@ -7,7 +7,7 @@ import random
 from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool, template_order
+from probes.prompts.tasks.words import ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool, template_cells
 
 GENDER_TEMPLATES = (
     "So {name} is such a {adj} person, isn't",
@@ -18,11 +18,12 @@ GENDER_TEMPLATES = (
     "You know, {name} is a truly {adj} teacher, isn't",
 )
 # Wang et al. (2022)'s BABA templates ({S} the subject, said twice; {IO} the indirect object), final name removed.
-def gender_tag(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
+def gender_tag(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:
     """"So Alice is such a funny person, isn't" -> " she" (foil " he"); the corrupt prompt has a male name.
 
-    Genders alternate (female at even ``i``); pairs of prompts share a template. Names are single tokens, so
-    the swap keeps the length. Roles: ``name``, ``end``.
+    Templates and genders are balanced as :func:`~probes.prompts.tasks.words.template_cells` says; a prompt's
+    group is its template with its names. Names are single tokens, so the swap keeps the length. Roles: ``name``,
+    ``end``.
     """
     task = "gender_tag"
     check_n(n)
@@ -30,12 +31,11 @@ def gender_tag(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
     females = single_token_pool(model, FEMALE_NAMES, "female names", task, 1)
     males = single_token_pool(model, MALE_NAMES, "male names", task, 1)
     adjectives = single_token_pool(model, ADJECTIVES, "adjectives", task, 1)
-    order = template_order(rng, len(GENDER_TEMPLATES))
     records = []
-    for i in range(n):
-        female = i % 2 == 0
+    for template, cell in template_cells(n, len(GENDER_TEMPLATES), 2, seed, task, templates):
+        female = cell == 0
         name, swapped = (rng.choice(females), rng.choice(males)) if female else (rng.choice(males), rng.choice(females))
-        template, adj = order[(i // 2) % len(order)], rng.choice(adjectives)
+        adj = rng.choice(adjectives)
         answer, foil = (" she", " he") if female else (" he", " she")
         records.append(
             {
@@ -44,6 +44,7 @@ def gender_tag(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
                 "answer": answer,
                 "foil": foil,
                 "roles": {"name": name},
+                "group": f"template {template}: {'/'.join(sorted((name, swapped)))}",
                 "labels": {"name": name, "gender": "female" if female else "male", "template": template},
             }
         )

@@ -8,7 +8,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_order
+from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_cells
 
 IOI_TEMPLATES = (
     "Then, {S} and {IO} went to the {place}. {S} gave a {object} to",
@@ -31,10 +31,12 @@ IOI_TEMPLATES = (
 IOI_CORRUPTIONS = ("abc", "flip_s2")
 
 
-def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc") -> PromptSet:
+def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc", templates=None) -> PromptSet:
     """Indirect object identification (Wang et al. 2022): "... Mary and John ... John gave a drink to" -> " Mary".
 
-    Orders alternate BABA (``i`` even: subject first) and ABBA; pairs of prompts share a template. Answer IO,
+    Templates and orders (BABA: subject first, ABBA) are balanced as
+    :func:`~probes.prompts.tasks.words.template_cells` says; a prompt's group is its template with its two
+    names. Answer IO,
     foil S; roles ``IO``, ``S1``, ``S2``, ``end``. Two corruptions:
 
     - ``"abc"`` (default): Wang et al.'s ABC distribution: the three name slots (S1, IO, S2) get three fresh
@@ -50,11 +52,9 @@ def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc"
     rng = random.Random(seed)
     names = single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", task, 5)
     places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
-    order = template_order(rng, len(IOI_TEMPLATES))
     records = []
-    for i in range(n):
-        baba = i % 2 == 0
-        template = order[(i // 2) % len(order)]
+    for template, cell in template_cells(n, len(IOI_TEMPLATES), 2, seed, task, templates):
+        baba = cell == 0
         s, io, c1, c2, c3 = rng.sample(names, 5)
         place, obj = rng.choice(places), rng.choice(objects)
         text = IOI_TEMPLATES[template]
@@ -75,6 +75,7 @@ def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc"
                 "answer": " " + io,
                 "foil": " " + s,
                 "roles": {"IO": io, "S1": s, "S2": {"text": s, "occurrence": 2}},
+                "group": f"template {template}: {'/'.join(sorted((s, io)))}",
                 "labels": {"template": template, "order": "BABA" if baba else "ABBA", "IO": io, "S": s},
             }
         )

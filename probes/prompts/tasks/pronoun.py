@@ -7,7 +7,7 @@ import random
 from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_order
+from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_cells
 
 PRONOUN_TEMPLATES = (
     "{A} and {B} went to the {place}. {P} gave the {object} to",
@@ -23,13 +23,14 @@ PRONOUN_TEMPLATES = (
     "Yesterday {A} and {B} went to the {place}, where {p} gave the {object} to",
     "{A} and {B} had lunch at the {place}. Afterwards {p} gave the {object} to",
 )
-def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0) -> PromptSet:
+def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:
     """"Alice and Bob went to the park. She gave the ball to" -> " Bob": the answer is the non-antecedent.
 
     One name is female and one male, so the pronoun picks the antecedent (the giver) and the answer is the
-    other name; the corrupt prompt flips the pronoun, which swaps answer and foil. Prompt ``i`` has a female
-    antecedent when ``i`` is even and the antecedent first when ``i % 4 < 2``; each block of 4 shares a template.
-    Roles: ``pronoun``, ``antecedent``, ``distractor`` (the answer name), ``end``.
+    other name; the corrupt prompt flips the pronoun, which swaps answer and foil. Templates and the four cells
+    (antecedent gender x name order) are balanced as :func:`~probes.prompts.tasks.words.template_cells` says;
+    a prompt's group is its template with its two names. Roles: ``pronoun``, ``antecedent``, ``distractor``
+    (the answer name), ``end``.
     """
     task = "pronoun_resolution"
     check_n(n)
@@ -37,14 +38,12 @@ def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0) -> Promp
     females = single_token_pool(model, FEMALE_NAMES, "female names", task, 2)
     males = single_token_pool(model, MALE_NAMES, "male names", task, 2)
     places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
-    order = template_order(rng, len(PRONOUN_TEMPLATES))
     records = []
-    for i in range(n):
-        female, antecedent_first = i % 2 == 0, i % 4 < 2
+    for template, cell in template_cells(n, len(PRONOUN_TEMPLATES), 4, seed, task, templates):
+        female, antecedent_first = cell % 2 == 0, cell < 2
         she, he = rng.choice(females), rng.choice(males)
         antecedent, other = (she, he) if female else (he, she)
         a, b = (antecedent, other) if antecedent_first else (other, antecedent)
-        template = order[(i // 4) % len(order)]
         place, obj = rng.choice(places), rng.choice(objects)
 
         def fill(pronoun: str) -> str:
@@ -61,6 +60,7 @@ def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0) -> Promp
                 "answer": " " + other,
                 "foil": " " + antecedent,
                 "roles": {"pronoun": pronoun_word, "antecedent": antecedent, "distractor": other},
+                "group": f"template {template}: {she}/{he}",
                 "labels": {
                     "template": template,
                     "antecedent": antecedent,

@@ -67,6 +67,32 @@ def check_n(n: int) -> None:
         raise ProbesError(f"n must be a positive integer, got {n!r}")
 
 
-def template_order(rng: random.Random, n_templates: int) -> list[int]:
-    """A seeded permutation of the templates, cycled so every template is used before any repeats."""
-    return rng.sample(range(n_templates), n_templates)
+def template_cells(
+    n: int, n_templates: int, n_cells: int, seed: int, task: str, templates=None
+) -> list[tuple[int, int]]:
+    """A fixed, balanced population: (template, cell) for each of ``n`` prompts.
+
+    Every template of the family (or of the subset ``templates``) is used equally often (counts differ by at most
+    one), so ``n`` changes the precision, never the population; the cells that could otherwise explain a result
+    (gender, name order) are balanced within each round of templates and rotate across rounds, so every template
+    meets every cell. The seed changes the draw (which templates come first, the names), not the population.
+    """
+    family = _template_family(templates, n_templates, task)
+    if n < len(family):
+        raise ProbesError(
+            f"task '{task}' needs n >= {len(family)} (one prompt per template, so every run covers the same "
+            f"population); got n={n}: raise n or pass a template subset (templates=[...])"
+        )
+    order = random.Random(f"templates:{seed}").sample(family, len(family))
+    return [(order[i % len(family)], (i % len(family) + i // len(family)) % n_cells) for i in range(n)]
+
+
+def _template_family(templates, n_templates: int, task: str) -> list[int]:
+    if templates is None:
+        return list(range(n_templates))
+    picked = list(templates)
+    if not picked or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_templates for t in picked):
+        raise ProbesError(
+            f"task '{task}': templates must be a non-empty list of template numbers 0..{n_templates - 1}, got {templates!r}"
+        )
+    return sorted(set(picked))
