@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from probes import tasks
@@ -169,3 +170,145 @@ def test_composition_claims_follow_the_planted_path(toy_model):
     assert "keys" in via_k.sentence and via_k.to_frame().loc[0, "via"] == "k"
     with pytest.raises(ProbesError, match="via must be"):
         evaluate(toy_model.model, prompts, Composition(sender, receiver, "o"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Graded planted heads: built so that a wrong rule gives a different verdict than the stated one
+
+
+def _graded_toy(query_scale: float = 1.0, share: float = 1.0, sign: float = 1.0):
+    """The planted model with its antecedent head changed: ``query_scale`` weakens its gender match (partial
+    attention), ``share`` keeps that fraction of its copy and gives the rest to the decoy (same attention), so
+    patching it moves ~``share`` of the gap; ``sign=-1`` makes it match the other gender (attends to the foil)."""
+    from probes.models import toy
+
+    built = toy.build()
+    model, (la, ha), (ld, hd) = built.model, built.heads.antecedent, built.heads.decoy
+    with torch.no_grad():
+        model.blocks[la].attn.W_Q[ha, toy.RESID_PRONOUN_GENDER, 0] *= query_scale * sign
+        full = model.blocks[la].attn.W_O[ha].clone()
+        model.blocks[la].attn.W_O[ha] = share * full
+        model.blocks[ld].attn.W_O[hd] = (1 - share) * full
+        model.blocks[ld].attn.W_V[hd] = model.blocks[la].attn.W_V[ha]
+    return built
+
+
+def _margin(model, prompts, head) -> float:
+    """The attention margin computed by TransformerLens directly: an independent check of the construction."""
+    _, cache = model.run_with_cache(prompts.clean)
+    pattern = cache["pattern", head[0]][:, head[1]]
+    i = torch.arange(len(prompts))
+    src = prompts.role("pronoun")
+    return float((pattern[i, src, prompts.role("antecedent")] - pattern[i, src, prompts.role("distractor")]).mean())
+
+
+@pytest.mark.parametrize(("share", "verdict"), [(0.12, "attention_only"), (0.32, "supported")])
+def test_effect_just_below_or_above_the_threshold(share, verdict):
+    """Knocking out the edge removes the head's share of the clean answer, half the clean-corrupt gap (clean +5,
+    corrupt -5): -6% or -16% of it. Both intervals exclude 0, so a rule that only asks "is there an effect?" calls
+    both supported; the rule asks for an effect beyond the 10% threshold."""
+    toy_model = _graded_toy(share=share)
+    prompts = tasks.pronoun_prompts(toy_model, 24, seed=1)
+    result = evaluate(toy_model.model, prompts, _claim(toy_model.heads.antecedent))
+    edge = result.evidence["edge_knockout"]
+    assert edge.ci_high < 0 and abs(edge.value + share / 2) < 0.02  # the construction took
+    assert result.verdict == verdict
+
+
+def test_partial_attention_is_judged_by_the_margin_not_by_how_often():
+    """The head attends a little more to the antecedent than to the distractor in every prompt, but by a margin
+    below the threshold: "attends in 100% of prompts" must not make it attend."""
+    toy_model = _graded_toy(query_scale=0.37)
+    prompts = tasks.pronoun_prompts(toy_model, 24, seed=1)
+    head = toy_model.heads.antecedent
+    assert 0.03 < _margin(toy_model.model, prompts, head) < 0.09
+    result = evaluate(toy_model.model, prompts, _claim(head), Thresholds(min_gap=0.1))
+    assert result.evidence["attends_fraction"].value == 1.0
+    assert result.evidence["attention"].ci_high < 0.1
+    assert result.verdict == "effect_only"  # it still carries the whole (small) gap
+    strong = _graded_toy(query_scale=0.45)
+    assert _margin(strong.model, prompts, head) > 0.2
+    assert evaluate(strong.model, prompts, _claim(head), Thresholds(min_gap=0.1)).verdict == "supported"
+
+
+def test_a_head_looking_at_the_foil_is_said_to_do_so():
+    toy_model = _graded_toy(sign=-1.0)
+    prompts = tasks.pronoun_prompts(toy_model, 24, seed=1)
+    layer, head = toy_model.heads.antecedent
+    result = evaluate(toy_model.model, prompts, _claim((layer, head)))
+    assert result.evidence["attention"].ci_high < 0
+    assert f"head {layer}.{head} attends to the distractor more than to the antecedent" in result.sentence
+
+
+@pytest.mark.parametrize(("share", "sign", "reason"), [
+    (1.0, -1.0, "does not do the task"),  # the antecedent head copies the wrong name: the model answers the foil
+    (0.1, 1.0, "the gate needs at least 1.0"),  # a real but tiny gap: every effect would be a fraction of noise
+])
+def test_the_task_gate(share, sign, reason):
+    toy_model = _graded_toy(share=share, sign=sign)
+    prompts = tasks.pronoun_prompts(toy_model, 24, seed=1)
+    if share < 1:  # the decoy gets the rest of the copy: zero it so the gap really is small
+        ld, hd = toy_model.heads.decoy
+        with torch.no_grad():
+            toy_model.model.blocks[ld].attn.W_O[hd] = 0.0
+    result = evaluate(toy_model.model, prompts, _claim(toy_model.heads.antecedent))
+    assert result.verdict == "inconclusive" and reason in result.sentence
+
+
+def test_a_selected_head_is_confirmed_on_held_out_groups(toy_model, pronoun_prompts):
+    grouped = pronoun_prompts.subset(list(range(24)))
+    grouped.groups = [i // 2 for i in range(24)]  # 12 groups of two prompts
+    result = evaluate(toy_model.model, grouped, _claim(None), Thresholds(min_prompts=5))
+    assert result.selected and result.claim.head is None
+    disc, conf = np.array(result.discovery), np.array(result.confirmation)
+    assert len(disc) + len(conf) == 24 and not set(grouped.group_index[disc]) & set(grouped.group_index[conf])
+    best = result.evidence
+    assert best["gap_logits"].n == 6  # the confirmation side's groups, not its prompts, and not all prompts
+    assert all(len(v) == len(conf) for v in result.per_prompt.values())
+    assert "selected on 12 discovery prompts, tested on 12 held-out prompts" in result.sentence
+    assert len(result.heads) == 8 and all(r.family == 8 for r in result.heads)
+
+
+def test_a_verdict_depends_on_the_family_size_not_on_the_company(toy_model, pronoun_prompts):
+    """The same head alone (in a family of 3) and judged beside two others gets identical numbers."""
+    from probes.claims.evaluation import EvidenceContext, gather, judge
+
+    heads = [toy_model.heads.antecedent, toy_model.heads.decoy, toy_model.heads.untouched[0]]
+    ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", "distractor", None)
+    together = judge(_claim(None), gather(ctx, heads), heads, family=3)
+    for head, among in zip(heads, together):
+        alone = evaluate(toy_model.model, pronoun_prompts, _claim(head), family=3)
+        assert alone.verdict == among.verdict
+        for name in ("attention", "edge_knockout", "effect_z"):  # equal up to float32 batching of the sweeps
+            a, b = alone.evidence[name], among.evidence[name]
+            assert (a.value, a.ci_low, a.ci_high, a.p_value) == pytest.approx((b.value, b.ci_low, b.ci_high, b.p_value), abs=1e-5)
+
+
+def test_duplicating_prompts_in_their_group_adds_no_precision(toy_model, pronoun_prompts):
+    head = toy_model.heads.antecedent
+    base = evaluate(toy_model.model, pronoun_prompts, _claim(head))
+    tripled = pronoun_prompts.subset([i for i in range(24) for _ in range(3)])
+    dup = evaluate(toy_model.model, tripled, _claim(head))
+    naive = tripled.subset(list(range(72)))
+    naive.groups = list(range(72))
+    ignored = evaluate(toy_model.model, naive, _claim(head))
+    width = lambda e: e.ci_high - e.ci_low  # noqa: E731
+    for name in ("attention", "edge_knockout", "effect_z"):
+        assert width(dup.evidence[name]) == pytest.approx(width(base.evidence[name]), rel=0.15, abs=1e-9)
+    assert width(ignored.evidence["attention"]) < 0.75 * width(base.evidence["attention"])
+
+
+def test_uniform_foil_leaves_the_sink_out(toy_model, pronoun_prompts):
+    """Without a foil, attention is compared with the non-sink attention spread evenly over the src positions
+    after the first token, computed here from TransformerLens's own cache."""
+    from probes.claims.evaluation import EvidenceContext
+
+    ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", None, None)
+    _, cache = toy_model.model.run_with_cache(pronoun_prompts.clean)
+    src = pronoun_prompts.role("pronoun")
+    i = torch.arange(len(pronoun_prompts))
+    for layer in range(toy_model.model.cfg.n_layers):
+        sink = cache["pattern", layer][i, :, src, 0].numpy()  # [prompt, head]
+        expected = (1 - sink) / src.numpy()[:, None]
+        np.testing.assert_allclose(ctx.attention_foil[:, layer], expected, atol=1e-6)
+        np.testing.assert_allclose(ctx.attention_sink[:, layer], sink, atol=1e-6)

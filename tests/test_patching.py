@@ -346,7 +346,7 @@ def _transformer_lens_cells(model, prompts, component, cells) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_head_outputs_equal_transformer_lens_on_real_models(name: str, request: pytest.FixtureRequest) -> None:
     model: HookedTransformer = request.getfixturevalue(name)
-    prompts = tasks.ioi(model, 3)
+    prompts = tasks.ioi(model, 3, templates=[0, 1, 2])
     last_layer, last_head = model.cfg.n_layers - 1, model.cfg.n_heads - 1
     upstream = [(0, 0), (0, last_head), (last_layer // 2, 1)]  # the last block runs at the read-off position only
     last = [(last_layer, 0), (last_layer, last_head)]  # runs joining at the last block run it in full
@@ -360,7 +360,7 @@ def test_head_outputs_equal_transformer_lens_on_real_models(name: str, request: 
 
 @pytest.mark.real
 def test_grouped_keys_equal_transformer_lens_on_smollm2(smollm2: HookedTransformer) -> None:
-    prompts = tasks.ioi(smollm2, 3)
+    prompts = tasks.ioi(smollm2, 3, templates=[0, 1, 2])
     n_kv = smollm2.cfg.n_key_value_heads
     expected = _transformer_lens_cells(smollm2, prompts, "k", [(2, h) for h in range(n_kv)])
     got = patch_activations(smollm2, prompts, "k", layers=[2], progress=False)

@@ -124,6 +124,19 @@ def test_jsonl_errors_name_the_line_and_the_text(smollm2: HookedTransformer, tmp
         PromptSet.from_jsonl(path, smollm2)
     with pytest.raises(ProbesError, match="cannot read"):
         PromptSet.from_jsonl(tmp_path / "missing.jsonl", smollm2)
+    path.write_text(json.dumps(dict(PAIR, group=[1, 2])) + "\n")
+    with pytest.raises(ProbesError, match="line 1: 'group' must be a string or an integer"):
+        PromptSet.from_jsonl(path, smollm2)
+
+
+def test_jsonl_groups_default_to_one_per_line(smollm2: HookedTransformer, tmp_path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (dict(PAIR, group="t1"), PAIR, dict(PAIR, group="t1"))) + "\n")
+    prompts = PromptSet.from_jsonl(path, smollm2)
+    assert prompts.groups == ["t1", "record 2", "t1"] and prompts.n_groups == 2
+    assert prompts.group_index.tolist() == [0, 1, 0]
+    prompts.to_jsonl(tmp_path / "back.jsonl")
+    assert PromptSet.from_jsonl(tmp_path / "back.jsonl", smollm2).groups == prompts.groups
 
 
 @pytest.mark.real

@@ -50,7 +50,12 @@ def test_pronoun_resolution_answer_is_the_other_name(smollm2: HookedTransformer)
     prompts = tasks.pronoun_resolution(smollm2, N)
     cells = Counter(zip(prompts.labels["antecedent_gender"], prompts.labels["order"]))
     assert len(cells) == 4 and set(cells.values()) == {N // 4}
-    assert len(PRONOUN_TEMPLATES) >= 10 and len(set(prompts.labels["template"])) == N // 4
+    templates = Counter(prompts.labels["template"])  # every template, equally often (up to one)
+    assert len(templates) == len(PRONOUN_TEMPLATES) >= 10 and max(templates.values()) - min(templates.values()) <= 1
+    for i, template in enumerate(prompts.labels["template"]):  # a group: the template filled with one name pair
+        names = {prompts.labels["antecedent"][i], _token(smollm2, prompts.answer[i]).strip()}
+        she = next(name for name in names if name in FEMALE_WORDS)
+        assert prompts.groups[i] == f"template {template}: {she}/{(names - {she}).pop()}"
     for i in range(N):
         pronoun, distractor = prompts.role("pronoun")[i], prompts.role("distractor")[i]
         assert _differing_positions(prompts)[i] == [int(pronoun)]
@@ -176,3 +181,22 @@ def test_ioi_flip_s2_changes_only_the_second_subject(smollm2: HookedTransformer)
     assert base.clean_logit_diff.value > 0 > base.corrupt_logit_diff.value  # the right answer flips to S
     with pytest.raises(ProbesError, match="unknown IOI corruption"):
         tasks.ioi(smollm2, 2, corruption="xyz")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(("task", "family"), [("pronoun_resolution", PRONOUN_TEMPLATES), ("ioi", IOI_TEMPLATES)])
+def test_every_n_draws_the_same_population(smollm2: HookedTransformer, task: str, family) -> None:
+    """n changes precision, not what is measured: every template at every n; fewer prompts than templates is
+    refused with the minimum; a template subset restricts the population; the seed changes the draw only."""
+    make = getattr(tasks, task)
+    for n, seed in ((len(family), 0), (2 * len(family) + 3, 0), (2 * len(family) + 3, 5)):
+        counts = Counter(make(smollm2, n, seed=seed).labels["template"])
+        assert set(counts) == set(range(len(family))) and max(counts.values()) - min(counts.values()) <= 1
+    with pytest.raises(ProbesError, match=f"needs n >= {len(family)}"):
+        make(smollm2, len(family) - 1)
+    subset = make(smollm2, 6, templates=[1, 3])
+    assert Counter(subset.labels["template"]) == {1: 3, 3: 3}
+    with pytest.raises(ProbesError, match="templates must be"):
+        make(smollm2, 6, templates=[len(family)])
+    with pytest.raises(ProbesError, match="has no templates"):
+        tasks.generate(smollm2, "induction", 6, templates=[0])
