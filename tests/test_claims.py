@@ -312,3 +312,20 @@ def test_uniform_foil_leaves_the_sink_out(toy_model, pronoun_prompts):
         expected = (1 - sink) / src.numpy()[:, None]
         np.testing.assert_allclose(ctx.attention_foil[:, layer], expected, atol=1e-6)
         np.testing.assert_allclose(ctx.attention_sink[:, layer], sink, atol=1e-6)
+
+
+@pytest.mark.real
+def test_duplication_invariance_on_a_real_model(gemma):
+    """Acceptance of the statistics issue, on Gemma-3-270m's coreference head 7.0: every prompt three times in its
+    own group leaves each interval's width within 15%; three times as many distinct groups narrows it."""
+    claim = _claim((7, 0))
+    prompts = tasks.pronoun_resolution(gemma, 12, seed=0)
+    base = evaluate(gemma, prompts, claim)
+    tripled = evaluate(gemma, prompts.subset([i for i in range(12) for _ in range(3)]), claim)
+    more = evaluate(gemma, tasks.pronoun_resolution(gemma, 36, seed=0), claim)
+    width = lambda e: e.ci_high - e.ci_low  # noqa: E731
+    for name in ("attention", "edge_knockout", "effect_z", "gap_logits"):
+        assert abs(width(tripled.evidence[name]) / width(base.evidence[name]) - 1) < 0.15, name
+    assert tripled.evidence["attention"].n == base.evidence["attention"].n == 12
+    for name in ("attention", "gap_logits"):
+        assert width(more.evidence[name]) < 0.85 * width(base.evidence[name]), name

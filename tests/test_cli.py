@@ -106,7 +106,7 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     spec = _spec(tmp_path / "own.toml", model="smollm2-135m", task="ioi", src="end", dst="IO", foil="S2",
-                 claims=["top_attention:1"])
+                 claims=[[20, 1]])  # a named head: four prompts are too few to choose one and confirm it
     assert cli.main(["run", str(spec), "--prompts", str(jsonl), "--out", str(tmp_path / "run")]) == 0
     assert read_run(tmp_path / "run").n_prompts == 4
     bad = tmp_path / "bad.jsonl"
