@@ -234,6 +234,8 @@ def judge(
     ``discovery``: the prompts the heads were chosen on (they are then reported as selected, and ``rows`` must
     not share a group with them).
     """
+    if not heads:
+        return []
     rows = np.arange(len(g.gap)) if rows is None else np.asarray(rows)
     if discovery is not None and np.isin(g.groups[rows], g.groups[discovery]).any():
         raise ProbesError("confirmation prompts share a group with the discovery prompts the heads were chosen on")
