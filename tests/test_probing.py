@@ -272,9 +272,10 @@ def test_intervals_resample_templates(pronoun_store: Activations) -> None:
     def width(copies: int, clusters_of: str) -> float:
         rows = np.repeat(np.arange(n), copies)
         groups = template[rows][:, None].astype(object)
+        clusters = template[rows] if clusters_of == "template" else np.arange(len(rows))
         target = Target(
-            "t", rows, labels[rows], np.array([0, 1]), rows % 20, groups,
-            template[rows] if clusters_of == "template" else np.arange(len(rows)), rows, "template",
+            name="t", rows=rows, labels=labels[rows], classes=np.array([0, 1]), word_types=rows % 20, groups=groups,
+            clusters=clusters, prompts=rows, group_by="template",
         )  # fmt: skip
         score = score_probe(features[rows], target, None, grouped_folds(groups), n_boot=1000)
         return score.accuracy_ci_high - score.accuracy_ci_low

@@ -247,16 +247,15 @@ def grouped_folds(groups: np.ndarray, n_splits: int = 5) -> Folds:
     rows that would leak.
     """
     values = pd.DataFrame(np.asarray(groups, dtype=object).reshape(len(groups), -1))
-    units = values[0].to_numpy()
-    _, unit_ids = np.unique(units.astype(str), return_inverse=True)
-    n_units = unit_ids.max() + 1 if len(unit_ids) else 0
+    unit_ids, units = pd.factorize(values[0])
+    n_units = len(units)
     if n_units < 2:
         raise ProbesError(
             "grouped cross-validation needs at least 2 groups, but every row has the same group key; "
             "group by another label"
         )
     folds: Folds = []
-    for outside, test in GroupKFold(n_splits=min(n_splits, n_units)).split(units, groups=unit_ids):
+    for outside, test in GroupKFold(n_splits=min(n_splits, n_units)).split(unit_ids, groups=unit_ids):
         seen = list(set(values.iloc[test].to_numpy().ravel()))
         train = outside[~values.iloc[outside].isin(seen).any(axis=1).to_numpy()]
         if len(train) == 0:
@@ -328,28 +327,23 @@ def score_probe(
 ) -> ProbeScore:
     """Train and evaluate the probe on the target and on its control task (``None``: there is none), with the same
     folds (:func:`grouped_folds` of the target's groups) and the same probe."""
-    correct = [out_of_fold_correct(features, target.labels, folds, C)]
-    if control is not None:
-        correct.append(out_of_fold_correct(features, control, folds, C))
-    correct = np.column_stack(correct)
-    boot = cluster_bootstrap_means(correct, target.clusters, n_boot, seed)
-    if control is not None:
-        boot = np.column_stack([boot, boot[:, 0] - boot[:, 1]])
-    low, high = np.percentile(boot, [2.5, 97.5], axis=0)
-    value = correct.mean(axis=0)
-    if control is None:
-        value, low, high = (np.append(v, [np.nan, np.nan]) for v in (value, low, high))
+    task_correct = out_of_fold_correct(features, target.labels, folds, C)
+    if control is None:  # NaN flows into the control and selectivity columns
+        control_correct = np.full(len(task_correct), np.nan)
     else:
-        value = np.append(value, value[0] - value[1])
+        control_correct = out_of_fold_correct(features, control, folds, C)
+    boot = cluster_bootstrap_means(np.column_stack([task_correct, control_correct]), target.clusters, n_boot, seed)
+    low, high = np.percentile(np.column_stack([boot, boot[:, 0] - boot[:, 1]]), [2.5, 97.5], axis=0)
+    accuracy, control_accuracy = float(task_correct.mean()), float(control_correct.mean())
     reason = refusal(target)
     return ProbeScore(
-        accuracy=float(value[0]),
+        accuracy=accuracy,
         accuracy_ci_low=float(low[0]),
         accuracy_ci_high=float(high[0]),
-        control_accuracy=float(value[1]),
+        control_accuracy=control_accuracy,
         control_accuracy_ci_low=float(low[1]),
         control_accuracy_ci_high=float(high[1]),
-        selectivity=float(value[2]),
+        selectivity=accuracy - control_accuracy,
         selectivity_ci_low=float(low[2]),
         selectivity_ci_high=float(high[2]),
         chance=float(np.bincount(target.labels).max() / len(target.labels)),
