@@ -34,7 +34,7 @@ from probes.evidence.probing import (
     refusal,
     save_table,
     score_probe,
-    type_accuracy,
+    type_purity,
 )
 from probes.run.rundir import PROBE_MEASURES
 
@@ -101,7 +101,7 @@ def test_previous_token_head_decodes_the_previous_token(toy_model: toy.ToyModel,
     assert len(token_types) == len(toy.NON_SPECIAL) and len(previous_tokens) == len(toy.NON_SPECIAL) + 1
     assert good.n == n_rows and good.n_types == len(token_types) and good.n_classes == len(previous_tokens)
     # the previous token is not a function of the current one, and 21 types make a real control task
-    assert good.attachable and good.reason == "" and good.type_accuracy < 0.2
+    assert good.attachable and good.reason == "" and good.type_purity < 0.2
     # the planted head writes the previous token's one-hot and nothing of the current token
     assert good.accuracy > 0.95 and good.control_accuracy < 0.3 and good.selectivity_ci_low > 0.6
     # an untouched head averages its context: some of the previous token leaks, no more than of the current one
@@ -129,15 +129,28 @@ def test_a_label_the_probed_token_determines_is_refused(toy_model: toy.ToyModel,
     by_name = functools.partial(antecedent_gender, group_by="antecedent")  # 12 names: too few for name+template
     resid = probe_activations(store, [by_name], n_boot=300).iloc[0]
     assert resid.n_types == len(toy.FEMALE_NAMES) + len(toy.MALE_NAMES) >= MIN_TYPES  # refused for the function
-    assert resid.type_accuracy == 1.0 and resid.selectivity_ci_low > 0
+    assert resid.type_purity == 1.0 and resid.selectivity_ci_low > 0
     assert not resid.attachable and "function of the probed token" in resid.reason
     with pytest.raises(ProbesError, match="refused as evidence for a head: 'antecedent_gender' is a function"):
         probe_activations(store, [by_name], strict=True)
 
 
+def test_a_name_fixes_its_gender_even_when_names_seldom_recur(tmp_path: Path) -> None:
+    # probed at the antecedent, the token is the name: most names occur once, so no type is seen with both labels
+    labels = _pronoun_labels(n_templates=12, per_template=4, n_names=60)
+    names = np.unique(labels["antecedent"], return_inverse=True)[1]
+    at_name = antecedent_gender(_synthetic_store(tmp_path / "name", labels, names))
+    assert len(np.unique(at_name.word_types)) > 0.8 * len(names) and type_purity(at_name) == 1.0
+    assert "function of the probed token" in refusal(at_name)
+    # a token that recurs with both genders (the verb after the pronoun, say) does not give the label away
+    verbs = np.arange(48) // 2 % 12  # each verb after a she- and a he-prompt
+    at_verb = antecedent_gender(_synthetic_store(tmp_path / "verb", labels, verbs))
+    assert type_purity(at_verb) < TYPE_DETERMINED and refusal(at_verb) == ""
+
+
 def test_few_token_types_are_refused_and_one_type_has_no_control(pronoun_store: Activations) -> None:
     target = antecedent_identity(pronoun_store)  # at the pronoun: she/he, which do not fix the name
-    assert type_accuracy(target) < TYPE_DETERMINED and "only 2 token type(s)" in refusal(target)
+    assert type_purity(target) < TYPE_DETERMINED and "only 2 token type(s)" in refusal(target)
     one_type = replace(target, word_types=np.zeros_like(target.word_types))
     assert "only 1 token type(s)" in refusal(one_type)
     with pytest.raises(ProbesError, match="no control task"):
@@ -302,13 +315,13 @@ def test_bad_targets(pronoun_store: Activations) -> None:
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("role", ["pronoun", "end"])
+@pytest.mark.parametrize("role", ["pronoun", "end", "antecedent"])
 def test_smollm2_carries_antecedent_gender(smollm2, role: str) -> None:
     """At the pronoun the gender is the pronoun's own; at the last token (" to") the model must have carried it.
-    Neither is evidence for a head: at the pronoun She/He give the label away, at " to" there is one token type."""
+    None is evidence for a head: She/He or the name give the label away, at " to" there is one token type."""
     prompts = tasks.pronoun_resolution(smollm2, 48, seed=0)
     table = probes.probe(smollm2, prompts, [antecedent_gender], ["resid_post"], layers=[0, 2], at=role, n_boot=300)
     assert (table.accuracy_ci_low > table.chance).any()
-    why = "function of the probed token" if role == "pronoun" else "only 1 token type"
+    why = "only 1 token type" if role == "end" else "function of the probed token"
     assert not table.attachable.any() and table.reason.str.contains(why).all()
     assert (table.train_kept > 0.3).all()  # unseen names and templates left most of the training rows

@@ -51,14 +51,14 @@ from probes.prompts.promptset import PromptSet
 PROMPT = "prompt"  # ``group_by=PROMPT``: each prompt is its own group (rows of one sequence stay together)
 NO_HEAD = -1  # the ``head`` column of residual-stream rows
 MIN_TYPES = 10  # fewer word types at the probed position: the control task cannot tell reading from memorising
-TYPE_DETERMINED = 0.95  # the word type alone predicts at least this share of labels: a function of the token
+TYPE_DETERMINED = 0.95  # at least this share of rows carry their token type's label: a function of the token
 MIN_CLASS_ROWS = 10  # rows a previous token needs to be a class: every training side then holds several
 COLUMNS = [
     "layer", "head", "hook", "position", "target", "group_by",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high",
     "control_accuracy", "control_accuracy_ci_low", "control_accuracy_ci_high",
     "selectivity", "selectivity_ci_low", "selectivity_ci_high",
-    "chance", "type_accuracy", "n_classes", "n_types", "n_folds", "train_kept", "n", "n_prompts",
+    "chance", "type_purity", "n_classes", "n_types", "n_folds", "train_kept", "n", "n_prompts",
     "attachable", "reason",
 ]  # fmt: skip
 
@@ -192,28 +192,25 @@ TARGETS: dict[str, TargetSpec] = {
 }
 
 
-def type_accuracy(target: Target) -> float:
-    """How well the probed token alone predicts the label: each row gets the majority label of the other rows of
-    its word type (leave-one-out; ties and types seen once count as wrong)."""
+def type_purity(target: Target) -> float:
+    """The share of rows whose label is the most common label of their word type: 1 when the probed token fixes the
+    label. A type seen once counts as pure: nothing shows its label could differ (names seldom recur, yet a name
+    fixes its gender)."""
     _, types = np.unique(target.word_types, return_inverse=True)
     counts = np.zeros((types.max() + 1, len(target.classes)), dtype=int)
     np.add.at(counts, (types, target.labels), 1)
-    rows = np.arange(len(types))
-    own = counts[types, target.labels] - 1
-    others = counts[types]
-    others[rows, target.labels] = -1
-    return float((own > others.max(axis=1)).mean())
+    return float(counts.max(axis=1).sum() / len(types))
 
 
 def refusal(target: Target) -> str:
     """Why this target cannot be evidence for a head ("" when it can): the word gives the label away, or too few
     word types for a control task."""
     n_types = len(np.unique(target.word_types))
-    by_type = type_accuracy(target)
-    if by_type >= TYPE_DETERMINED:
+    purity = type_purity(target)
+    if purity >= TYPE_DETERMINED:
         return (
-            f"'{target.name}' is a function of the probed token: its type alone predicts {by_type:.0%} of the labels "
-            f"({n_types} types), so a probe reads the word, not what a head wrote"
+            f"'{target.name}' is a function of the probed token: {purity:.0%} of the rows have their token type's label "
+            f"({n_types} types, {len(target.labels)} rows), so a probe reads the word, not what a head wrote"
         )
     if n_types < MIN_TYPES:
         return (
@@ -304,7 +301,7 @@ class ProbeScore:
     selectivity_ci_low: float
     selectivity_ci_high: float
     chance: float  # accuracy of always predicting the majority class
-    type_accuracy: float  # accuracy of reading the label off the probed token alone (see :func:`type_accuracy`)
+    type_purity: float  # share of rows with their token type's label (see :func:`type_purity`)
     n_classes: int
     n_types: int
     n_folds: int
@@ -347,7 +344,7 @@ def score_probe(
         selectivity_ci_low=float(low[2]),
         selectivity_ci_high=float(high[2]),
         chance=float(np.bincount(target.labels).max() / len(target.labels)),
-        type_accuracy=type_accuracy(target),
+        type_purity=type_purity(target),
         n_classes=len(target.classes),
         n_types=len(np.unique(target.word_types)),
         n_folds=len(folds),
