@@ -2,24 +2,28 @@
 
 A probe that reads "the antecedent" from a head's output proves little by itself: a flexible enough probe can
 memorise any function of the input word. Hewitt & Liang (2019) compare it with a *control task*: each word type
-(the token at the probed position) gets a fixed random label, drawn from the real labels' empirical distribution
-(so the same classes, similarly balanced), and the same probe is trained on it with the same folds. Control
+(the token at the probed position) gets a fixed random label, the types split between the classes in proportion
+to the real labels (and never all in one class), and the same probe is trained on it with the same folds. Control
 accuracy is what the probe gets from memorising word types; *selectivity* = task accuracy - control accuracy.
-Selectivity is only informative where the probed position has many word types. With one type (a fixed last token
-such as " to") the control label is a constant; with a handful (she/he/She/He) a linear probe memorises them; either
-way control accuracy is ~1 and selectivity <= 0 whatever the representation holds. There, compare ``accuracy``
-with ``chance`` (majority-class rate); the table's ``n_types`` column says how many word types there were.
+
+A probe can fail only where the word cannot give the answer away, so a target is refused as evidence for a head
+(``attachable`` False, with the ``reason``) when its label is a function of the probed token (gender read at
+"She"/"He", or at the name itself: the token alone predicts it) or when the probed position has fewer than
+``MIN_TYPES`` word types (one fixed token such as " to": there is no control task; a handful: a linear probe
+memorises them). Such rows still report accuracy against ``chance`` (majority-class rate), which says whether the
+information is there at all, not which head put it there; ``strict=True`` raises instead.
 
 Probe: standardised features + L2 logistic regression with a fixed ``C``. Evaluation: grouped k-fold
-cross-validation (``GroupKFold``), groups from a prompt label (e.g. the antecedent's name, the template), so no
-name or template is in both the training and the test fold. Uncertainty: a percentile bootstrap over *prompts*
-(all rows of a resampled prompt move together) of the out-of-fold correctness; the selectivity interval resamples
-task and control correctness together (paired). It covers prompt sampling, not the variability of refitting.
+cross-validation over the first grouping label (e.g. the template); each fold's training side also drops every
+row that shares a value of any grouping label (e.g. either name) with its test side, so no template and no name is
+on both sides. Uncertainty: a percentile bootstrap over the prompts' groups (the template where the task has one:
+prompts sharing a template are not independent; all rows of a drawn group move together) of the out-of-fold
+correctness; the selectivity interval resamples task and control correctness together (paired). It covers prompt
+sampling, not the variability of refitting.
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -46,13 +50,19 @@ from probes.prompts.promptset import PromptSet
 
 PROMPT = "prompt"  # ``group_by=PROMPT``: each prompt is its own group (rows of one sequence stay together)
 NO_HEAD = -1  # the ``head`` column of residual-stream rows
+MIN_TYPES = 10  # fewer word types at the probed position: the control task cannot tell reading from memorising
+TYPE_DETERMINED = 0.95  # at least this share of rows carry their token type's label: a function of the token
+MIN_CLASS_ROWS = 10  # rows a previous token needs to be a class: every training side then holds several
 COLUMNS = [
     "layer", "head", "hook", "position", "target", "group_by",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high",
     "control_accuracy", "control_accuracy_ci_low", "control_accuracy_ci_high",
     "selectivity", "selectivity_ci_low", "selectivity_ci_high",
-    "chance", "n_classes", "n_types", "n_folds", "n", "n_prompts",
+    "chance", "type_purity", "n_classes", "n_types", "n_folds", "train_kept", "n", "n_prompts",
+    "attachable", "reason",
 ]  # fmt: skip
+
+Folds = list[tuple[Int[np.ndarray, " train"], Int[np.ndarray, " test"]]]
 
 
 @dataclass(frozen=True)
@@ -62,20 +72,15 @@ class Target:
     name: str
     rows: Int[np.ndarray, " row"]  # indices into the harvested rows that have a label
     labels: Int[np.ndarray, " row"]  # class index of each row, into ``classes``
-    classes: np.ndarray  # the class values (names, genders, token ids or buckets)
+    classes: np.ndarray  # the class values (names, genders, token ids)
     word_types: Int[np.ndarray, " row"]  # token at the probed position: the control task's input
-    groups: np.ndarray  # CV group of each row: a group is never split between training and test
-    prompts: Int[np.ndarray, " row"]  # prompt of each row: the bootstrap's resampling unit
+    groups: np.ndarray  # [row, key] grouping values: folds split on key 0, and no value is on both sides of a fold
+    clusters: np.ndarray  # resampling unit of each row for the bootstrap: its prompt's group
+    prompts: Int[np.ndarray, " row"]  # prompt of each row
     group_by: str
 
 
 TargetSpec = Target | Callable[[Activations], Target]
-
-
-def _prompt_groups(store: Activations, group_by: str, prompts: np.ndarray) -> np.ndarray:
-    if group_by == PROMPT:
-        return prompts
-    return np.asarray(_label(store, group_by), dtype=object)[prompts]
 
 
 def _label(store: Activations, key: str) -> list:
@@ -85,10 +90,37 @@ def _label(store: Activations, key: str) -> list:
     return store.labels[key]
 
 
+def _group_values(store: Activations, group_by: Sequence[str], prompts: np.ndarray) -> np.ndarray:
+    """``[row, key]``: each grouping label's value at the row's prompt (``PROMPT``: the prompt index)."""
+    values = np.empty((len(prompts), len(group_by)), dtype=object)
+    for j, key in enumerate(group_by):
+        values[:, j] = prompts if key == PROMPT else np.asarray(_label(store, key), dtype=object)[prompts]
+    return values
+
+
+def _clusters(store: Activations, prompts: np.ndarray) -> np.ndarray:
+    """The bootstrap's unit: the prompt's template where the task has one (templates are not independent draws)."""
+    if "template" in store.labels:
+        return np.asarray(store.labels["template"], dtype=object)[prompts]
+    return prompts
+
+
 def make_target(
-    store: Activations, name: str, values: np.ndarray, rows: np.ndarray | None = None, group_by: str = PROMPT
+    store: Activations,
+    name: str,
+    values: np.ndarray,
+    rows: np.ndarray | None = None,
+    group_by: str | Sequence[str] = PROMPT,
 ) -> Target:
-    """A target from one value per harvested row (``rows`` selects the labelled rows); groups from a prompt label."""
+    """A target from one value per harvested row (``rows`` selects the labelled rows).
+
+    ``group_by``: prompt labels (or ``PROMPT``) none of whose values may be on both sides of a fold; folds are drawn
+    over the first. Values are compared across labels, so a name that is the antecedent in one prompt and the
+    distractor in another keeps both prompts on one side.
+    """
+    keys = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+    if not keys:
+        raise ProbesError(f"target '{name}' needs at least one group_by label (or '{PROMPT}')")
     rows = np.arange(store.n_rows) if rows is None else np.asarray(rows)
     classes, labels = np.unique(np.asarray(values), return_inverse=True)
     if len(classes) < 2:
@@ -100,76 +132,147 @@ def make_target(
         labels=labels,
         classes=classes,
         word_types=store.rows["token"][rows],
-        groups=_prompt_groups(store, group_by, prompts),
+        groups=_group_values(store, keys, prompts),
+        clusters=_clusters(store, prompts),
         prompts=prompts,
-        group_by=group_by,
+        group_by="+".join(keys),
     )
 
 
-def prompt_label_target(store: Activations, label: str, group_by: str = PROMPT, name: str | None = None) -> Target:
+def prompt_label_target(
+    store: Activations, label: str, group_by: str | Sequence[str] = PROMPT, name: str | None = None
+) -> Target:
     """Probe for a per-prompt label (``PromptSet.labels[label]``) at every harvested row of that prompt."""
     values = np.asarray(_label(store, label), dtype=object)[store.rows["prompt"]]
     return make_target(store, name or label, values.astype(str), group_by=group_by)  # str: mixed types sort
 
 
-def antecedent_gender(store: Activations, group_by: str = "antecedent") -> Target:
-    """The antecedent's gender; grouped by the antecedent's name, so the probe must generalise to unseen names."""
+def antecedent_gender(
+    store: Activations, group_by: str | Sequence[str] = ("template", "antecedent", "distractor")
+) -> Target:
+    """The antecedent's gender, on unseen templates and unseen names: the distractor's name (the other gender)
+    would give it away as surely as the antecedent's, so neither may be seen in training."""
     return prompt_label_target(store, "antecedent_gender", group_by=group_by)
 
 
-def antecedent_identity(store: Activations, group_by: str = "template") -> Target:
-    """Which name is the antecedent; grouped by template (grouping by name would leave test classes unseen)."""
+def antecedent_identity(store: Activations, group_by: str | Sequence[str] = "template") -> Target:
+    """Which name is the antecedent; grouped by template only: a probe can only name names it was trained on."""
     return prompt_label_target(store, "antecedent", group_by=group_by, name="antecedent_identity")
 
 
-def previous_token_identity(store: Activations, n_buckets: int | None = None, group_by: str = PROMPT) -> Target:
-    """The previous token's id (or ``id % n_buckets`` to merge classes), at every row that has one.
+def previous_token_identity(
+    store: Activations, min_rows: int = MIN_CLASS_ROWS, group_by: str | Sequence[str] = PROMPT
+) -> Target:
+    """The previous token's id, over the tokens that are the previous token of at least ``min_rows`` rows.
 
-    The control is then a random function of the *current* token: a head that merely carries its own token's
-    identity scores high on the control, not on the target. A probe can only name tokens it was trained on, and
-    buckets do not change that: on a real vocabulary draw the sequences from a small pool so tokens recur
-    (``tasks.previous_token(model, n, vocab=...)``).
+    A probe can only name tokens it was trained on, so the classes are the previous tokens that recur (rows whose
+    previous token is rarer are left out): draw the sequences from a small pool so they do
+    (``tasks.previous_token(model, n, vocab=...)``). The control is then a random function of the *current* token:
+    a head that merely carries its own token's identity scores high on the control, not on the target.
     """
-    if n_buckets is not None and n_buckets < 2:
-        raise ProbesError(f"n_buckets must be at least 2 (or None for raw token ids), got {n_buckets}")
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise ProbesError(f"min_rows must be a positive integer, got {min_rows!r}")
     previous = store.rows["previous_token"]
-    rows = np.flatnonzero(previous != NO_PREVIOUS)
-    values = previous[rows] if n_buckets is None else previous[rows] % n_buckets
-    name = "previous_token" if n_buckets is None else f"previous_token_mod{n_buckets}"
-    return make_target(store, name, values, rows=rows, group_by=group_by)
+    tokens, counts = np.unique(previous[previous != NO_PREVIOUS], return_counts=True)
+    pool = tokens[counts >= min_rows]
+    if len(pool) < 2:
+        raise ProbesError(
+            f"previous_token: {len(pool)} token(s) are the previous token of at least {min_rows} rows, 2 are needed; "
+            "draw the sequences from a small token pool (tasks.previous_token(model, n, vocab=...)) or more of them"
+        )
+    rows = np.flatnonzero(np.isin(previous, pool))
+    return make_target(store, "previous_token", previous[rows], rows=rows, group_by=group_by)
 
 
 # the probe targets an analysis spec can name
 TARGETS: dict[str, TargetSpec] = {
     "antecedent_gender": antecedent_gender,
     "antecedent_identity": antecedent_identity,
-    "previous_token": functools.partial(previous_token_identity, n_buckets=16),
+    "previous_token": previous_token_identity,
 }
 
 
+def type_purity(target: Target) -> float:
+    """The share of rows whose label is the most common label of their word type: 1 when the probed token fixes the
+    label. A type seen once counts as pure: nothing shows its label could differ (names seldom recur, yet a name
+    fixes its gender)."""
+    _, types = np.unique(target.word_types, return_inverse=True)
+    counts = np.zeros((types.max() + 1, len(target.classes)), dtype=int)
+    np.add.at(counts, (types, target.labels), 1)
+    return float(counts.max(axis=1).sum() / len(types))
+
+
+def refusal(target: Target) -> str:
+    """Why this target cannot be evidence for a head ("" when it can): the word gives the label away, or too few
+    word types for a control task."""
+    n_types = len(np.unique(target.word_types))
+    purity = type_purity(target)
+    if purity >= TYPE_DETERMINED:
+        return (
+            f"'{target.name}' is a function of the probed token: {purity:.0%} of the rows have their token type's label "
+            f"({n_types} types, {len(target.labels)} rows), so a probe reads the word, not what a head wrote"
+        )
+    if n_types < MIN_TYPES:
+        return (
+            f"'{target.name}' has only {n_types} token type(s) at the probed position (fewer than {MIN_TYPES}): "
+            "the control task cannot tell a representation from memorised types"
+        )
+    return ""
+
+
 def control_labels(target: Target, seed: int = 0) -> Int[np.ndarray, " row"]:
-    """Hewitt & Liang's control task: a fixed label per word type, drawn from the real labels' distribution."""
+    """Hewitt & Liang's control task: a fixed label per word type, the types split between classes in proportion
+    to the real labels (a seeded shuffle decides which type gets which), and at least two classes."""
     types, inverse = np.unique(target.word_types, return_inverse=True)
-    per_type = np.random.default_rng(seed).choice(target.labels, size=len(types))
-    return per_type[inverse]
+    if len(types) < 2:
+        raise ProbesError(f"target '{target.name}' has one token type at the probed position: no control task exists")
+    # evenly spaced quantiles of the real labels: each class gets its share of the types, not a random draw of it
+    spaced = np.sort(target.labels)[((np.arange(len(types)) + 0.5) * len(target.labels) / len(types)).astype(int)]
+    if (spaced == spaced[0]).all():  # one class holds nearly every row: give the next most frequent one a type
+        counts = np.bincount(target.labels)
+        counts[spaced[0]] = -1
+        spaced[-1] = counts.argmax()
+    return np.random.default_rng(seed).permutation(spaced)[inverse]
+
+
+def grouped_folds(groups: np.ndarray, n_splits: int = 5) -> Folds:
+    """``(train, test)`` row indices: folds over the values of ``groups[:, 0]``, and each training side drops every
+    row sharing any value (of any column) with its test side.
+
+    Joining rows that share a name or a template into connected components would leave one component on these
+    tasks (names recur across templates), so the test sides are drawn over templates and training loses only the
+    rows that would leak.
+    """
+    values = pd.DataFrame(np.asarray(groups, dtype=object).reshape(len(groups), -1))
+    unit_ids, units = pd.factorize(values[0])
+    n_units = len(units)
+    if n_units < 2:
+        raise ProbesError(
+            "grouped cross-validation needs at least 2 groups, but every row has the same group key; "
+            "group by another label"
+        )
+    folds: Folds = []
+    for outside, test in GroupKFold(n_splits=min(n_splits, n_units)).split(unit_ids, groups=unit_ids):
+        seen = list(set(values.iloc[test].to_numpy().ravel()))
+        train = outside[~values.iloc[outside].isin(seen).any(axis=1).to_numpy()]
+        if len(train) == 0:
+            raise ProbesError(
+                "a fold has no training rows left: every other row shares a grouping value (a name, a template) with "
+                "its test side; use more prompts with more distinct names, or group by fewer labels"
+            )
+        folds.append((train, test))
+    return folds
 
 
 def out_of_fold_correct(
     features: Float[np.ndarray, "row feature"],
     labels: Int[np.ndarray, " row"],
-    groups: np.ndarray,
-    n_splits: int = 5,
+    folds: Folds,
     C: float = 1.0,
 ) -> Bool[np.ndarray, " row"]:
-    """Whether each row is classified correctly by a probe trained on the folds that do not hold its group."""
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise ProbesError(
-            "grouped cross-validation needs at least 2 groups, but every row has the same group key; "
-            "group by another label"
-        )
+    """Whether each row is classified correctly by a probe trained on its fold's training side."""
     correct = np.zeros(len(labels), dtype=bool)
-    for train, test in GroupKFold(n_splits=min(n_splits, n_groups)).split(features, labels, groups):
+    for train, test in folds:
         seen = np.unique(labels[train])
         if len(seen) == 1:  # a fold can hold one class only: the best a probe can then do is predict it
             correct[test] = labels[test] == seen[0]
@@ -185,7 +288,8 @@ def out_of_fold_correct(
 
 @dataclass(frozen=True)
 class ProbeScore:
-    """Cross-validated accuracy of the task probe and of its control, with 95% prompt-bootstrap intervals."""
+    """Cross-validated accuracy of the task probe and of its control, with 95% group-bootstrap intervals (control
+    and selectivity NaN with one word type), and whether it may count as evidence for a head."""
 
     accuracy: float
     accuracy_ci_low: float
@@ -197,29 +301,38 @@ class ProbeScore:
     selectivity_ci_low: float
     selectivity_ci_high: float
     chance: float  # accuracy of always predicting the majority class
+    type_purity: float  # share of rows with their token type's label (see :func:`type_purity`)
     n_classes: int
     n_types: int
     n_folds: int
+    train_kept: float  # mean share of the rows outside a test fold that its training side kept (the rest leak)
     n: int
     n_prompts: int
+    attachable: bool  # valid evidence for a head verdict: see :func:`refusal`
+    reason: str  # why not, "" when attachable
 
 
 def score_probe(
     features: Float[np.ndarray, "row feature"],
     target: Target,
-    control: Int[np.ndarray, " row"],
+    control: Int[np.ndarray, " row"] | None,
+    folds: Folds,
     *,
-    n_splits: int = 5,
     C: float = 1.0,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> ProbeScore:
-    """Train and evaluate the probe on the target and on its control task, with the same folds and the same probe."""
-    task_correct = out_of_fold_correct(features, target.labels, target.groups, n_splits, C)
-    control_correct = out_of_fold_correct(features, control, target.groups, n_splits, C)
-    boot = cluster_bootstrap_means(np.column_stack([task_correct, control_correct]), target.prompts, n_boot, seed)
+    """Train and evaluate the probe on the target and on its control task (``None``: there is none), with the same
+    folds (:func:`grouped_folds` of the target's groups) and the same probe."""
+    task_correct = out_of_fold_correct(features, target.labels, folds, C)
+    if control is None:  # NaN flows into the control and selectivity columns
+        control_correct = np.full(len(task_correct), np.nan)
+    else:
+        control_correct = out_of_fold_correct(features, control, folds, C)
+    boot = cluster_bootstrap_means(np.column_stack([task_correct, control_correct]), target.clusters, n_boot, seed)
     low, high = np.percentile(np.column_stack([boot, boot[:, 0] - boot[:, 1]]), [2.5, 97.5], axis=0)
     accuracy, control_accuracy = float(task_correct.mean()), float(control_correct.mean())
+    reason = refusal(target)
     return ProbeScore(
         accuracy=accuracy,
         accuracy_ci_low=float(low[0]),
@@ -231,11 +344,15 @@ def score_probe(
         selectivity_ci_low=float(low[2]),
         selectivity_ci_high=float(high[2]),
         chance=float(np.bincount(target.labels).max() / len(target.labels)),
+        type_purity=type_purity(target),
         n_classes=len(target.classes),
         n_types=len(np.unique(target.word_types)),
-        n_folds=min(n_splits, len(np.unique(target.groups))),
+        n_folds=len(folds),
+        train_kept=float(np.mean([len(train) / (len(target.labels) - len(test)) for train, test in folds])),
         n=len(target.labels),
         n_prompts=len(np.unique(target.prompts)),
+        attachable=not reason,
+        reason=reason,
     )
 
 
@@ -248,14 +365,26 @@ def probe_activations(
     C: float = 1.0,
     n_boot: int = 1000,
     seed: int = 0,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Probe every target at every point (default: all residual hooks and every head) of a harvest: a tidy table.
 
     ``targets`` are :class:`Target` objects or functions of the store (``antecedent_gender``,
-    ``functools.partial(previous_token_identity, n_buckets=64)``). One row per (point, target), columns ``COLUMNS``.
+    ``functools.partial(previous_token_identity, min_rows=20)``). One row per (point, target), columns ``COLUMNS``.
+    A target that cannot be evidence for a head gets ``attachable`` False and its ``reason``; with ``strict`` it
+    is refused instead (a :class:`ProbesError` before any probe is fitted).
     """
     built = [t if isinstance(t, Target) else t(store) for t in targets]
-    controls = [control_labels(t, seed) for t in built]
+    if strict:
+        for target in built:
+            reason = refusal(target)
+            if reason:
+                raise ProbesError(
+                    f"probe target at '{store.at}' refused as evidence for a head: {reason}; probe where the token "
+                    f"varies and does not give the label away, or leave '{target.name}' out"
+                )
+    controls = [control_labels(t, seed) if len(np.unique(t.word_types)) > 1 else None for t in built]
+    folds = [grouped_folds(t.groups, n_splits) for t in built]
     points = store.points() if points is None else list(points)
     records, loaded = [], {}
     for point in tqdm(points, desc="probe", unit="point", disable=None):
@@ -263,10 +392,8 @@ def probe_activations(
             loaded = {point.hook: store.load(point.hook).numpy()}  # one hook in memory at a time
         acts = loaded[point.hook]
         features = acts if point.head is None else acts[:, point.head]
-        for target, control in zip(built, controls):
-            score = score_probe(
-                features[target.rows], target, control, n_splits=n_splits, C=C, n_boot=n_boot, seed=seed
-            )
+        for target, control, target_folds in zip(built, controls, folds):
+            score = score_probe(features[target.rows], target, control, target_folds, C=C, n_boot=n_boot, seed=seed)
             records.append(
                 dict(
                     layer=point.layer,

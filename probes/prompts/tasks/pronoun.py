@@ -64,6 +64,7 @@ def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0, template
                 "labels": {
                     "template": template,
                     "antecedent": antecedent,
+                    "distractor": other,
                     "antecedent_gender": "female" if female else "male",
                     "order": "antecedent_first" if antecedent_first else "distractor_first",
                 },

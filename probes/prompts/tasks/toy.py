@@ -27,7 +27,7 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) ->
     check_n(n)
     rng = random.Random(seed)
     clean, corrupt, answer, foil = [], [], [], []
-    antecedent_pos, distractor_pos, genders, names, templates = [], [], [], [], []
+    antecedent_pos, distractor_pos, genders, names, others, templates = [], [], [], [], [], []
     for i in range(n):
         female, first = i % 2 == 0, i % 4 < 2
         she, he = rng.choice(FEMALE_NAMES), rng.choice(MALE_NAMES)
@@ -45,6 +45,7 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) ->
         distractor_pos.append(3 if first else 1)
         genders.append("female" if female else "male")
         names.append(toy.vocab[ante])
+        others.append(toy.vocab[other])
         templates.append(0 if first else 1)
     last = torch.full((n,), len(clean[0]) - 1)
     first_pronoun = last - 2 if echo else last
@@ -60,7 +61,7 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) ->
             "end": last,
         },
         task="pronoun_resolution",
-        labels={"antecedent_gender": genders, "antecedent": names, "template": templates},
+        labels={"antecedent_gender": genders, "antecedent": names, "distractor": others, "template": templates},
     )
 
 
