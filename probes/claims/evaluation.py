@@ -300,10 +300,12 @@ def _scope(result: ClaimResult) -> str:
 
 
 def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate | None:
-    """The best selectivity any probe target reached at this head's output."""
+    """The best selectivity any valid probe target reached at this head's output (a target the probed token's
+    type determines, or with too few types, is never evidence for a head: ``attachable`` is False)."""
     if probe_table is None:
         return None
-    rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1])]
+    attachable = probe_table["attachable"] if "attachable" in probe_table else True
+    rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1]) & attachable]
     if rows.empty:
         return None
     best = rows.sort_values("selectivity", ascending=False).iloc[0]

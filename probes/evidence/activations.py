@@ -199,6 +199,7 @@ def harvest(
             },
             "shards": shards,
             "labels": {key: [_json_value(v) for v in values] for key, values in prompts.labels.items()},
+            "groups": [_json_value(g) for g in prompts.groups],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest))
     return Activations(out_dir)
@@ -240,6 +241,11 @@ class Activations:
     @property
     def labels(self) -> dict[str, list]:
         return self.manifest["labels"]
+
+    @property
+    def groups(self) -> list | None:
+        """Each prompt's group (the unit of resampling); None for stores harvested before groups existed."""
+        return self.manifest.get("groups")
 
     @property
     def at(self) -> str:

@@ -99,9 +99,12 @@ def _group_values(store: Activations, group_by: Sequence[str], prompts: np.ndarr
 
 
 def _clusters(store: Activations, prompts: np.ndarray) -> np.ndarray:
-    """The bootstrap's unit: the prompt's template where the task has one (templates are not independent draws)."""
+    """The bootstrap's unit: the prompt's template where the task has one (templates are not independent draws),
+    else the prompt's group."""
     if "template" in store.labels:
         return np.asarray(store.labels["template"], dtype=object)[prompts]
+    if store.groups is not None:
+        return np.asarray(store.groups, dtype=object)[prompts]
     return prompts
 
 
