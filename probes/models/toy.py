@@ -177,29 +177,11 @@ def _plant_untouched(w: _HeadWeights, gen: torch.Generator) -> None:
 
 def build(seed: int = 0) -> ToyModel:
     """The planted model; ``seed`` only sets the untouched heads' small random weights."""
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        n_heads=4,
-        d_model=D_MODEL,
-        d_head=D_HEAD,
-        d_vocab=D_VOCAB,
-        d_vocab_out=D_VOCAB,
-        n_ctx=N_CTX,
-        act_fn="relu",
-        attn_only=True,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        init_weights=False,  # every weight is set below; this also leaves the global RNG alone
-        device="cpu",
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = _blank_model(n_layers=2, n_heads=4)
+    cfg = model.cfg
     heads = PlantedHeads()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for param in model.parameters():
-            param.zero_()
         _plant_embeddings(model)
         _plant_previous_token(_head(model, *heads.previous_token), cfg.attn_scale)
         antecedent = _head(model, *heads.antecedent)
@@ -211,6 +193,108 @@ def build(seed: int = 0) -> ToyModel:
         _plant_gender_match(_head(model, *heads.decoy), cfg.attn_scale)
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+def _blank_model(**overrides) -> HookedTransformer:
+    """An attention-only model of this module's sizes with every weight zero, frozen, for planting into."""
+    cfg = HookedTransformerConfig(
+        **{
+            "d_model": D_MODEL,
+            "d_head": D_HEAD,
+            "d_vocab": D_VOCAB,
+            "d_vocab_out": D_VOCAB,
+            "n_ctx": N_CTX,
+            "act_fn": "relu",
+            "attn_only": True,
+            "normalization_type": None,
+            "positional_embedding_type": "standard",
+            "init_weights": False,  # every weight is set by the builder; this also leaves the global RNG alone
+            "device": "cpu",
+        }
+        | overrides
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        model = HookedTransformer(cfg)
     model.eval()
     model.requires_grad_(False)
+    for param in model.parameters():
+        param.data.zero_()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Position or content (probes.evidence.position, probes.evidence.rotary): heads whose pathway is known
+
+
+@dataclass(frozen=True)
+class PositionContentHeads:
+    """The one-layer position/content model's heads: L0H0 attends to ``i - 1`` whatever the tokens (position
+    one-hots only), L0H1 attends to any name wherever it is (token class only; rests on ``<bos>`` without one)."""
+
+    positional: tuple[int, int] = (0, 0)
+    content: tuple[int, int] = (0, 1)
+    untouched: tuple[tuple[int, int], ...] = ((0, 2), (0, 3))
+
+
+def _plant_token_class(w: _HeadWeights, attn_scale: float, tokens: range) -> None:
+    """A constant query against a key feature shared by ``tokens``: the class wins wherever it stands."""
+    w.b_Q[0] = SCORE * attn_scale
+    w.W_K[[RESID_TOKEN.start + t for t in tokens], 0] = 1.0
+    _plant_sink(w, attn_scale, dim=1)
+
+
+def build_position_content(seed: int = 0) -> ToyModel:
+    """One layer: a purely positional head and a purely content head (see :class:`PositionContentHeads`), both
+    copying what they attend to into the output block; ``seed`` sets the untouched heads."""
+    model = _blank_model(n_layers=1, n_heads=4)
+    heads = PositionContentHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        _plant_previous_token(_head(model, *heads.positional), model.cfg.attn_scale)
+        content = _head(model, *heads.content)
+        _plant_token_class(content, model.cfg.attn_scale, range(FEMALE_NAMES.start, MALE_NAMES.stop))
+        _plant_copy_to_output(content)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+ROTARY_D_HEAD = 16  # 8 rotary pairs: 4 bands of 2 pairs under probes.evidence.rotary's default split
+ROTARY_MAX_LEN = 7  # the fastest band turns 1 radian a token: past ~7 tokens its cosine comes round again
+
+
+@dataclass(frozen=True)
+class RotaryHeads:
+    """The rotary model's heads: L0H0 attends to ``i - 1`` through the fastest rotary pair alone (constant query
+    and key, so no content at all; its OV circuit is zero: it is ground truth for attention only); L0H1 has small
+    random weights."""
+
+    fastest_band: tuple[int, int] = (0, 0)
+    untouched: tuple[tuple[int, int], ...] = ((0, 1),)
+
+
+def build_rotary(seed: int = 0) -> ToyModel:
+    """One layer, rotary positions (NeoX pairs ``(j, j + d/2)``, base 10000), no learned positions.
+
+    The planted head's query and key are biases in pair 0 (angle 1 radian per token): the query ``(a, 0)`` and the
+    key ``(cos 1, sin 1)`` give the score ``a cos(1 - delta)`` at distance ``delta``, largest at ``delta = 1``.
+    Keep prompts within ``ROTARY_MAX_LEN`` tokens (the cosine is periodic).
+    """
+    model = _blank_model(
+        n_layers=1, n_heads=2, d_head=ROTARY_D_HEAD, positional_embedding_type="rotary", rotary_dim=ROTARY_D_HEAD
+    )
+    heads = RotaryHeads()
+    gen = torch.Generator().manual_seed(seed)
+    half = ROTARY_D_HEAD // 2
+    with torch.no_grad():
+        model.embed.W_E.data[:, RESID_TOKEN] = torch.eye(D_VOCAB)
+        model.unembed.W_U.data[RESID_OUTPUT, :] = torch.eye(D_VOCAB)
+        w = _head(model, *heads.fastest_band)
+        w.b_Q[0] = 2 * SCORE * model.cfg.attn_scale
+        w.b_K[0], w.b_K[half] = torch.cos(torch.tensor(1.0)), torch.sin(torch.tensor(1.0))
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))

@@ -1,0 +1,252 @@
+"""Position or content: the counterfactual decomposition and the rotary bands against planted heads whose pathway is
+known by construction, the bookkeeping against hand-written token lists, and the band terms against
+TransformerLens's own scores and a hooked rerun."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.utilities import get_act_name
+
+from probes import toy
+from probes.core.errors import ProbesError
+from probes.evidence.attention import role_attention
+from probes.evidence.position import insert_tokens, label, position_content, swap_tokens
+from probes.evidence.rotary import UNROTATED, band_masks, pair_angles, rotary_bands
+from probes.prompts.promptset import PromptSet
+
+NAMES = list(range(toy.FEMALE_NAMES.start, toy.MALE_NAMES.stop))
+FILLER = [toy.VOCAB.index(" and"), toy.VOCAB.index(" the")]
+REPLACEMENTS = [toy.VOCAB.index(w) for w in (" park", " store", " ball")]
+
+
+def name_prompts(n: int = 16, length: int = 8, seed: int = 0) -> PromptSet:
+    """``<bos>`` and filler words with one name at a random place (role ``name``), never last."""
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(toy.FILLERS.start, toy.D_VOCAB, (n, length), generator=gen)
+    clean[:, 0] = toy.BOS
+    at = torch.randint(1, length - 1, (n,), generator=gen)
+    clean[torch.arange(n), at] = torch.tensor(NAMES)[torch.randint(len(NAMES), (n,), generator=gen)]
+    return PromptSet.from_tokens(clean, clean, torch.zeros(n), torch.zeros(n), {"name": at})
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return toy.build_position_content()
+
+
+@pytest.fixture(scope="module")
+def rotary():
+    return toy.build_rotary()
+
+
+# --- bookkeeping ---------------------------------------------------------------------------------------------
+
+
+def test_insert_moves_roles_with_their_tokens_and_the_end_moves():
+    clean = torch.tensor([[0, 11, 12, 13, 14, 15], [0, 21, 22, 23, 99, 99]])
+    prompts = PromptSet.from_tokens(
+        clean, clean + 100, torch.zeros(2), torch.zeros(2),
+        {"a": torch.tensor([1, 2]), "b": torch.tensor([4, 3]), "end": torch.tensor([5, 3])},
+    )
+    moved = insert_tokens(prompts, torch.tensor([2, 1]), torch.tensor([7, 8]))
+    assert moved.clean[0].tolist() == [0, 11, 12, 7, 8, 13, 14, 15]
+    assert moved.clean[1, :6].tolist() == [0, 21, 7, 8, 22, 23]
+    assert moved.corrupt[0].tolist() == [100, 111, 112, 7, 8, 113, 114, 115]
+    assert moved.roles["a"].tolist() == [1, 4]  # at the insertion point: stays; after it: moves with its token
+    assert moved.roles["b"].tolist() == [6, 5]
+    assert moved.end.tolist() == [7, 5]
+    for i, name in [(0, "a"), (0, "b"), (1, "a"), (1, "b"), (0, "end"), (1, "end")]:
+        assert moved.clean[i, moved.roles[name][i]] == prompts.clean[i, prompts.roles[name][i]]
+
+
+def test_swap_replaces_one_token_and_moves_nothing():
+    clean = torch.tensor([[0, 11, 12, 13], [0, 21, 22, 23]])
+    prompts = PromptSet.from_tokens(clean, clean, torch.zeros(2), torch.zeros(2), {"a": torch.tensor([1, 2])})
+    swapped = swap_tokens(prompts, torch.tensor([1, 2]), torch.tensor([5, 6]))
+    assert swapped.clean.tolist() == [[0, 5, 12, 13], [0, 21, 6, 23]]
+    assert swapped.roles["a"].tolist() == [1, 2] and swapped.end.tolist() == prompts.end.tolist()
+
+
+def test_label_rule():
+    assert label(5, 0.95, 0.05) == "positional"
+    assert label(5, 0.05, 0.95) == "content"
+    assert label(5, 0.6, 0.6) == "mixed"
+    assert label(5, 0.1, 0.1) == "neither"
+    assert label(1.0, 0.95, 0.05) == "neither"  # no more than uniform attention: nothing to split
+
+
+# --- ground truth: planted heads -----------------------------------------------------------------------------
+
+
+def test_planted_positional_head_is_positional(planted):
+    prompts = name_prompts()
+    result = position_content(planted.model, prompts, "end", "previous", filler=FILLER, replacements=REPLACEMENTS)
+    row = result.table.set_index(["layer", "head"]).loc[planted.heads.positional]
+    assert row["attention"] > 0.99
+    assert row["positional_share"] >= 0.9 and row["content_share"] <= 0.1
+    assert row["offset_share"] >= 0.9  # it stays at distance 1 (now a filler)
+    assert row["label"] == "positional"
+
+
+def test_planted_content_head_is_content(planted):
+    prompts = name_prompts()
+    result = position_content(planted.model, prompts, "end", "name", filler=FILLER, replacements=REPLACEMENTS)
+    row = result.table.set_index(["layer", "head"]).loc[planted.heads.content]
+    assert row["attention"] > 0.99
+    assert row["content_share"] >= 0.9 and row["positional_share"] <= 0.1
+    assert row["positional_share_ci_high"] <= 0.1 and row["content_share_ci_low"] >= 0.9
+    assert row["label"] == "content"
+    # shares are per prompt and per shift underneath
+    assert result.moved.shape == (len(prompts), 3, 1, 4) and result.swapped.shape == (len(prompts), 2, 1, 4)
+
+
+def test_clean_attention_and_masses_match_role_attention(planted):
+    prompts = name_prompts()
+    result = position_content(planted.model, prompts, "end", "name", filler=FILLER, replacements=REPLACEMENTS)
+    torch.testing.assert_close(result.attention, role_attention(planted.model, prompts, "end", "name"))
+    torch.testing.assert_close(result.sink, role_attention(planted.model, prompts, "end", torch.zeros(16)))
+    torch.testing.assert_close(result.self_mass, role_attention(planted.model, prompts, "end", "end"))
+
+
+def test_heads_subset_hooks_only_those(planted):
+    prompts = name_prompts(n=4)
+    result = position_content(
+        planted.model, prompts, "end", "name", heads=[(0, 1)], filler=FILLER, replacements=REPLACEMENTS
+    )
+    assert result.table[["layer", "head"]].values.tolist() == [[0, 1]]
+    assert torch.isnan(result.attention[:, 0, 0]).all() and not torch.isnan(result.attention[:, 0, 1]).any()
+
+
+def test_rotary_head_is_positional_and_uses_only_the_fastest_band(rotary):
+    prompts = name_prompts(length=toy.ROTARY_MAX_LEN)
+    head = rotary.heads.fastest_band
+    shares = position_content(rotary.model, prompts, "end", "previous", filler=FILLER, replacements=REPLACEMENTS,
+                              shifts=(1, 2))
+    assert shares.table.set_index(["layer", "head"]).loc[head, "label"] == "positional"
+    bands = rotary_bands(rotary.model, prompts, "end", "previous")
+    rows = bands.table[(bands.table["layer"] == head[0]) & (bands.table["head"] == head[1])].set_index("band")
+    assert rows.loc["band 0", "wins"] and rows.loc["band 0", "margin"] > 10
+    assert rows.loc["band 0", "attention_change"] < -0.5  # ablating it loses the previous token
+    others = rows.drop(index="band 0")
+    assert np.allclose(others[["dst_logit", "foil_logit", "margin", "attention_change"]], 0, atol=1e-6)
+    assert rows.loc["band 0", "wavelength_min"] == pytest.approx(2 * np.pi)  # 1 radian a token
+
+
+# --- rotary bands against TransformerLens ---------------------------------------------------------------------
+
+
+def gemma_like(seed: int = 0) -> HookedTransformer:
+    """Random weights, Gemma-3's layout in small: grouped-query attention, a sliding-window layer with its own
+    rotary base, then a global layer, query/key norms, GPT-J-style pairs in neither (NeoX)."""
+    cfg = HookedTransformerConfig(
+        n_layers=2, n_heads=4, n_key_value_heads=2, d_model=32, d_head=8, d_vocab=50, n_ctx=32, act_fn="gelu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, rotary_base=10000,
+        rotary_base_local=10, use_local_attn=True, attn_types=["local", "global"], window_size=5,
+        use_qk_norm=True, seed=seed, device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg)
+    return model.eval()
+
+
+def random_prompts(n: int = 6, length: int = 10) -> PromptSet:
+    clean = torch.randint(1, 50, (n, length), generator=torch.Generator().manual_seed(1))
+    return PromptSet.from_tokens(clean, clean, torch.zeros(n), torch.zeros(n), {"mid": torch.full((n,), 6)})
+
+
+def test_local_and_global_layers_use_their_own_rotary_base():
+    model = gemma_like()
+    j = torch.arange(4, dtype=torch.float64)
+    torch.testing.assert_close(pair_angles(model, 0), 10.0 ** (-2 * j / 8), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pair_angles(model, 1), 10000.0 ** (-2 * j / 8), rtol=1e-5, atol=1e-6)
+    assert band_masks(model, 0, 2)[1][0][0] == pytest.approx(2 * np.pi, rel=1e-5)
+
+
+def test_band_terms_sum_to_scores_and_ablation_matches_a_hooked_rerun():
+    model = gemma_like()
+    prompts = random_prompts()
+    result = rotary_bands(model, prompts, "end", "mid", n_bands=2)
+    _, cache = model.run_with_cache(prompts.clean)
+    for layer in range(2):
+        scores = cache[get_act_name("attn_scores", layer)][:, :, -1, 6]
+        torch.testing.assert_close(result.dst_logit[:, layer].sum(-1).float(), scores, rtol=1e-4, atol=1e-5)
+    layer, head, band = 1, 3, 0
+    dims = band_masks(model, layer, 2)[0][band].bool()
+
+    def ablate(q, hook):
+        q[:, :, head, dims] = 0.0
+        return q
+
+    kept = {}
+
+    def keep(pattern, hook):
+        kept["p"] = pattern[:, head, -1, 6]
+
+    model.run_with_hooks(
+        prompts.clean,
+        fwd_hooks=[(get_act_name("rot_q", layer), ablate), (get_act_name("pattern", layer), keep)],
+        stop_at_layer=layer + 1,
+    )
+    torch.testing.assert_close(result.ablated[:, layer, head, band].float(), kept["p"], rtol=1e-4, atol=1e-5)
+    unablated = cache[get_act_name("pattern", layer)][:, head, -1, 6]
+    assert (kept["p"] - unablated).abs().max() > 1e-3  # the ablation did change something
+
+
+def test_unrotated_dims_form_their_own_band():
+    model = gemma_like()
+    model.cfg.rotary_dim = 4  # half the head rotated; the tables below are rebuilt for it
+    for block in model.blocks:
+        sin, cos = block.attn.calculate_sin_cos_rotary(4, 32, base=block.attn._rotary_base())
+        block.attn.rotary_sin, block.attn.rotary_cos = sin, cos
+    result = rotary_bands(model, random_prompts(), "end", "mid", n_bands=2)
+    assert result.bands == ["band 0", "band 1", UNROTATED]
+    assert result.wavelengths[0][-1] == (float("inf"), float("inf"))
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+def test_token_id_prompts_need_filler_and_replacements(planted):
+    with pytest.raises(ProbesError, match="filler=.*replacements="):
+        position_content(planted.model, name_prompts(n=2), "end", "name")
+
+
+def test_shift_past_context_is_refused(planted):
+    with pytest.raises(ProbesError, match="past the model's context"):
+        position_content(planted.model, name_prompts(n=2), "end", "name", filler=FILLER,
+                         replacements=REPLACEMENTS, shifts=(toy.N_CTX,))
+
+
+def test_text_filler_needs_a_tokenizer_and_ids_in_range(planted):
+    with pytest.raises(ProbesError, match="no tokenizer"):
+        position_content(planted.model, name_prompts(n=2), "end", "name", filler=[" and"], replacements=REPLACEMENTS)
+    with pytest.raises(ProbesError, match="token id"):
+        position_content(planted.model, name_prompts(n=2), "end", "name", filler=[10_000], replacements=REPLACEMENTS)
+
+
+def test_rotary_bands_refuses_learned_positions(planted):
+    with pytest.raises(ProbesError, match="rotary model"):
+        rotary_bands(planted.model, name_prompts(n=2), "end", "previous")
+
+
+# --- packaged models ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_gemma_text_defaults_and_tokenisation_check(gemma):
+    from probes.prompts import tasks
+
+    prompts = tasks.pronoun_resolution(gemma, 4)
+    result = position_content(gemma, prompts, "pronoun", "antecedent", heads=[(0, 0), (5, 1)], shifts=(1, 2))
+    assert set(result.table["label"]) <= {"positional", "content", "mixed", "neither"}
+    torch.testing.assert_close(
+        result.attention[:, [0, 5], [0, 1]], role_attention(gemma, prompts, "pronoun", "antecedent")[:, [0, 5], [0, 1]]
+    )
+    with pytest.raises(ProbesError, match="tokens for this tokenizer"):
+        position_content(gemma, prompts, "pronoun", "antecedent", filler=[" xqzvw frobnicate"])
+    bands = rotary_bands(gemma, prompts, "pronoun", "antecedent", foil="distractor", heads=[(5, 1)])
+    assert len(bands.table) == 4
