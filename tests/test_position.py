@@ -250,3 +250,54 @@ def test_gemma_text_defaults_and_tokenisation_check(gemma):
         position_content(gemma, prompts, "pronoun", "antecedent", filler=[" xqzvw frobnicate"])
     bands = rotary_bands(gemma, prompts, "pronoun", "antecedent", foil="distractor", heads=[(5, 1)])
     assert len(bands.table) == 4
+
+
+# --- the scripted path: spec -> run directory -> report ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    from probes.models.loading import save_model_dir
+
+    return save_model_dir(toy.build().model, tmp_path_factory.mktemp("models") / "toy")
+
+
+def _spec(path, toy_dir, section: str):
+    path.write_text(
+        f'model = "{toy_dir}"\ntask = "induction"\nn = 8\nsrc = "induction_target"\ndst = "previous"\n'
+        f'direction = "noising"\nclaims = [[0, 2]]\n[position_content]\n{section}\n'
+    )
+    return path
+
+
+def test_a_run_writes_the_table_and_the_report_maps_every_head(toy_dir, tmp_path, capsys):
+    from probes import cli
+    from probes.run.rundir import read_run
+
+    spec = _spec(tmp_path / "pc.toml", toy_dir, "filler = [15, 16]\nreplacements = [17, 18, 19]\nshifts = [1]")
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    run = read_run(tmp_path / "run")
+    table = run.position_content.set_index(["layer", "head"])
+    assert len(table) == 8 and (tmp_path / "run" / "position_content.csv").is_file()
+    assert table.loc[toy.PlantedHeads().previous_token, "label"] == "positional"
+    assert cli.main(["report", str(tmp_path / "run")]) == 0
+    html = (tmp_path / "run" / "index.html").read_text()
+    assert 'id="fig-position-content"' in html and "Position or content" in html
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("shifts = [1]", "pass filler=[token ids] and replacements=[token ids]"),
+        ("filler = [15]\nreplacements = [17]\nshifts = [40]", "past the model's context"),
+        ("shifts = [0]", "position_content.shifts must be a list of positive whole numbers"),
+        ("colour = 1", "unknown key(s) colour in [position_content]"),
+    ],
+)
+def test_bad_position_content_input_is_one_line_and_exit_2(toy_dir, tmp_path, capsys, section, message):
+    from probes import cli
+
+    spec = _spec(tmp_path / "bad.toml", toy_dir, section)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -266,3 +266,45 @@ def composition_figure(compositions: list[ClaimResult]) -> go.Figure:
         xaxis_title="path-patching effect (fraction of the clean-corrupt gap)", yaxis=dict(autorange="reversed"),
     )
     return fig
+
+
+LABEL_SYMBOLS = {"positional": "square", "content": "diamond", "mixed": "circle", "neither": "circle-open"}
+
+
+def position_content_figure(run: RunResults) -> go.Figure:
+    """Every head on a positional-share vs content-share map, coloured by its verdict, shaped by its label: where
+    the "positional pathway / content pathway" story puts a head, next to what the claim's evidence says of it."""
+    verdicts = run.heads.set_index(["layer", "head"])["verdict"] if "verdict" in run.heads else None
+    df = run.position_content.dropna(subset=["positional_share", "content_share"]).copy()
+    df["verdict"] = [
+        verdicts.get((layer, head), "inconclusive") if verdicts is not None else "inconclusive"
+        for layer, head in zip(df["layer"], df["head"])
+    ]
+    fig = go.Figure()
+    for verdict in VERDICTS:
+        subset = df[df["verdict"] == verdict]
+        if subset.empty:
+            continue
+        labels = [f"{layer}.{head}" for layer, head in zip(subset["layer"], subset["head"])]
+        fig.add_trace(
+            go.Scatter(
+                x=subset["positional_share"],
+                y=subset["content_share"],
+                mode="markers",
+                marker={"size": 6 + 24 * subset["attention"].clip(0, 1), "color": VERDICT_COLOURS[verdict],
+                        "symbol": [LABEL_SYMBOLS.get(label, "circle") for label in subset["label"]],
+                        "line": {"width": 1, "color": VERDICT_COLOURS[verdict]}, "opacity": 0.8},
+                name=verdict.replace("_", " "),
+                hovertext=labels,
+                customdata=subset[["attention", "positional_share_ci_low", "positional_share_ci_high",
+                                   "content_share_ci_low", "content_share_ci_high", "sink", "self", "label"]],
+                hovertemplate="head %{hovertext}: %{customdata[7]}<br>attention %{customdata[0]:.3f}<br>"
+                "positional share %{x:.2f} [%{customdata[1]:.2f}, %{customdata[2]:.2f}]<br>"
+                "content share %{y:.2f} [%{customdata[3]:.2f}, %{customdata[4]:.2f}]<br>"
+                "sink %{customdata[5]:.2f}, self %{customdata[6]:.2f}<extra>" + verdict + "</extra>",
+            )
+        )
+    fig.update_xaxes(title="positional share (survives a content swap)", zeroline=True)
+    fig.update_yaxes(title="content share (follows the token when moved)", zeroline=True)
+    fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 20, "b": 50}, legend={"orientation": "h", "y": 1.08})
+    return fig

@@ -30,6 +30,7 @@ from probes.report.figures import (
     figure_spec,
     heatmap_figure,
     pattern_figure,
+    position_content_figure,
     scatter_figure,
 )
 from probes.run.rundir import Example, RunResults, read_run
@@ -122,6 +123,8 @@ def render_html(run: RunResults) -> str:
     compositions = [result for result in run.claims if isinstance(result.claim, Composition)]
     if compositions:
         figures.append(figure_spec("fig-compositions", composition_figure(compositions)))
+    if run.position_content is not None:
+        figures.append(figure_spec("fig-position-content", position_content_figure(run)))
     columns, rows = prompt_table(run.prompts)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("probes.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
@@ -136,6 +139,7 @@ def render_html(run: RunResults) -> str:
         scatter={"attention": attention, "effect": effect} if scatter else None,
         examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],
         compositions=bool(compositions),
+        position_content=run.position_content is not None,
         prompt_columns=columns,
         prompt_rows=rows,
         plotly_js=Markup(get_plotlyjs()),

@@ -30,6 +30,7 @@ from probes.evidence import probing
 from probes.evidence.activations import ALL_POSITIONS, harvest
 from probes.evidence.attention import attention_patterns
 from probes.evidence.behaviour import behaviour
+from probes.evidence.position import position_content
 from probes.models.loading import load_model
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
@@ -70,6 +71,15 @@ def _probe_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpe
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
         table = probing.probe_activations(store, targets, seed=spec.seed)
     return table[table["head"] >= 0].reset_index(drop=True)
+
+
+def _position_content_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
+    """Every head's positional and content shares of its src -> dst attention, where the spec asks for them."""
+    if spec.position_content is None:
+        return None
+    options = dict(spec.position_content)
+    src, dst = options.pop("src", spec.src), options.pop("dst", spec.dst)
+    return position_content(model, prompts, src, dst, seed=spec.seed, **options).table
 
 
 def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
@@ -150,5 +160,6 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
         probes=probes_table,
         per_prompt=_per_prompt_table([r for r in claimed if isinstance(r.claim, Claim)]),
         prompts=_prompt_records(model, prompts),
+        position_content=_position_content_table(model, prompts, spec),
     )
     return write_run(out_dir, run), claimed

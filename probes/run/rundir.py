@@ -43,6 +43,9 @@ Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets 
   ``_ci_high`` (selectivity = accuracy - control accuracy, Hewitt & Liang 2019).
 - ``per_prompt.parquet`` (optional): long table ``prompt``, ``layer``, ``head``, ``measure``, ``value`` -- the
   per-prompt numbers behind every head-level estimate.
+- ``position_content.parquet`` / ``.csv`` (optional): one row per head, ``probes.evidence.position``'s table
+  (``attention``, ``positional_share``, ``content_share``, ``offset_share`` with ``_ci_low`` / ``_ci_high``, ``sink``,
+  ``self``, ``lift``, ``label``).
 - ``prompts.jsonl`` (optional): one prompt pair per line, in the ``PromptSet.from_jsonl`` format plus any labels.
 
 The ``leg`` of a measure (``attention``, ``causal``, ``representational``, ``context``) tells the report which
@@ -76,6 +79,9 @@ PROBES = "probes.parquet"
 PROBES_CSV = "probes.csv"
 PER_PROMPT = "per_prompt.parquet"
 PROMPTS = "prompts.jsonl"
+POSITION_CONTENT = "position_content.parquet"
+POSITION_CONTENT_CSV = "position_content.csv"
+POSITION_CONTENT_COLUMNS = ("layer", "head", "attention", "positional_share", "content_share", "label")
 
 PROBE_MEASURES = ("accuracy", "control_accuracy", "selectivity")
 PER_PROMPT_COLUMNS = ("prompt", "layer", "head", "measure", "value")
@@ -117,6 +123,7 @@ class RunResults:
     probes: pd.DataFrame | None = None
     per_prompt: pd.DataFrame | None = None
     prompts: list[dict] = field(default_factory=list)
+    position_content: pd.DataFrame | None = None
     package_versions: dict[str, str] = field(default_factory=package_versions)
     kit_version: str = field(default_factory=kit_version)
     created_utc: str = field(default_factory=utc_now)
@@ -133,6 +140,9 @@ class RunResults:
             self._require_heads_in_model(self.probes, "probes")
         if self.per_prompt is not None:
             _require_columns(self.per_prompt, "per_prompt", PER_PROMPT_COLUMNS)
+        if self.position_content is not None:
+            _require_columns(self.position_content, "position_content", POSITION_CONTENT_COLUMNS)
+            self._require_heads_in_model(self.position_content, "position_content")
         for result in self.claims:
             c = result.claim
             named = [c.sender, c.receiver] if isinstance(c, Composition) else [c.head] if c.head is not None else []
@@ -241,7 +251,8 @@ def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
     run.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    optional = {PROBES: run.probes, PROBES_CSV: run.probes, PER_PROMPT: run.per_prompt, PROMPTS: run.prompts or None}
+    optional = {PROBES: run.probes, PROBES_CSV: run.probes, PER_PROMPT: run.per_prompt, PROMPTS: run.prompts or None,
+                POSITION_CONTENT: run.position_content, POSITION_CONTENT_CSV: run.position_content}
     files = [HEADS, HEADS_CSV, *(name for name, data in optional.items() if data is not None)]
     summary = jsonable(
         {
@@ -301,7 +312,7 @@ def _run_from(out: Path, d: dict) -> RunResults:
     if missing:
         names = ", ".join(missing)
         raise ProbesError(f"'{out}' lacks {names} named in {RESULTS}: copy the whole run directory, or re-run")
-    tables = {name: pd.read_parquet(out / name) for name in (HEADS, PROBES, PER_PROMPT) if name in files}
+    tables = {name: pd.read_parquet(out / name) for name in (HEADS, PROBES, PER_PROMPT, POSITION_CONTENT) if name in files}
     prompts = (
         [json.loads(line) for line in (out / PROMPTS).read_text(encoding="utf-8").splitlines() if line.strip()]
         if PROMPTS in files
@@ -322,6 +333,7 @@ def _run_from(out: Path, d: dict) -> RunResults:
         probes=tables.get(PROBES),
         per_prompt=tables.get(PER_PROMPT),
         prompts=prompts,
+        position_content=tables.get(POSITION_CONTENT),
         package_versions=d.get("package_versions", {}),
         kit_version=d.get("kit_version", "unknown"),
         created_utc=d.get("created_utc", ""),

@@ -15,6 +15,8 @@
     claims = [[5, 2], "top_attention:3", "top_effect:3"]   # named heads: all prompts; selected: held-out groups
     compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
+    [position_content]                 # optional: is each head's src -> dst attention positional or content?
+    shifts = [1, 2, 4]                 # also: src, dst (default: the claim's), filler, replacements (words or ids)
     [thresholds]                       # optional, see probes.claims.types.Thresholds
     effect = 0.1
     confirm_fraction = 0.5             # share of groups held out to confirm heads chosen from data
@@ -55,6 +57,7 @@ class AnalysisSpec:
     probe_targets: list[str] = field(default_factory=list)
     thresholds: dict = field(default_factory=dict)
     examples: int = 2
+    position_content: dict | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> AnalysisSpec:
@@ -108,6 +111,32 @@ class AnalysisSpec:
             parse_selector(item, where)
         for item in self.compositions:
             parse_composition(item, where)
+        if self.position_content is not None:
+            check_position_content(self.position_content, where)
+
+
+POSITION_CONTENT_KEYS = ("src", "dst", "shifts", "filler", "replacements")
+
+
+def check_position_content(section, where: str) -> None:
+    """The ``[position_content]`` table: known keys, positive whole shifts, word or token-id lists."""
+    if not isinstance(section, dict):
+        raise ProbesError(f"{where}: position_content must be a table ([position_content]), got {section!r}")
+    unknown = sorted(set(section) - set(POSITION_CONTENT_KEYS))
+    if unknown:
+        raise ProbesError(
+            f"{where}: unknown key(s) {', '.join(unknown)} in [position_content]; known: {', '.join(POSITION_CONTENT_KEYS)}"
+        )
+    for key in ("src", "dst"):
+        if key in section and not isinstance(section[key], str):
+            raise ProbesError(f"{where}: position_content.{key} must be a role name, got {section[key]!r}")
+    shifts = section.get("shifts", [1])
+    if not isinstance(shifts, list) or not shifts or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in shifts):
+        raise ProbesError(f"{where}: position_content.shifts must be a list of positive whole numbers, got {shifts!r}")
+    for key in ("filler", "replacements"):
+        items = section.get(key, ["x"])
+        if not isinstance(items, list) or not items or any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in items):
+            raise ProbesError(f"{where}: position_content.{key} must be a list of words or token ids, got {items!r}")
 
 
 def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:
