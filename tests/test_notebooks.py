@@ -21,7 +21,7 @@ from nbclient import NotebookClient
 from probes.claims import VERDICTS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOK_FILES = ["01_coreference.ipynb", "02_previous_token.ipynb", "03_your_own_claim.ipynb"]
+NOTEBOOK_FILES = ["01_coreference.ipynb", "02_previous_token.ipynb", "03_your_own_claim.ipynb", "04_position_content.ipynb"]
 CELL_TIMEOUT_S = 600  # the slowest cell (two claim evaluations) took up to ~130 s on 2 busy cores
 KERNEL = "probes-notebook-test"
 VERDICT_TAG = "verdict"  # cells with this tag print verdict sentences

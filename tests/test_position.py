@@ -81,26 +81,23 @@ def test_label_rule():
 # --- ground truth: planted heads -----------------------------------------------------------------------------
 
 
-def test_planted_positional_head_is_positional(planted):
+@pytest.mark.parametrize(
+    ("dst", "which", "high", "low"),
+    [("previous", "positional", "positional_share", "content_share"),
+     ("name", "content", "content_share", "positional_share")],
+)
+def test_planted_heads_get_their_pathway(planted, dst, which, high, low):
+    """Acceptance: the planted positional head keeps >= 0.9 of its attention under a content swap and <= 0.1
+    follows a move; the planted content head the reverse (whole intervals, not only the estimates)."""
     prompts = name_prompts()
-    result = position_content(planted.model, prompts, "end", "previous", filler=FILLER, replacements=REPLACEMENTS)
-    row = result.table.set_index(["layer", "head"]).loc[planted.heads.positional]
+    result = position_content(planted.model, prompts, "end", dst, filler=FILLER, replacements=REPLACEMENTS)
+    row = result.table.set_index(["layer", "head"]).loc[getattr(planted.heads, which)]
     assert row["attention"] > 0.99
-    assert row["positional_share"] >= 0.9 and row["content_share"] <= 0.1
-    assert row["offset_share"] >= 0.9  # it stays at distance 1 (now a filler)
-    assert row["label"] == "positional"
-
-
-def test_planted_content_head_is_content(planted):
-    prompts = name_prompts()
-    result = position_content(planted.model, prompts, "end", "name", filler=FILLER, replacements=REPLACEMENTS)
-    row = result.table.set_index(["layer", "head"]).loc[planted.heads.content]
-    assert row["attention"] > 0.99
-    assert row["content_share"] >= 0.9 and row["positional_share"] <= 0.1
-    assert row["positional_share_ci_high"] <= 0.1 and row["content_share_ci_low"] >= 0.9
-    assert row["label"] == "content"
-    # shares are per prompt and per shift underneath
-    assert result.moved.shape == (len(prompts), 3, 1, 4) and result.swapped.shape == (len(prompts), 2, 1, 4)
+    assert row[f"{high}_ci_low"] >= 0.9 and row[f"{low}_ci_high"] <= 0.1
+    assert row["label"] == which
+    if which == "positional":
+        assert row["offset_share"] >= 0.9  # it stays at distance 1 (now a filler)
+    assert result.moved.shape == (len(prompts), 3, 1, 4) and result.swapped.shape == (len(prompts), 1, 4)
 
 
 def test_clean_attention_and_masses_match_role_attention(planted):

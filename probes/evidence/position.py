@@ -40,6 +40,7 @@ from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval
+from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
 
@@ -63,7 +64,7 @@ class PositionContent:
 
     table: pd.DataFrame
     attention: Float[Tensor, "prompt layer head"]
-    swapped: Float[Tensor, "prompt replacement layer head"]
+    swapped: Float[Tensor, "prompt layer head"]
     moved: Float[Tensor, "prompt shift layer head"]
     offset: Float[Tensor, "prompt shift layer head"]
     sink: Float[Tensor, "prompt layer head"]
@@ -128,19 +129,17 @@ def _token_ids(model: HookedTransformer, items: Sequence[str | int], what: str) 
     return torch.tensor(ids)
 
 
-def _replacement_per_prompt(
-    original: Int[Tensor, " prompt"], candidates: Int[Tensor, " k"]
-) -> Int[Tensor, "prompt r"]:
-    """Per prompt, the candidates other than the token already there (so a swap always changes the content):
-    the first ``k - 1`` of them, or all ``k`` when none is the original."""
-    r = max(1, len(candidates) - 1)
-    rows = []
-    for token in original.tolist():
-        kept = [c for c in candidates.tolist() if c != token][:r]
-        if len(kept) < r:
+def _replacement_per_prompt(original: Int[Tensor, " prompt"], candidates: Int[Tensor, " k"]) -> Int[Tensor, " prompt"]:
+    """One replacement per prompt, cycling through the candidates (prompt ``i`` starts at candidate ``i mod k``)
+    and skipping the token already there, so every swap changes the content and the swap is one batched pass."""
+    out = []
+    for i, token in enumerate(original.tolist()):
+        order = [int(c) for c in candidates.roll(-i)]
+        kept = [c for c in order if c != token]
+        if not kept:
             raise ProbesError(f"replacements {candidates.tolist()} leave nothing to swap in for token {token}; add one")
-        rows.append(kept)
-    return torch.tensor(rows)
+        out.append(kept[0])
+    return torch.tensor(out)
 
 
 def _check_retokenises(model: HookedTransformer, base: PromptSet, variant: PromptSet, what: str) -> None:
@@ -184,11 +183,12 @@ def src_rows(
         def hook(pattern: Float[Tensor, "batch head query key"], hook) -> None:
             out[idx, hook.layer(), :, :width] = pattern[rows, :, query.to(pattern.device)].float().cpu()
 
-        model.run_with_hooks(
-            prompts.clean[idx, :width].to(model.cfg.device),
-            fwd_hooks=[(lambda name: name in names, hook)],
-            stop_at_layer=max(layers) + 1,
-        )
+        with onednn_linear():
+            model.run_with_hooks(
+                prompts.clean[idx, :width].to(model.cfg.device),
+                fwd_hooks=[(lambda name: name in names, hook)],
+                stop_at_layer=max(layers) + 1,
+            )
     return out
 
 
@@ -270,7 +270,8 @@ def position_content(
     and what follows ``dst`` when fillers push it ``s`` tokens away, for each ``s`` in ``shifts`` (content share).
 
     ``filler``/``replacements``: words (one token each) or token ids. Text prompt sets default to
-    ``DEFAULT_FILLER`` (cycled to length ``s``) and ``DEFAULT_REPLACEMENTS``; token-id sets must pass both.
+    ``DEFAULT_FILLER`` (cycled to length ``s``) and ``DEFAULT_REPLACEMENTS`` (cycled over prompts, never the token
+    already there); token-id sets must pass both.
     ``table`` columns: layer, head, attention (mean clean ``src -> dst`` attention), positional_share,
     content_share, offset_share (each with ``_ci_low``/``_ci_high``), sink (attention on position 0, the BOS),
     self (on ``src`` itself), lift (attention over uniform attention ``1 / (src + 1)``), label.
@@ -298,12 +299,10 @@ def position_content(
         )
     base = dataclasses.replace(prompts, roles=prompts.roles | {SRC: src_pos, DST: dst_pos})
     rows = torch.arange(len(base))
-    swaps = _replacement_per_prompt(base.clean[rows, dst_pos], candidates)
-    swapped_sets = [swap_tokens(base, dst_pos, swaps[:, r]) for r in range(swaps.shape[1])]
+    swapped_set = swap_tokens(base, dst_pos, _replacement_per_prompt(base.clean[rows, dst_pos], candidates))
     moved_sets = [insert_tokens(base, dst_pos, filler_ids[torch.arange(s) % len(filler_ids)]) for s in shifts]
     if text:
-        for variant in swapped_sets:
-            _check_retokenises(model, base, variant, "replacement")
+        _check_retokenises(model, base, swapped_set, "replacement")
         for variant in moved_sets:
             _check_retokenises(model, base, variant, "filler")
 
@@ -312,7 +311,7 @@ def position_content(
     attention = _at(clean_rows, dst_pos)
     sink = clean_rows[:, :, :, 0]
     self_mass = _at(clean_rows, src_pos)
-    swapped = torch.stack([_at(src_rows(model, v, src_pos, layers, batch_size), dst_pos) for v in swapped_sets], 1)
+    swapped = _at(src_rows(model, swapped_set, src_pos, layers, batch_size), dst_pos)
     moved, offset = [], []
     for variant in moved_sets:
         variant_rows = src_rows(model, variant, variant.roles[SRC], layers, batch_size)
@@ -333,7 +332,7 @@ def position_content(
 def _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, groups, seed) -> pd.DataFrame:
     layer_idx, head_idx = torch.tensor([h[0] for h in heads]), torch.tensor([h[1] for h in heads])
 
-    def pick(t: Tensor) -> np.ndarray:  # [prompt, (k,) layer, head] -> [prompt, head asked for], mean over k
+    def pick(t: Tensor) -> np.ndarray:  # [prompt, (shift,) layer, head] -> [prompt, head asked for], mean over shifts
         t = t[..., layer_idx, head_idx]
         return (t.mean(1) if t.ndim == 3 else t).double().numpy()
 
