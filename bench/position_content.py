@@ -35,7 +35,7 @@ def knockout_share(model, prompts, src, dst, heads) -> dict[tuple[int, int], str
     gap = (result.clean - result.corrupt).numpy()
     out = {}
     for layer, head in heads:
-        est = ratio_estimate(-result.effect[:, layer, head].numpy(), gap, groups=getattr(prompts, "group_index", None))
+        est = ratio_estimate(-result.effect[:, layer, head].numpy(), gap, groups=prompts.group_index)
         out[(layer, head)] = f"{est.value:.2f} [{est.ci_low:.2f}, {est.ci_high:.2f}]"
     return out
 

@@ -2,6 +2,7 @@
 known by construction, the bookkeeping against hand-written token lists, and the band terms against
 TransformerLens's own scores and a hooked rerun."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -298,3 +299,21 @@ def test_bad_position_content_input_is_one_line_and_exit_2(toy_dir, tmp_path, ca
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_intervals_resample_groups_so_duplicates_add_no_precision():
+    """Each prompt twice, in one group: the same intervals as once; twice as independent prompts: narrower."""
+    model = gemma_like()
+    once = random_prompts(n=8)
+    index = torch.arange(8).repeat_interleave(2)
+
+    def shares(prompts):
+        return position_content(model, prompts, "end", "mid", filler=[3], replacements=[0], shifts=(1,)).table
+
+    grouped = shares(dataclasses.replace(once.subset(index), groups=index.tolist()))
+    independent = shares(dataclasses.replace(once.subset(index), groups=list(range(16))))
+    base = shares(once)
+    columns = ["positional_share_ci_low", "positional_share_ci_high", "content_share_ci_low", "content_share_ci_high"]
+    np.testing.assert_allclose(grouped[columns], base[columns], rtol=1e-6, atol=1e-9)
+    width = lambda t: (t["content_share_ci_high"] - t["content_share_ci_low"]).mean()  # noqa: E731
+    assert width(independent) < 0.9 * width(grouped)

@@ -214,15 +214,14 @@ def label(lift: float, positional_share: float, content_share: float) -> str:
 def share_estimates(
     clean: Float[np.ndarray, "prompt head"],
     counterfactuals: list[Float[np.ndarray, "prompt head"]],
-    groups: np.ndarray | None,
+    groups: Int[np.ndarray, " prompt"],
     seed: int = 0,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Mean clean attention, and per counterfactual ``mean(counterfactual) / mean(clean)``, per head, each as
     (value, low, high) with a percentile interval over one set of resampled groups (a ratio of means: per-prompt
     ratios explode where a head barely attends)."""
     k = clean.shape[1]
-    ids = np.arange(len(clean)) if groups is None else groups
-    draws = cluster_bootstrap_means(np.concatenate([clean, *counterfactuals], axis=1), ids, seed=seed)
+    draws = cluster_bootstrap_means(np.concatenate([clean, *counterfactuals], axis=1), groups, seed=seed)
 
     def interval(value: np.ndarray, resampled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return value, *percentile_interval(resampled)
@@ -233,11 +232,6 @@ def share_estimates(
             ratio = draws[:, j * k : (j + 1) * k] / draws[:, :k]
             shares.append(interval(counterfactual.mean(0) / clean.mean(0), ratio))
     return interval(clean.mean(0), draws[:, :k]), shares
-
-
-def groups_of(prompts: PromptSet) -> np.ndarray | None:
-    """Resampling units: one group id per prompt (prompts of one template share one), None for independent prompts."""
-    return getattr(prompts, "group_index", None)
 
 
 def check_heads(model: HookedTransformer, heads: Sequence[Head] | None) -> list[Head]:
@@ -325,7 +319,7 @@ def position_content(
     for tensor in (attention, swapped, moved, offset, sink, self_mass):
         tensor[..., ~mask] = torch.nan
     uniform = float((1.0 / (src_pos + 1)).mean())
-    table = _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, groups_of(prompts), seed)
+    table = _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, prompts.group_index, seed)
     return PositionContent(table, attention, swapped, moved, offset, sink, self_mass, shifts)
 
 

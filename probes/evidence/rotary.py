@@ -31,7 +31,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
-from probes.evidence.position import Head, check_heads, groups_of
+from probes.evidence.position import Head, check_heads
 from probes.core.stats import bootstrap_mean
 from probes.models.architecture import kv_head_of
 from probes.prompts.promptset import PromptSet
@@ -146,7 +146,7 @@ def rotary_bands(
             attention[idx, layer], dst_logit[idx, layer], foil_logit[idx, layer], ablated[idx, layer] = out
     bands = [f"band {b}" for b in range(n_bands)] + ([UNROTATED] if n_band > n_bands else [])
     wavelengths = {layer: masks[layer][1] for layer in layers}
-    table = _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, groups_of(prompts), seed)
+    table = _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, prompts.group_index, seed)
     return RotaryBands(table, attention, dst_logit, foil_logit, ablated, bands, wavelengths)
 
 
