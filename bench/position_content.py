@@ -12,6 +12,7 @@ Effects are shares of the clean-corrupt gap the knockout removes (ratio of means
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=["smollm2-135m", "gemma-3-270m"])
     parser.add_argument("--n", type=int, default=32)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each table row lands even if a later model is cut short
     torch.set_grad_enabled(False)
     np.set_printoptions(precision=3)
     for name in args.models:
