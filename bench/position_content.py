@@ -6,7 +6,7 @@ story gives them: previous-token heads feed induction (knock out their edge to t
 target, on ``BOS r r`` sequences), antecedent heads resolve the pronoun (knock out the pronoun -> antecedent edge).
 Effects are shares of the clean-corrupt gap the knockout removes (ratio of means, group-bootstrap interval).
 
-    flock /tmp/probes-heavy.lock python bench/position_content.py [smollm2-135m gemma-3-270m] [--n 32]
+    flock /tmp/probes-heavy.lock python bench/position_content.py [gemma-3-270m smollm2-135m] [--n 32]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def report(name: str, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="*", default=["smollm2-135m", "gemma-3-270m"])
+    parser.add_argument("models", nargs="*", default=["gemma-3-270m", "smollm2-135m"])
     parser.add_argument("--n", type=int, default=32)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each table row lands even if a later model is cut short
