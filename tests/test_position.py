@@ -238,7 +238,7 @@ def test_rotary_bands_refuses_learned_positions(planted):
 def test_gemma_text_defaults_and_tokenisation_check(gemma):
     from probes.prompts import tasks
 
-    prompts = tasks.pronoun_resolution(gemma, 4)
+    prompts = tasks.pronoun_resolution(gemma, 12)
     result = position_content(gemma, prompts, "pronoun", "antecedent", heads=[(0, 0), (5, 1)], shifts=(1, 2))
     assert set(result.table["label"]) <= {"positional", "content", "mixed", "neither"}
     torch.testing.assert_close(
