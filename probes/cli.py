@@ -51,13 +51,16 @@ def cmd_run(args: argparse.Namespace) -> None:
     spec.check("command line")
     out = Path(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}")
     start = time.perf_counter()
-    _, claimed = run_analysis(spec, out)
+    _, run = run_analysis(spec, out)
     index = render(out)
     print(f"\n{spec.title or Path(args.analysis).stem}: {spec.model}, {spec.task or spec.prompts}, "
           f"{time.perf_counter() - start:.0f} s")
-    width = max((len(r.verdict) for r in claimed), default=0)
-    for result in claimed:
+    width = max((len(r.verdict) for r in run.claims), default=0)
+    for result in run.claims:
         print(f"  {result.verdict.ljust(width)}  {result.sentence.rsplit(':', 1)[0]}")
+    for note in run.notes:
+        print(f"  note: {note}")
+    print("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.stage_times.items()))
     print(f"report: {index}")
 
 

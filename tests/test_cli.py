@@ -73,6 +73,10 @@ def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, caps
         ({"model": "x", "src": "end", "task": "induction"}, "missing required key(s) dst"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "poetry"}, "unknown task 'poetry'"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["top:3"]}, "claim 'top:3'"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["7: end -> previous"]},
+         "LAYER.HEAD: SOURCE -> TARGET [vs FOIL]"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["*: end -> previous"]},
+         "names no head"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "thresholds": {"effect": "0.1"}},
          "threshold effect must be a number"),
     ],
@@ -156,3 +160,45 @@ def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, 
                   claims=[list(sender)], compositions=[[list(receiver), list(sender), "k"]])
     assert cli.main(["run", str(early), "--out", str(tmp_path / "early")]) == 2
     assert "not after sender" in capsys.readouterr().err
+
+
+def test_written_claims_and_missing_labels(toy_dir, toy_model, tmp_path, capsys):
+    """A claim written as people say it (about the spec's roles, or its own) is judged; a probe target whose
+    labels the prompts lack is skipped with one note line in the summary, results.json and the report."""
+    layer, head = toy_model.heads.previous_token
+    induction = toy_model.heads.induction
+    spec = _spec(
+        tmp_path / "written.toml", model=str(toy_dir), task="induction", n=12, src="induction_target",
+        dst="previous", direction="noising", probe_targets=["antecedent_gender"],
+        claims=[f"{layer}.{head}: induction_target -> previous", f"{induction[0]}.{induction[1]}: end -> induction_target"],
+        title="Written claims",
+    )
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    run = read_run(tmp_path / "run")
+    assert [(c.claim.head, c.claim.src, c.claim.dst) for c in run.claims] == [
+        ((layer, head), "induction_target", "previous"), (induction, "end", "induction_target")]
+    assert run.claims[0].verdict == "supported"  # the planted previous-token head
+    (note,) = run.notes
+    assert note.startswith("probe target antecedent_gender skipped: the prompts have no label antecedent_gender")
+    assert f"note: {note}" in out and run.probes is None
+    assert set(run.stage_times) >= {"load model", "prompts", "evidence, every head"}
+    assert "time: load model" in out
+    html = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert "<h1>Written claims</h1>" in html and str(escape(note)) in html
+
+
+def test_labels_from_the_prompts_make_a_probe_target_usable(toy_model):
+    import torch
+
+    from probes.prompts.promptset import PromptSet
+    from probes.run.pipeline import probe_targets
+    from probes.run.spec import AnalysisSpec
+
+    spec = AnalysisSpec(model="m", src="a", dst="b", task="ioi", probe_targets=["antecedent_gender", "previous_token"])
+    tokens = torch.ones(2, 4, dtype=torch.long)
+    bare = PromptSet.from_tokens(tokens, tokens, tokens[:, 0], tokens[:, 0], {"a": torch.tensor([1, 2])})
+    assert probe_targets(spec, bare)[0] == ["previous_token"]
+    labelled = PromptSet.from_tokens(tokens, tokens, tokens[:, 0], tokens[:, 0], {"a": torch.tensor([1, 2])},
+                                     labels={"antecedent_gender": ["f", "m"], "antecedent": ["Ann", "Bob"]})
+    assert probe_targets(spec, labelled) == (["antecedent_gender", "previous_token"], [])
