@@ -114,9 +114,12 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     spec = _spec(tmp_path / "own.toml", model="smollm2-135m", task="ioi", src="end", dst="IO", foil="S2",
-                 claims=[[20, 1]])  # a named head: four prompts are too few to choose one and confirm it
+                 claims=[[20, 1]],  # a named head: four prompts are too few to choose one and confirm it
+                 probe_targets=["antecedent_gender"])
     assert cli.main(["run", str(spec), "--prompts", str(jsonl), "--out", str(tmp_path / "run")]) == 0
-    assert read_run(tmp_path / "run").n_prompts == 4
+    run = read_run(tmp_path / "run")
+    assert run.n_prompts == 4 and run.probes is None  # the pairs carry no antecedent_gender label: skipped
+    assert run.notes and "antecedent_gender skipped" in run.notes[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({**pairs[0], "corrupt": pairs[0]["clean"] + " and"}) + "\n")
     assert cli.main(["run", str(spec), "--prompts", str(bad), "--out", str(tmp_path / "run2")]) == 2
@@ -202,3 +205,20 @@ def test_labels_from_the_prompts_make_a_probe_target_usable(toy_model):
     labelled = PromptSet.from_tokens(tokens, tokens, tokens[:, 0], tokens[:, 0], {"a": torch.tensor([1, 2])},
                                      labels={"antecedent_gender": ["f", "m"], "antecedent": ["Ann", "Bob"]})
     assert probe_targets(spec, labelled) == (["antecedent_gender", "previous_token"], [])
+
+
+def test_doctor_says_what_is_installed_cached_and_available(tmp_path, capsys, monkeypatch):
+    import shutil
+    from importlib import metadata
+
+    import torch
+
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path))  # an empty cache: nothing converted yet
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert f"transformer-lens {metadata.version('transformer-lens')}" in out
+    assert out.count("not cached") == 2 and "Apache-2.0" in out and "Gemma Terms of Use" in out
+    assert "converted Hugging Face checkpoints: none" in out
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert f"chromium (report browser test): {browser or 'not found'}" in out
+    assert ("GPU: none" in out) == (not torch.cuda.is_available())
