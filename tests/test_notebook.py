@@ -77,3 +77,18 @@ def test_paths_result_names_its_strongest_path(toy_model, prompts):
     html = result._repr_html_()
     assert f"largest effect: {layer}.{head} -&gt; logits" in html
     assert list(result.to_frame()["receiver"].unique()) == ["logits"]
+
+
+def test_behaviour_and_screening_show_themselves(toy_model, prompts):
+    from probes.evidence.attribution import screen_then_verify
+    from probes.evidence.behaviour import behaviour
+
+    base = behaviour(toy_model.model, prompts)
+    html = base._repr_html_()
+    assert f"in {base.accuracy_vs_foil.value:.0%} of {len(prompts)} prompts" in html
+    assert escape(estimate_text(base.clean_logit_diff)) in html
+    screening = screen_then_verify(toy_model.model, prompts, top_k=2, progress=False)
+    html = screening._repr_html_()
+    (layer, head), exact = screening.heads[0], float(screening.exact.mean(0)[0])
+    assert f"head {layer}.{head}</td>" in html and f"exact {exact:+.3f}" in html
+    assert len(screening.to_frame()) == 2 * len(prompts)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 from transformer_lens import HookedTransformer
 
+from probes.core.notebook import result_html
 from probes.core.stats import CONFIDENCE, Estimate, estimate_mean
 from probes.evidence.metric import answer_distribution, logit_diff
 from probes.prompts.promptset import PromptSet
@@ -48,6 +49,12 @@ class Behaviour:
             [{"measure": name, "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n}
              for name, e in self.estimates().items()]
         )
+
+    def _repr_html_(self) -> str:
+        sentence = (f"the answer beats the foil in {self.accuracy_vs_foil.value:.0%} of {self.n} prompts "
+                    f"(50% is chance) and is the model's first choice in {self.accuracy_top1.value:.0%}")
+        numbers = {name.replace("_", " "): est for name, est in self.estimates().items()}
+        return result_html(f"{self.task}: how the model does the task", sentence, numbers)
 
 
 def behaviour(
