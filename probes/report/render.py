@@ -147,8 +147,8 @@ def answer_rows(claims: list[ClaimResult]) -> list[Row]:
 
 
 PATCHED_IN = {
-    "denoising": "patched in from the clean run (denoising: can it restore the answer?)",
-    "noising": "patched in from the corrupted prompt (noising: is it necessary?)",
+    "denoising": "patched in from the clean run; denoising asks: can it restore the answer?",
+    "noising": "patched in from the corrupted prompt; noising asks: is it necessary?",
 }
 
 
