@@ -49,3 +49,24 @@ def test_sweeps_in_one_scope_share_reference_runs_and_give_the_same_numbers(toy_
     finally:
         with torch.no_grad():
             model.blocks[toy_model.heads.antecedent[0]].attn.W_O.mul_(2.0)
+
+
+def test_attention_measures_in_one_scope_read_one_pass(toy_model, monkeypatch):
+    from probes.evidence.attention import norm_weighted_attention, role_attention
+
+    model = toy_model.model
+    prompts = tasks.pronoun_prompts(toy_model, 12, seed=4, echo=True)
+
+    def measures():
+        return [f(model, prompts, "pronoun", role, batch_size=5)
+                for f in (role_attention, norm_weighted_attention) for role in ("antecedent", "distractor")]
+
+    alone = measures()
+    calls = []
+    run_with_cache = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda *a, **k: calls.append(1) or run_with_cache(*a, **k))
+    with shared_runs():
+        shared = measures()
+    assert len(calls) == 3  # one kept pass per batch of 5, for all four measures
+    for a, b in zip(alone, shared):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)

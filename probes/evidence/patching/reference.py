@@ -1,4 +1,5 @@
-"""The two unpatched runs a sweep reads, shared by every sweep of one analysis inside a :func:`shared_runs` scope.
+"""The two unpatched runs a sweep reads, shared by every sweep of one analysis inside a :func:`shared_runs` scope
+(attention measures too: :mod:`probes.evidence.attention` reads its patterns and values from a kept clean run).
 
 Each sweep needs, per group of prompts read off at the same position, the run patched into (its residual stream at
 the patched layers, its keys and values, its metric) and the other run (the activations patched in, its metric).
@@ -46,10 +47,15 @@ class SideRun:
     kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values
 
 
+def sharing() -> bool:
+    """Whether a :func:`shared_runs` scope is open."""
+    return _SCOPE.get() is not None
+
+
 def group_of(prompts: PromptSet, members: Int[Tensor, " member"], end: int) -> Int[Tensor, " member"]:
     """The prompts a run for ``members`` covers: in a scope, every prompt read off at ``end`` (so that sweeps
     grouping prompts differently share it); outside, just ``members``."""
-    return torch.nonzero(prompts.end == end)[:, 0] if _SCOPE.get() is not None else members
+    return torch.nonzero(prompts.end == end)[:, 0] if sharing() else members
 
 
 @torch.no_grad()
