@@ -49,7 +49,8 @@ def test_claim_result_shows_its_verdict_and_numbers(toy_model, prompts):
     assert frame.loc[0, "effect_z"] == est.value and frame.loc[0, "verdict"] == "supported"
 
 
-def test_every_head_result_shows_a_heatmap_and_verdict_counts(toy_model, prompts):
+def test_every_head_result_shows_a_heatmap_and_verdict_counts(toy_model):
+    prompts = tasks.pronoun_prompts(toy_model, 40, seed=2)  # enough groups to choose heads on held-out ones
     result = evaluate(toy_model.model, prompts, Claim.parse("*: pronoun -> antecedent vs distractor"))
     html = result._repr_html_()
     n_layers, n_heads = toy_model.model.cfg.n_layers, toy_model.model.cfg.n_heads

@@ -400,7 +400,8 @@ def test_the_answer_table_leads_with_one_row_per_claim_and_its_legs(full_run):
     """Head, verdict and the three legs' estimates with intervals, before any detail card; cards are collapsed."""
     _, run, html = full_run
     header, *rows = _answer_table(html)
-    assert header == ["claim", "verdict", "attends", "the edge matters", "the head matters / the path matters"]
+    assert header == ["claim", "verdict", "attends", "the edge matters", "the head matters / the path matters",
+                      "head chosen"]
     assert len(rows) == len(run.claims)
     for row, result in zip(rows, run.claims):
         layer, head = result.claim.head
@@ -410,6 +411,7 @@ def test_the_answer_table_leads_with_one_row_per_claim_and_its_legs(full_run):
             f"{attention.value:.2f} [{attention.ci_low:.2f}, {attention.ci_high:.2f}]",
             "—",  # the synthetic claims have no edge knockout
             f"{effect.value:.2f} [{effect.ci_low:.2f}, {effect.ci_high:.2f}]",
+            "named",  # named in the spec, not chosen from data
         ]
     assert html.index('<table class="answer">') < html.index('<details class="claim"')
     assert len(re.findall(r'<details class="claim" id="claim-\d+"', html)) == len(run.claims)

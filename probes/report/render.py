@@ -120,15 +120,11 @@ def leg_columns() -> list[tuple[str, list[str]]]:
 
 
 def selection(result: ClaimResult) -> str:
-    """How the head came to be judged: named in the spec, or chosen from the data (and then confirmed on
-    held-out prompts only)."""
-    selected = getattr(result, "selected", None)
-    if selected is None:
-        return ""
-    if not selected:
+    """How the head came to be judged: named in the spec (all prompts), or chosen from the data (and then judged
+    on held-out prompts only)."""
+    if not result.selected:
         return "named"
-    confirmation = getattr(result, "confirmation", None)
-    return "selected" + (f", confirmed on {len(confirmation)} held-out prompts" if confirmation else "")
+    return f"selected, confirmed on {len(result.confirmation)} held-out prompts"
 
 
 def answer_rows(claims: list[ClaimResult]) -> list[Row]:
