@@ -1,6 +1,7 @@
 """Sweeps of one analysis share their clean and corrupt runs (probes.evidence.patching.shared_runs): the same
 numbers as sweeps made separately, from fewer forward passes."""
 
+import pytest
 import torch
 
 from probes import tasks
@@ -70,3 +71,28 @@ def test_attention_measures_in_one_scope_read_one_pass(toy_model, monkeypatch):
     assert len(calls) == 3  # one kept pass per batch of 5, for all four measures
     for a, b in zip(alone, shared):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+@pytest.mark.real
+def test_shared_runs_give_the_same_numbers_on_a_real_grouped_query_model(smollm2):
+    """SmolLM2 (grouped-query attention, rotary): a few patched heads, an edge and attention, in and out of a
+    scope."""
+    from probes.evidence.attention import norm_weighted_attention, role_attention
+
+    prompts = tasks.ioi(smollm2, 14)
+    cells = [(0, 0), (9, 4), (29, 8)]
+
+    def measures():
+        return [
+            patch_activations(smollm2, prompts, "z", cells=cells, progress=False).patched,
+            patch_activations(smollm2, prompts, "pattern", cells=cells, progress=False).patched,
+            edge_effects(smollm2, prompts, "end", "IO", heads=cells, progress=False).patched,
+            role_attention(smollm2, prompts, "end", "IO"),
+            norm_weighted_attention(smollm2, prompts, "end", "S2"),
+        ]
+
+    alone = measures()
+    with shared_runs():
+        shared = measures()
+    for a, b in zip(alone, shared):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, equal_nan=True)
