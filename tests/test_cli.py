@@ -222,3 +222,12 @@ def test_doctor_says_what_is_installed_cached_and_available(tmp_path, capsys, mo
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     assert f"chromium (report browser test): {browser or 'not found'}" in out
     assert ("GPU: none" in out) == (not torch.cuda.is_available())
+
+
+def test_a_spec_that_only_selects_heads_runs(toy_dir, toy_model, tmp_path):
+    """No head named outright, as in the shipped analyses: the selected heads are judged on held-out prompts."""
+    spec = _spec(tmp_path / "select.toml", model=str(toy_dir), task="induction", n=24, src="induction_target",
+                 dst="previous", direction="noising", claims=["top_attention:1"])
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    (result,) = read_run(tmp_path / "run").claims
+    assert result.selected and result.claim.head == toy_model.heads.previous_token
