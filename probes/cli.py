@@ -1,4 +1,4 @@
-"""Command line: ``probes models | run ANALYSIS.toml | report RUN_DIR``.
+"""Command line: ``probes models | doctor | run ANALYSIS.toml | report RUN_DIR``.
 
 Every user-facing failure is a :class:`ProbesError`: printed as one line on stderr, exit code 2, no traceback.
 """
@@ -33,6 +33,39 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"\ncache: {cache_root()} (set PROBES_CACHE to move it)")
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    """One screen: what is installed (with versions), which models are cached and under which licence, and
+    whether the optional pieces (chromium for the browser test, Ray for sweeps, a GPU) are there."""
+    import importlib.util
+    import shutil
+    from importlib import metadata
+
+    from probes.core.provenance import kit_version, package_versions
+    from probes.models.cache import cache_root
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    print(f"probes kit {kit_version()}; " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
+    print()
+    cmd_models(args)
+    converted = sorted(p.name for p in (cache_root() / "hf").glob("*") if p.is_dir())
+    print(f"converted Hugging Face checkpoints: {', '.join(converted) or 'none'}")
+    free = shutil.disk_usage(cache_root() if cache_root().exists() else Path.home()).free
+    print(f"free disk at the cache: {free / 1e9:.1f} GB\n")
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    print(f"chromium (report browser test): {browser or 'not found (make browser installs it)'}")
+    print(f"ray (probes sweep): {version('ray')}")
+    print(f"jupyterlab (notebooks): {version('jupyterlab')}")
+    import torch  # last: the slowest import
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (runs on the CPU)"
+    print(f"GPU: {gpu}; torch threads: {torch.get_num_threads()}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     """Run an analysis spec, write the run directory and its report, print a one-screen summary."""
     import time
@@ -51,13 +84,16 @@ def cmd_run(args: argparse.Namespace) -> None:
     spec.check("command line")
     out = Path(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}")
     start = time.perf_counter()
-    _, claimed = run_analysis(spec, out)
+    _, run = run_analysis(spec, out)
     index = render(out)
     print(f"\n{spec.title or Path(args.analysis).stem}: {spec.model}, {spec.task or spec.prompts}, "
           f"{time.perf_counter() - start:.0f} s")
-    width = max((len(r.verdict) for r in claimed), default=0)
-    for result in claimed:
+    width = max((len(r.verdict) for r in run.claims), default=0)
+    for result in run.claims:
         print(f"  {result.verdict.ljust(width)}  {result.sentence.rsplit(':', 1)[0]}")
+    for note in run.notes:
+        print(f"  note: {note}")
+    print("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.stage_times.items()))
     print(f"report: {index}")
 
 
@@ -73,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list packaged models, whether each is cached, size and licence")
     models.set_defaults(func=cmd_models)
+    doctor = sub.add_parser("doctor", help="what is installed, cached and licensed; chromium, Ray and GPU")
+    doctor.set_defaults(func=cmd_doctor)
     run = sub.add_parser("run", help="run an analysis spec (analyses/*.toml) and write its report")
     run.add_argument("analysis", help="path of the analysis TOML")
     run.add_argument("--model", help="override the spec's model (packaged name, local directory or hub name)")

@@ -73,6 +73,10 @@ def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, caps
         ({"model": "x", "src": "end", "task": "induction"}, "missing required key(s) dst"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "poetry"}, "unknown task 'poetry'"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["top:3"]}, "claim 'top:3'"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["7: end -> previous"]},
+         "LAYER.HEAD: SOURCE -> TARGET [vs FOIL]"),
+        ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "claims": ["*: end -> previous"]},
+         "names no head"),
         ({"model": "x", "src": "end", "dst": "previous", "task": "induction", "thresholds": {"effect": "0.1"}},
          "threshold effect must be a number"),
     ],
@@ -110,9 +114,12 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     spec = _spec(tmp_path / "own.toml", model="smollm2-135m", task="ioi", src="end", dst="IO", foil="S2",
-                 claims=[[20, 1]])  # a named head: four prompts are too few to choose one and confirm it
+                 claims=[[20, 1]],  # a named head: four prompts are too few to choose one and confirm it
+                 probe_targets=["antecedent_gender"])
     assert cli.main(["run", str(spec), "--prompts", str(jsonl), "--out", str(tmp_path / "run")]) == 0
-    assert read_run(tmp_path / "run").n_prompts == 4
+    run = read_run(tmp_path / "run")
+    assert run.n_prompts == 4 and run.probes is None  # the pairs carry no antecedent_gender label: skipped
+    assert run.notes and "antecedent_gender skipped" in run.notes[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({**pairs[0], "corrupt": pairs[0]["clean"] + " and"}) + "\n")
     assert cli.main(["run", str(spec), "--prompts", str(bad), "--out", str(tmp_path / "run2")]) == 2
@@ -156,3 +163,71 @@ def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, 
                   claims=[list(sender)], compositions=[[list(receiver), list(sender), "k"]])
     assert cli.main(["run", str(early), "--out", str(tmp_path / "early")]) == 2
     assert "not after sender" in capsys.readouterr().err
+
+
+def test_written_claims_and_missing_labels(toy_dir, toy_model, tmp_path, capsys):
+    """A claim written as people say it (about the spec's roles, or its own) is judged; a probe target whose
+    labels the prompts lack is skipped with one note line in the summary, results.json and the report."""
+    layer, head = toy_model.heads.previous_token
+    induction = toy_model.heads.induction
+    spec = _spec(
+        tmp_path / "written.toml", model=str(toy_dir), task="induction", n=12, src="induction_target",
+        dst="previous", direction="noising", probe_targets=["antecedent_gender"],
+        claims=[f"{layer}.{head}: induction_target -> previous", f"{induction[0]}.{induction[1]}: end -> induction_target"],
+        title="Written claims",
+    )
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    run = read_run(tmp_path / "run")
+    assert [(c.claim.head, c.claim.src, c.claim.dst) for c in run.claims] == [
+        ((layer, head), "induction_target", "previous"), (induction, "end", "induction_target")]
+    assert run.claims[0].verdict == "supported"  # the planted previous-token head
+    (note,) = run.notes
+    assert note.startswith("probe target antecedent_gender skipped: the prompts have no label antecedent_gender")
+    assert f"note: {note}" in out and run.probes is None
+    assert set(run.stage_times) >= {"load model", "prompts", "evidence, every head"}
+    assert "time: load model" in out
+    html = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert "<h1>Written claims</h1>" in html and str(escape(note)) in html
+
+
+def test_labels_from_the_prompts_make_a_probe_target_usable(toy_model):
+    import torch
+
+    from probes.prompts.promptset import PromptSet
+    from probes.run.pipeline import probe_targets
+    from probes.run.spec import AnalysisSpec
+
+    spec = AnalysisSpec(model="m", src="a", dst="b", task="ioi", probe_targets=["antecedent_gender", "previous_token"])
+    tokens = torch.ones(2, 4, dtype=torch.long)
+    bare = PromptSet.from_tokens(tokens, tokens, tokens[:, 0], tokens[:, 0], {"a": torch.tensor([1, 2])})
+    assert probe_targets(spec, bare)[0] == ["previous_token"]
+    labelled = PromptSet.from_tokens(tokens, tokens, tokens[:, 0], tokens[:, 0], {"a": torch.tensor([1, 2])},
+                                     labels={"antecedent_gender": ["f", "m"], "antecedent": ["Ann", "Bob"]})
+    assert probe_targets(spec, labelled) == (["antecedent_gender", "previous_token"], [])
+
+
+def test_doctor_says_what_is_installed_cached_and_available(tmp_path, capsys, monkeypatch):
+    import shutil
+    from importlib import metadata
+
+    import torch
+
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path))  # an empty cache: nothing converted yet
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert f"transformer-lens {metadata.version('transformer-lens')}" in out
+    assert out.count("not cached") == 2 and "Apache-2.0" in out and "Gemma Terms of Use" in out
+    assert "converted Hugging Face checkpoints: none" in out
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert f"chromium (report browser test): {browser or 'not found'}" in out
+    assert ("GPU: none" in out) == (not torch.cuda.is_available())
+
+
+def test_a_spec_that_only_selects_heads_runs(toy_dir, toy_model, tmp_path):
+    """No head named outright, as in the shipped analyses: the selected heads are judged on held-out prompts."""
+    spec = _spec(tmp_path / "select.toml", model=str(toy_dir), task="induction", n=24, src="induction_target",
+                 dst="previous", direction="noising", claims=["top_attention:1"])
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    (result,) = read_run(tmp_path / "run").claims
+    assert result.selected and result.claim.head == toy_model.heads.previous_token

@@ -149,7 +149,7 @@ class Page(HTMLParser):
         super().__init__()
         self.scripts: list[tuple[dict, str]] = []
         self.attrs: list[tuple[str, dict]] = []
-        self.rule: list[str] = []  # the items of <ul class="rule">, as text (entities decoded)
+        self.rule: list[str] = []  # the items of <ol class="rule">, as text (entities decoded)
         self._in_script: dict | None = None
         self._in_rule = self._in_item = False
         self.feed(html)
@@ -159,7 +159,7 @@ class Page(HTMLParser):
         if tag == "script":
             self._in_script = dict(attrs)
             self.scripts.append((self._in_script, ""))
-        if tag == "ul" and dict(attrs).get("class") == "rule":
+        if tag == "ol" and dict(attrs).get("class") == "rule":
             self._in_rule = True
         if tag == "li" and self._in_rule:
             self._in_item = True
@@ -168,7 +168,7 @@ class Page(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "script":
             self._in_script = None
-        if tag == "ul":
+        if tag == "ol":
             self._in_rule = False
         if tag == "li":
             self._in_item = False
@@ -298,7 +298,8 @@ def test_claims_lead_the_page_with_sentence_verdict_and_numbers(full_run):
         for est in claim.evidence.values():  # each estimate and its interval, to two decimals
             assert f'<td class="num">{est.value:.2f}</td>' in html
             assert f'<td class="ci">[{est.ci_low:.2f}, {est.ci_high:.2f}]</td>' in html
-    assert html.count('class="badge"') == len(run.claims) + len(VERDICTS)  # one per claim, one per legend verdict
+    # per claim: one in the answer table and one on its card; one per verdict in the legend
+    assert html.count('class="badge"') == 2 * len(run.claims) + len(VERDICTS)
     assert ATTENTION_P < 0.001 and html.count("p &lt; 0.001") == len(run.claims)
     assert Page(html).rule == run.verdict_rule
     assert run.model.weights_sha256 in html and run.command in html
@@ -384,3 +385,67 @@ def test_the_verdict_rule_shown_is_the_codes_rule_at_the_runs_thresholds(tmp_pat
     assert changed, "changing the effect threshold must change the rule shown"
     for base_line, stricter_line in changed:
         assert str(THRESHOLDS.effect) in base_line and str(stricter.effect) in stricter_line
+
+
+def _answer_table(html: str) -> list[list[str]]:
+    """The answer table's rows as cell texts (tags stripped, whitespace collapsed)."""
+    table = html[html.index('<table class="answer">'):]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)
+    cell = lambda c: " ".join(re.sub(r"<[^>]+>", "", c).split())  # noqa: E731
+    return [[cell(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)] for row in rows]
+
+
+def test_the_answer_table_leads_with_one_row_per_claim_and_its_legs(full_run):
+    """Head, verdict and the three legs' estimates with intervals, before any detail card; cards are collapsed."""
+    _, run, html = full_run
+    header, *rows = _answer_table(html)
+    assert header == ["claim", "verdict", "attends", "the edge matters", "the head matters / the path matters",
+                      "head chosen"]
+    assert len(rows) == len(run.claims)
+    for row, result in zip(rows, run.claims):
+        layer, head = result.claim.head
+        attention, effect = result.evidence["attention"], result.evidence["effect_z"]
+        assert row == [
+            f"{layer}.{head}: pronoun → antecedent", result.verdict.replace("_", " "),
+            f"{attention.value:.2f} [{attention.ci_low:.2f}, {attention.ci_high:.2f}]",
+            "—",  # the synthetic claims have no edge knockout
+            f"{effect.value:.2f} [{effect.ci_low:.2f}, {effect.ci_high:.2f}]",
+            "named",  # named in the spec, not chosen from data
+        ]
+    assert html.index('<table class="answer">') < html.index('<details class="claim"')
+    assert len(re.findall(r'<details class="claim" id="claim-\d+"', html)) == len(run.claims)
+    assert "<details open" not in html
+
+
+def test_selection_column_shows_how_each_head_was_chosen(tmp_path):
+    run = synthetic_run(tmp_path)
+    run.claims[0].selected, run.claims[0].confirmation = True, [3, 4, 5]
+    run.claims[1].selected, run.claims[1].confirmation = False, None
+    from probes.report.render import render_html
+
+    header, *rows = _answer_table(render_html(run))
+    assert header[-1] == "head chosen"
+    assert [row[-1] for row in rows] == ["selected, confirmed on 3 held-out prompts", "named"]
+
+
+@pytest.mark.parametrize("direction, words", [("denoising", "patched in from the clean run"),
+                                              ("noising", "patched in from the corrupted prompt")])
+def test_title_direction_times_and_notes_come_from_the_run(tmp_path, direction, words):
+    run = synthetic_run(tmp_path)
+    run.title, run.direction = "Coreference <in> a toy", direction
+    run.stage_times = {"load model": 1.5, "evidence": 30.0}
+    run.notes = ["probe target antecedent_gender skipped: the prompts have no label 'antecedent_gender'"]
+    write_run(tmp_path, run)
+    back = read_run(tmp_path)
+    assert (back.title, back.direction, back.stage_times, back.notes) == (
+        run.title, run.direction, run.stage_times, run.notes)
+    html = render(tmp_path).read_text(encoding="utf-8")
+    assert "<title>Coreference &lt;in&gt; a toy: probe report</title>" in html
+    assert "<h1>Coreference &lt;in&gt; a toy</h1>" in html
+    assert words in html and PATCHED_ELSE[direction] not in html
+    assert "load model 1.5 s · evidence 30.0 s (total 32 s)" in html
+    assert '<p class="note">probe target antecedent_gender skipped: the prompts have no label' in html
+
+
+PATCHED_ELSE = {"denoising": "from the corrupted prompt", "noising": "from the clean run"}

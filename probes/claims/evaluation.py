@@ -30,7 +30,9 @@ from probes.core.stats import (
     percentile_interval, ratio_estimate, resamples_for, signed_rank_p, simultaneous_confidence,
 )
 from probes.evidence.attention import norm_weighted_attention, role_attention
-from probes.evidence.patching import Direction, PatchingResult, edge_effects, patch_activations, patch_paths
+from probes.evidence.patching import (
+    Direction, PatchingResult, edge_effects, patch_activations, patch_paths, shared_runs,
+)
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 
@@ -390,7 +392,8 @@ def evaluate(
     if claim.head is None:  # fail before any model work when the split cannot be made
         discovery, confirmation = split_groups(prompts.group_index, thresholds.confirm_fraction, seed, thresholds.min_prompts)
     ctx = EvidenceContext(model, prompts, claim.src, claim.dst, claim.foil, [claim.head] if claim.head else None, direction)
-    g = gather(ctx, heads)
+    with shared_runs():  # the sweeps of one claim share their clean and corrupt passes
+        g = gather(ctx, heads)
     if claim.head is not None:
         return judge(claim, g, heads, family=family, **options)[0]
     screened = judge(claim, g, heads, family=len(heads), **options)

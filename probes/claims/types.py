@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
+from probes.core.errors import ProbesError
+from probes.core.notebook import grid_html, result_html
 from probes.core.stats import Estimate
 from probes.prompts.roles import PREVIOUS
 
@@ -38,6 +41,22 @@ class Claim:
     def describe(self) -> dict:
         """The columns that name this claim in a table."""
         return {"layer": self.head[0], "head": self.head[1]}
+
+    @classmethod
+    def parse(cls, text: str) -> Claim:
+        """A claim as people write it: ``"7.0: pronoun -> antecedent vs distractor"`` (``vs FOIL`` optional;
+        ``*`` for the head tests every head; ``previous`` as the target is the token before the source)."""
+        match = CLAIM_PATTERN.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ProbesError(
+                f"claim {text!r} is not 'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]', "
+                "e.g. '7.0: pronoun -> antecedent vs distractor' (roles are prompt role names; '*' for every head)"
+            )
+        layer, head, src, dst, foil = match.groups()
+        return cls(None if layer is None else (int(layer), int(head)), src, dst, foil)
+
+
+CLAIM_PATTERN = re.compile(r"(?:(\d+)\.(\d+)|\*)\s*:\s*(\w+)\s*->\s*(\w+)(?:\s+vs\.?\s+(\w+))?")
 
 
 @dataclass(frozen=True)
@@ -122,3 +141,20 @@ class ClaimResult:
                     row[f"{name}_p_value"] = est.p_value
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the verdict sentence, the legs' numbers with intervals, and (for every head) a heatmap
+        of the head-level effect."""
+        from probes.claims.verdicts import LEGS, PATH  # the rule reads this module's types
+
+        legs = [leg.measure for leg in (*LEGS, PATH)] + ["gap_logits"]
+        numbers = {name: self.evidence[name] for name in legs if name in self.evidence}
+        extra = ""
+        if self.heads:
+            frame = self.to_frame()
+            grid = np.full((frame["layer"].max() + 1, frame["head"].max() + 1), np.nan)
+            grid[frame["layer"], frame["head"]] = frame["effect_z"]
+            counts = frame["verdict"].value_counts()
+            numbers = {"heads tested": str(len(frame)), **{f"heads {v}": str(c) for v, c in counts.items()}, **numbers}
+            extra = grid_html(grid, "effect_z: patching each head's output, fraction of the clean-corrupt gap")
+        return result_html(f"{self.claim.head_name}: {self.verdict}", self.sentence, numbers, extra)

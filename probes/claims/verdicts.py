@@ -95,10 +95,9 @@ OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], str], ...] = (
     (((ATTENDS, False), (HEAD, False)), "refuted"),
 )
 GATE = (
-    "the task gate: fewer than {min_prompts} independent groups of prompts, the answer beating the foil on less "
-    "than {min_accuracy:.0%} of clean prompts (or that share's interval reaching 50%), or a mean clean-corrupt gap "
-    "below {min_gap} logits (or its interval reaching 0): inconclusive, because an effect on an answer the model "
-    "does not give, or a fraction of a gap that is not there, means nothing"
+    "fewer than {min_prompts} independent groups of prompts, the answer beating the foil on less than "
+    "{min_accuracy:.0%} of clean prompts (or that share's interval reaching 50%), or a mean clean-corrupt gap below "
+    "{min_gap} logits (or its interval reaching 0)"
 )
 
 
@@ -141,21 +140,30 @@ def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> str:
 
 
 def rule_lines(t: Thresholds) -> list[str]:
-    """The rule in plain words, with this run's thresholds filled in: the gate, each leg, each outcome."""
+    """The rule as sentences, with this run's thresholds filled in: the gate, each leg, each outcome."""
     values = vars(t)
-    lines = [GATE.format(**values)]
-    lines += [f"{leg.name}: {leg.holds.format(**values)}; {leg.negation}: {leg.fails.format(**values)}" for leg in LEGS]
+    lines = [
+        f"First the task gate: with {GATE.format(**values)}, every verdict is inconclusive, because an effect on an "
+        "answer the model does not give, or a fraction of a gap that is not there, means nothing."
+    ]
+    lines += [
+        f"The leg “{leg.name}” holds when {leg.holds.format(**values)}; it fails (“{leg.negation}”) when "
+        f"{leg.fails.format(**values)}."
+        for leg in LEGS
+    ]
     for conditions, verdict in OUTCOMES:
-        said = " and ".join(leg.name if wanted else leg.negation for leg, wanted in conditions)
-        lines.append(f"{said}: {verdict}")
-    lines.append("otherwise (a leg the outcome needs is undecided: an interval straddles its threshold): inconclusive")
+        said = " and ".join(f"“{leg.name if wanted else leg.negation}”" for leg, wanted in conditions)
+        lines.append(f"{verdict.replace('_', ' ').capitalize()}: {said}.")
     lines.append(
-        "every interval is simultaneous over the claims tested together (confidence 1 - {alpha}/family each, "
-        "Bonferroni) and resamples groups of prompts; a head chosen from data is judged only on held-out "
-        "groups it was not chosen on".format(**values)
+        "Inconclusive otherwise: a leg the outcome needs is undecided (its interval straddles the threshold)."
     )
     lines.append(
-        f"a composition claim (sender -> receiver via q, k or v) has one leg, {PATH.name}: "
-        f"{PATH.holds.format(**values)}: supported; {PATH.fails.format(**values)}: refuted; otherwise inconclusive"
+        "Every interval is simultaneous over the claims tested together (confidence 1 - {alpha}/family each, "
+        "Bonferroni) and resamples groups of prompts; a head chosen from data is judged only on held-out "
+        "groups it was not chosen on.".format(**values)
+    )
+    lines.append(
+        f"A composition claim (sender → receiver via q, k or v) has one leg, “{PATH.name}”: supported when "
+        f"{PATH.holds.format(**values)}; refuted when {PATH.fails.format(**values)}; otherwise inconclusive."
     )
     return lines

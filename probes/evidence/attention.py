@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
+from probes.evidence.patching.reference import sharing, side_run
 from probes.models.architecture import kv_head_of
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
@@ -33,6 +34,7 @@ from probes.prompts.roles import Role, src_dst_positions
 Reader = Callable[[Tensor, int], Float[Tensor, "batch head"]]
 
 KINDS = ("previous_token", "duplicate_token", "induction")
+SHARED = ("pattern", "v")  # what attention readers read: kept together inside a shared_runs scope
 
 
 @torch.no_grad()
@@ -47,15 +49,25 @@ def _per_head(
 
     ``make_readers(idx, tokens)`` returns, per TransformerLens activation name (``"pattern"``, ``"v"``), a
     reader; what it returns for layer ``L`` lands in ``out[name][idx, L]``. Batches are trimmed to their longest
-    real prompt.
+    real prompt. Inside a :func:`probes.evidence.patching.shared_runs` scope the batch's patterns and values are
+    run once and kept, so a run's several attention measures share one pass.
     """
     n, n_layers, n_heads = len(prompts), model.cfg.n_layers, model.cfg.n_heads
     out: dict[str, Tensor] = {}
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=None, leave=False):
         idx = slice(start, start + batch_size)
         tokens = prompts.clean[idx, : int(prompts.end[idx].max()) + 1]
+        readers = make_readers(idx, tokens)
+        if sharing():  # a run's attention measures read one kept pass: patterns and values of every layer
+            names = {get_act_name(name, layer) for name in SHARED for layer in range(n_layers)}
+            acts = side_run(model, prompts.clean, torch.arange(n)[idx], tokens.shape[1] - 1, names).acts
+            for name, read in readers.items():
+                store = out.setdefault(name, torch.zeros(n, n_layers, n_heads))
+                for layer in range(n_layers):
+                    store[idx, layer] = read(acts[get_act_name(name, layer)], layer).float().cpu()
+            continue
         hooks = []
-        for name, read in make_readers(idx, tokens).items():
+        for name, read in readers.items():
             store = out.setdefault(name, torch.zeros(n, n_layers, n_heads))
 
             def hook(activation: Tensor, hook, read: Reader = read, store: Tensor = store) -> None:

@@ -20,6 +20,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
+from probes.core.notebook import grid_html, result_html
 from probes.evidence.metric import logit_diff_from_resid, resid_at
 from probes.evidence.patching import PatchingResult, patch_activations
 from probes.prompts.promptset import PromptSet
@@ -99,6 +100,14 @@ class Screening:
                     }
                 )
         return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        mean = self.attribution.mean(0).double().numpy()
+        exact = self.exact.mean(0)
+        sentence = f"attribution ranked every head; the top {len(self.heads)} were patched exactly"
+        numbers = {f"head {layer}.{head}": f"attribution {mean[layer, head]:+.3f}, exact {float(e):+.3f} (mean, logits)"
+                   for (layer, head), e in zip(self.heads, exact)}
+        return result_html("Screening", sentence, numbers, grid_html(mean, "mean attribution (logits)"))
 
 
 def screen_then_verify(

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import pandas as pd
 from transformer_lens import HookedTransformer
 
+from probes.core.notebook import result_html
 from probes.core.stats import CONFIDENCE, Estimate, estimate_mean
-from probes.evidence.metric import answer_distribution, logit_diff
+from probes.evidence.metric import answer_distribution, logit_diff_from_resid, read_off_resid
 from probes.prompts.promptset import PromptSet
 
 
@@ -49,14 +50,21 @@ class Behaviour:
              for name, e in self.estimates().items()]
         )
 
+    def _repr_html_(self) -> str:
+        sentence = (f"the answer beats the foil in {self.accuracy_vs_foil.value:.0%} of {self.n} prompts "
+                    f"(50% is chance) and is the model's first choice in {self.accuracy_top1.value:.0%}")
+        numbers = {name.replace("_", " "): est for name, est in self.estimates().items()}
+        return result_html(f"{self.task}: how the model does the task", sentence, numbers)
+
 
 def behaviour(
     model: HookedTransformer, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
-    clean = logit_diff(model, prompts.clean, prompts)
-    corrupt = logit_diff(model, prompts.corrupt, prompts)
-    probability, rank = answer_distribution(model, prompts)
+    clean_resid = read_off_resid(model, prompts.clean, prompts)  # one clean pass for the metric and the distribution
+    clean = logit_diff_from_resid(model, clean_resid, prompts.answer, prompts.foil)
+    corrupt = logit_diff_from_resid(model, read_off_resid(model, prompts.corrupt, prompts), prompts.answer, prompts.foil)
+    probability, rank = answer_distribution(model, clean_resid, prompts.answer)
 
     def estimate(values) -> Estimate:
         return estimate_mean(values.double().numpy(), seed=seed, groups=prompts.group_index, confidence=confidence)

@@ -52,37 +52,31 @@ def logit_diff_from_resid(
 
 
 @torch.no_grad()
-def logit_diff(
+def read_off_resid(
     model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = 16
-) -> Float[Tensor, " prompt"]:
-    """The metric for every prompt on ``tokens`` (the clean or the corrupt side), one value per prompt."""
+) -> Float[Tensor, "prompt d_model"]:
+    """The residual stream after the last block at each prompt's read-off position, on ``tokens`` (the clean or
+    the corrupt side): all the metric and the answer's distribution need, from one pass."""
     out = []
     for start in range(0, len(prompts), batch_size):
         idx = slice(start, start + batch_size)
-        resid = model(tokens[idx], stop_at_layer=model.cfg.n_layers)
-        end = prompts.end[idx]
-        out.append(logit_diff_from_resid(model, resid_at(resid, end), prompts.answer[idx], prompts.foil[idx]))
+        out.append(resid_at(model(tokens[idx], stop_at_layer=model.cfg.n_layers), prompts.end[idx]))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def answer_distribution(
-    model: HookedTransformer, prompts: PromptSet, batch_size: int = 16
-) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:
-    """The answer's probability and its rank (1 = the argmax) over the whole vocabulary on each clean prompt:
-    the output distribution beside the logit difference, which only compares two tokens."""
+    model: HookedTransformer, resid: Float[Tensor, "prompt d_model"], answer: Int[Tensor, " prompt"],
+    batch_size: int = 16,
+) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:  # fmt: skip
+    """The answer's probability and its rank (1 = the argmax) over the whole vocabulary, from the read-off
+    residual (:func:`read_off_resid`): the output distribution beside the logit difference, which only compares
+    two tokens. Batched: a vocabulary can be 262k."""
     probs, ranks = [], []
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(resid), batch_size):
         idx = slice(start, start + batch_size)
-        resid = model(prompts.clean[idx], stop_at_layer=model.cfg.n_layers)
-        logits = model.unembed(final_norm(model, resid_at(resid, prompts.end[idx]))[:, None, :])[:, 0, :]
-        answer = prompts.answer[idx]
-        answer_logit = logits.gather(1, answer[:, None])
-        probs.append(logits.float().softmax(-1).gather(1, answer[:, None])[:, 0])
-        ranks.append(1 + (logits > answer_logit).sum(-1))
+        logits = model.unembed(final_norm(model, resid[idx])[:, None, :])[:, 0, :]
+        target = answer[idx].to(logits.device)[:, None]
+        probs.append(logits.float().softmax(-1).gather(1, target)[:, 0])
+        ranks.append(1 + (logits > logits.gather(1, target)).sum(-1))
     return torch.cat(probs), torch.cat(ranks)
-
-
-def answer_is_top1(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> torch.BoolTensor:
-    """Whether the answer token is the argmax over the whole vocabulary on the clean prompt (accuracy checks)."""
-    return answer_distribution(model, prompts, batch_size)[1] == 1

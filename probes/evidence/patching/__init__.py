@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.evidence.metric import Metric, logit_diff_from_resid
@@ -38,6 +39,7 @@ from probes.evidence.patching.engine import (
     runs_rows,
 )
 from probes.evidence.patching.paths import LOGITS, PathsResult, patch_paths
+from probes.evidence.patching.reference import group_of, shared_runs, side_run
 from probes.evidence.patching.schedule import n_workers, sweep
 from probes.evidence.patching.sites import (
     DIRECTIONS,
@@ -59,7 +61,7 @@ from probes.prompts.roles import Role, src_dst_positions
 __all__ = [
     "DIRECTIONS", "HEAD_COMPONENTS", "INTERVENTIONS", "LOGITS", "RESID_COMPONENTS", "SITES", "Direction", "Edge",
     "PathsResult", "PatchingResult", "RunsResult", "Site", "edge_effects", "patch_activations", "patch_heads",
-    "patch_paths", "patch_resid", "patch_runs",
+    "patch_paths", "patch_resid", "patch_runs", "shared_runs",
 ]  # fmt: skip
 
 
@@ -292,11 +294,15 @@ def _reference_runs(
     """Run both sides of every bucket once (caching what patched runs start from and patch in), and the
     clean and corrupt metric of every prompt. ``cap``: positions from which each prompt must be recomputed."""
     target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
+    resid_names = {get_act_name("resid_pre", layer) for layer in layers}
+    site_names = {site.hook_name(layer) for site in sites for layer in layers}
+    buckets = []
     with onednn_linear(onednn):
-        buckets = [
-            prepare_bucket(model, prompts, members, end, split, target, source, sites, layers, metric)
-            for members, end, split in bucket_keys(prompts, cap)
-        ]
+        for members, end, split in bucket_keys(prompts, cap):
+            group = group_of(prompts, members, end)
+            runs = [side_run(model, target, group, end, resid_names), side_run(model, source, group, end, site_names)]
+            rows = torch.searchsorted(group, members)
+            buckets.append(prepare_bucket(model, prompts, members, end, split, *runs, rows, sites, layers, metric))
     target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
     for bucket in buckets:
         target_metric[bucket.members], source_metric[bucket.members] = bucket.target_metric, bucket.source_metric

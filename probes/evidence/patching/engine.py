@@ -39,13 +39,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.components import TransformerBlock
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.evidence.metric import Metric
+from probes.evidence.patching.reference import SideRun
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
 from probes.models.architecture import keys_values_separate, n_kv_heads
@@ -132,61 +132,42 @@ def bucket_keys(
     return [(torch.nonzero((keys == key).all(1))[:, 0], int(key[0]), int(key[1])) for key in keys.unique(dim=0)]
 
 
-@torch.no_grad()
 def prepare_bucket(
     model: HookedTransformer,
     prompts: PromptSet,
     members: Int[Tensor, " member"],
     end: int,
     split: int,
-    target_tokens: Int[Tensor, "prompt pos"],
-    source_tokens: Int[Tensor, "prompt pos"],
+    target: SideRun,
+    source: SideRun,
+    rows: Int[Tensor, " member"],
     sites: Sequence[Site],
     layers: list[int],
     metric: Metric,
 ) -> Bucket:
-    """Run both sides once, caching what the patched runs start from and what they patch in."""
-    target, source = target_tokens[members, : end + 1], source_tokens[members, : end + 1]
-    n_layers = model.cfg.n_layers
-    # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(members))
-    resid_names = {get_act_name("resid_pre", layer) for layer in layers}
-    target_final, target_cache = model.run_with_cache(
-        target,
-        past_kv_cache=cache,
-        attention_mask=torch.ones_like(target),
-        stop_at_layer=n_layers,
-        names_filter=lambda name: name in resid_names,
-    )
-    site_names = {site.hook_name(layer) for site in sites for layer in layers}
-    source_final, source_cache = model.run_with_cache(
-        source, stop_at_layer=n_layers, names_filter=lambda name: name in site_names
-    )
+    """What the patched runs of ``members`` start from and patch in, read from the two unpatched runs (rows
+    ``rows`` of each; :mod:`.reference` makes them)."""
     answer, foil = prompts.answer[members], prompts.foil[members]
     n_suffix = end + 1 - split
-
-    def read_off(final: Float[Tensor, "member pos d_model"]) -> Float[Tensor, " member"]:
-        return metric(model, final[:, end], answer, foil).float()
-
     return Bucket(
         members=members,
         split=split,
         end=end,
         answer=answer,
         foil=foil,
-        target_resid={layer: target_cache[get_act_name("resid_pre", layer)][:, split:] for layer in layers},
+        target_resid={layer: target.acts[get_act_name("resid_pre", layer)][rows, split:] for layer in layers},
         source_acts={
             site.component: {
-                layer: source_cache[site.hook_name(layer)]
+                layer: source.acts[site.hook_name(layer)][rows]
                 .narrow(site.pos_axis, split, n_suffix)
                 .movedim(site.variant_axis, 1)
                 for layer in layers
             }
             for site in sites
         },
-        prefix=[(entry.past_keys[:, :split], entry.past_values[:, :split]) for entry in cache.entries] if split else None,
-        target_metric=read_off(target_final),
-        source_metric=read_off(source_final),
+        prefix=[(keys[rows, :split], values[rows, :split]) for keys, values in target.kv] if split else None,
+        target_metric=metric(model, target.final[rows], answer, foil).float(),
+        source_metric=metric(model, source.final[rows], answer, foil).float(),
         metric=metric,
         row_bytes=_row_bytes(model, split, n_suffix),
     )

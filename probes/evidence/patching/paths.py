@@ -56,6 +56,13 @@ class PathsResult(PatchedMetric):
         frame["receiver"] = [receiver_name(self.receivers[r]) for r in frame["receiver"]]
         return frame
 
+    def _axes(self) -> tuple[str, ...]:
+        return ("sender", "receiver")
+
+    def _cell_name(self, index: tuple[int, ...]) -> str:
+        layer, head = self.senders[index[0]]
+        return f"{layer}.{head} -> {receiver_name(self.receivers[index[1]])}"
+
 
 def receiver_name(receiver: Receiver) -> str:
     return receiver if receiver == LOGITS else f"{receiver[0]}.{receiver[1]}.{receiver[2]}"

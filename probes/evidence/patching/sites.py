@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
+
+from probes.core.notebook import grid_html, result_html
+from probes.core.stats import estimate_mean
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
@@ -109,6 +113,29 @@ class PatchedMetric:
         frame["direction"] = self.direction
         return frame[frame["patched"].notna()].reset_index(drop=True)
 
+    def _cell_name(self, index: tuple[int, ...]) -> str:
+        return ".".join(map(str, index))
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the clean-corrupt gap, the variant that moves the answer most (mean effect as a fraction
+        of the gap, with its interval) and, for a grid of variants, a heatmap of every mean effect."""
+        gap = estimate_mean((self.clean - self.corrupt).double().numpy())
+        effect = self.effect.double().numpy() / (gap.value or np.nan)
+        mean = np.nanmean(effect, axis=0) if np.isfinite(effect).any() else np.full(effect.shape[1:], np.nan)
+        numbers = {"clean - corrupt gap (logits)": gap}
+        if np.isfinite(mean).any():
+            best = np.unravel_index(np.nanargmax(np.abs(mean)), mean.shape)
+            numbers[f"largest effect: {self._cell_name(tuple(int(i) for i in best))}"] = estimate_mean(
+                effect[(slice(None), *best)]
+            )
+        axes = self._axes()
+        extra = grid_html(mean, "mean effect, fraction of the gap", *axes) if mean.ndim == 2 else ""
+        into = "clean into corrupt" if self.direction == "denoising" else "corrupt into clean"
+        title = f"{type(self).__name__}: {self.direction} ({into}), {self.patched.shape[0]} prompts"
+        sentence = f"{int(np.isfinite(mean).sum())} patched variants ({' x '.join(axes)}); effects are patched minus " \
+                   "the run patched into, divided by the mean clean - corrupt gap"
+        return result_html(title, sentence, numbers, extra)
+
 
 @dataclass
 class PatchingResult(PatchedMetric):
@@ -123,6 +150,9 @@ class PatchingResult(PatchedMetric):
         """One row per (prompt, layer, index) that was run: patched metric, effect and normalised effect."""
         return self._frame(["prompt", "layer", self.index]).assign(component=self.component)
 
+    def _axes(self) -> tuple[str, ...]:
+        return ("layer", self.index)
+
 
 @dataclass
 class RunsResult(PatchedMetric):
@@ -134,3 +164,6 @@ class RunsResult(PatchedMetric):
     def to_frame(self) -> pd.DataFrame:
         """One row per (prompt, run): patched metric, effect and normalised effect."""
         return self._frame(["prompt", "run"])
+
+    def _axes(self) -> tuple[str, ...]:
+        return ("run",)
