@@ -49,6 +49,7 @@ def _per_head(
     reader; what it returns for layer ``L`` lands in ``out[name][idx, L]``. Batches are trimmed to their longest
     real prompt.
     """
+    prompts.check_model(model)
     n, n_layers, n_heads = len(prompts), model.cfg.n_layers, model.cfg.n_heads
     out: dict[str, Tensor] = {}
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=None, leave=False):

@@ -54,6 +54,7 @@ def behaviour(
     model: HookedTransformer, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
+    prompts.check_model(model)
     clean = logit_diff(model, prompts.clean, prompts)
     corrupt = logit_diff(model, prompts.corrupt, prompts)
     probability, rank = answer_distribution(model, prompts)

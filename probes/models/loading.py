@@ -36,7 +36,7 @@ from probes.models.cache import (
     read_manifest,
 )
 from probes.models.layout import relayout_for_speed
-from probes.models.registry import PACKAGED, PackagedModel
+from probes.models.registry import PACKAGED, PackagedModel, model_source, require_hub
 # Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
 
@@ -225,6 +225,7 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     packaged = ", ".join(PACKAGED)
+    require_hub(name)
     try:
         official = get_official_model_name(name)
     except ValueError:
@@ -250,8 +251,9 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransform
     Weights are never folded or centred, so logits equal the original model's.
     """
     key = str(name_or_path)
-    if key in PACKAGED:
+    source = model_source(key)
+    if source == "packaged":
         return load_model_dir(ensure_cached(key), device, check_sha256=False)  # just checked
-    if Path(key).is_dir():
+    if source == "directory":
         return load_model_dir(key, device)
     return _load_from_hub(key, device)

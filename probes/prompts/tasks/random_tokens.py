@@ -10,7 +10,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
-from probes.prompts.promptset import PromptSet
+from probes.prompts.promptset import PromptSet, model_fingerprint
 from probes.prompts.tasks.words import check_n
 
 
@@ -90,7 +90,7 @@ def previous_token(
     end = torch.full((n,), length)
     return PromptSet.from_tokens(
         torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
-        {"end": end, "previous": end - 1}, task="previous_token",
+        {"end": end, "previous": end - 1}, task="previous_token", tokenizer=model_fingerprint(model),
     )
 
 
@@ -118,4 +118,5 @@ def induction(
     return PromptSet.from_tokens(
         torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
         {"end": torch.full((n,), 2 * length), "induction_target": torch.full((n,), length + 1)}, task="induction",
+        tokenizer=model_fingerprint(model),
     )
