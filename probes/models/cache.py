@@ -1,4 +1,5 @@
-"""Where converted packaged models live, and whether a cached copy is intact (its weights match their sha256)."""
+"""Where converted packaged models live, and whether a cached copy is intact: every file (weights, config,
+tokenizer) matches the sha256 its manifest recorded when it was built."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from platformdirs import user_cache_dir
 from probes.core.provenance import file_sha256
 
 CACHE_ENV = "PROBES_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the manifest hashes every file, not only the weights
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -27,19 +28,35 @@ def cached_model_dir(name: str) -> Path:
 
 
 def cache_status(name: str) -> str:
-    """``cached``, ``not cached`` or ``corrupt`` (weights do not match the recorded sha256)."""
+    """``cached``, ``not cached`` or ``corrupt`` (a file is missing or differs from its recorded sha256, or the
+    manifest is unreadable or from an older kit)."""
     model_dir = cached_model_dir(name)
-    manifest = read_manifest(model_dir)
-    if manifest is None:
+    if not model_dir.is_dir():
         return "not cached"
-    return "cached" if file_sha256(model_dir / WEIGHTS_FILE) == manifest["sha256"] else "corrupt"
+    manifest = read_manifest(model_dir)
+    return "cached" if manifest is not None and not corrupt_files(model_dir, manifest) else "corrupt"
+
+
+def file_hashes(model_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a model directory but the manifest: what a manifest records."""
+    return {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+
+
+def corrupt_files(model_dir: Path, manifest: dict) -> list[str]:
+    """The files the manifest names that are missing or no longer match their sha256."""
+    return [
+        name for name, sha in manifest["files"].items()
+        if not (model_dir / name).is_file() or file_sha256(model_dir / name) != sha
+    ]
 
 
 def read_manifest(model_dir: Path) -> dict | None:
+    """The manifest of a cached model directory, or None if it has none this kit version can use."""
     try:
         manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if manifest.get("format") != CACHE_FORMAT or not (model_dir / WEIGHTS_FILE).exists():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if manifest.get("format") != CACHE_FORMAT or not isinstance(files, dict) or WEIGHTS_FILE not in files:
         return None
     return manifest

@@ -23,7 +23,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from probes.core.errors import ProbesError
-from probes.core.io import atomic_dir
+from probes.core.io import atomic_dir, remove_stale_temps
 from probes.core.provenance import Provenance, file_sha256
 from probes.models.cache import (
     CACHE_ENV,
@@ -33,10 +33,13 @@ from probes.models.cache import (
     WEIGHTS_FILE,
     cache_status,
     cached_model_dir,
+    corrupt_files,
+    file_hashes,
     read_manifest,
 )
 from probes.models.layout import relayout_for_speed
 from probes.models.registry import PACKAGED, PackagedModel, model_source, require_hub
+STALE_BUILD_S = 3600  # a conversion takes ~2 min: a scratch directory an hour old was left by a killed build
 # Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
 
@@ -133,8 +136,7 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
             scratch.mkdir()
             convert_gguf(spec, scratch, tmp)
             shutil.rmtree(scratch)
-            sha = file_sha256(tmp / WEIGHTS_FILE)
-            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": sha}
+            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "files": file_hashes(tmp)}
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     except OSError as err:
         raise ProbesError(f"could not write the {name} cache in {final.parent}: {err.strerror or err}") from None
@@ -142,16 +144,21 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
 
 
 def ensure_cached(name: str) -> Path:
-    """The cache directory of a packaged model, (re)built if missing or if its sha256 does not match."""
+    """The cache directory of a packaged model, (re)built if missing or if any file does not match its sha256.
+
+    Scratch directories of builds that were killed (older than any build takes) are removed first.
+    """
+    final = cached_model_dir(name)
+    for stale in remove_stale_temps(final, older_than_s=STALE_BUILD_S):
+        print(f"probes: removed {stale}, left by an interrupted build of {name}", file=sys.stderr)
     status = cache_status(name)
     if status == "corrupt":
-        print(
-            f"probes: cached weights of {name} do not match their sha256 (corrupt cache); rebuilding",
-            file=sys.stderr,
-        )
+        manifest = read_manifest(final)
+        what = ", ".join(corrupt_files(final, manifest)) if manifest else f"{MANIFEST_FILE} (missing or older format)"
+        print(f"probes: cached {name} is corrupt ({what} do not match their sha256); rebuilding", file=sys.stderr)
     if status != "cached":
         build_cache(name)
-    return cached_model_dir(name)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,12 +175,10 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
         if not (model_dir / required).is_file():
             raise ProbesError(f"{model_dir} is not a model directory: {required} is missing")
     manifest = read_manifest(model_dir)
-    if manifest is None or check_sha256:
-        sha = file_sha256(model_dir / WEIGHTS_FILE)
-        if manifest is not None and sha != manifest["sha256"]:
-            raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not match the sha256 in {MANIFEST_FILE}: corrupt file")
-    else:
-        sha = manifest["sha256"]
+    if manifest is not None and check_sha256 and corrupt_files(model_dir, manifest):
+        bad = ", ".join(corrupt_files(model_dir, manifest))
+        raise ProbesError(f"{model_dir}: {bad} do not match the sha256 in {MANIFEST_FILE}: corrupt files")
+    sha = manifest["files"][WEIGHTS_FILE] if manifest is not None else file_sha256(model_dir / WEIGHTS_FILE)
     try:
         fields = json.loads((model_dir / CONFIG_FILE).read_text())
     except ValueError as err:
@@ -225,7 +230,6 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     packaged = ", ".join(PACKAGED)
-    require_hub(name)
     try:
         official = get_official_model_name(name)
     except ValueError:
@@ -233,6 +237,7 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
             f"unknown model '{name}': not a packaged model ({packaged}), not a TransformerLens official name, "
             "and not a directory holding config.json + model.safetensors"
         ) from None
+    require_hub(official)
     try:
         model = HookedTransformer.from_pretrained_no_processing(official, device=device)
     except OSError as err:

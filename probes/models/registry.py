@@ -100,6 +100,6 @@ def require_hub(name: str) -> None:
             offline = True
     if offline:
         raise ProbesError(
-            f"model '{name}' is not a packaged model ({', '.join(PACKAGED)}) nor a local model directory, and the "
-            "Hugging Face hub is unreachable (offline): use a packaged model or a local directory"
+            f"could not fetch '{name}': the Hugging Face hub is unreachable (offline) and it is neither a packaged "
+            f"model ({', '.join(PACKAGED)}) nor a local model directory; use one of those"
         )

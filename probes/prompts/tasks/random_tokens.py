@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -62,6 +63,12 @@ def _length(model: HookedTransformer, length: int | None, default: int, copies: 
             f"length must be an integer from 1 to {longest} for a context of {model.cfg.n_ctx}, got {length!r}"
         )
     return length
+
+
+def random_max_distinct(model: HookedTransformer, templates=None, *, copies: int, default: int) -> int:
+    """How many distinct sequences of distinct ordinary tokens fit the default length: astronomically many for
+    a real vocabulary, fewer for a toy one (random tasks have no templates: ``templates`` is None)."""
+    return math.perm(len(ordinary_token_ids(model)), _length(model, None, default, copies))
 
 
 def previous_token(

@@ -1,0 +1,58 @@
+"""How much memory one step may take: a fraction of what the machine has free.
+
+A prompt of thousands of tokens or an ``n`` in the millions is batched smaller or refused here, with one line, before
+the work starts, instead of failing deep inside torch or driving the machine into swap.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from probes.core.errors import ProbesError
+
+FRACTION_ENV = "PROBES_MEMORY_FRACTION"
+DEFAULT_FRACTION = 0.5
+
+
+def available_bytes() -> int:
+    """Memory the kernel says it can give without swapping (``MemAvailable``), else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def budget_bytes() -> int:
+    """``PROBES_MEMORY_FRACTION`` (default 0.5) of the available memory."""
+    raw = os.environ.get(FRACTION_ENV, str(DEFAULT_FRACTION))
+    try:
+        fraction = float(raw)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 1:
+        raise ProbesError(f"{FRACTION_ENV}={raw!r} must be a number in (0, 1]: the share of free memory a step may use")
+    return int(fraction * available_bytes())
+
+
+def require_fits(need: int, what: str, fix: str) -> None:
+    """Refuse, in one line, a step whose estimated peak memory exceeds the budget."""
+    budget = budget_bytes()
+    if need > budget:
+        raise ProbesError(
+            f"{what} needs about {need / 1e9:.1f} GB of memory, more than the budget of {budget / 1e9:.1f} GB "
+            f"(set by {FRACTION_ENV}, a share of the free memory): {fix}"
+        )
+
+
+def fit_batch(batch: int, need: Callable[[int], int], what: str, fix: str) -> int:
+    """The largest batch, halving from ``batch``, whose estimated peak ``need(batch)`` fits the budget."""
+    budget = budget_bytes()
+    while batch > 1 and need(batch) > budget:
+        batch //= 2
+    require_fits(need(batch), what, fix)
+    return batch
