@@ -155,23 +155,23 @@ class PromptSet:
     def check_model(self, model: HookedTransformer) -> None:
         """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts
         longer than its context (which would fail deep inside attention, or ask for memory it cannot have)."""
-        own = model_fingerprint(model)
+        own, name = model_fingerprint(model), model_name(model)
         if self.tokenizer is not None and own is not None and own != self.tokenizer:
             raise ProbesError(
-                f"these prompts were tokenised by {self.tokenizer} but the model {model.cfg.model_name} uses "
+                f"these prompts were tokenised by {self.tokenizer} but the model {name} uses "
                 f"{own}: the same ids are other words there; build the prompts with this model"
             )
-        for name, ids in [("clean", self.clean), ("corrupt", self.corrupt), ("answer", self.answer), ("foil", self.foil)]:
+        for what, ids in [("clean", self.clean), ("corrupt", self.corrupt), ("answer", self.answer), ("foil", self.foil)]:
             if int(ids.max()) >= model.cfg.d_vocab:
                 raise ProbesError(
-                    f"{name} token id {int(ids.max())} is past the vocabulary of {model.cfg.model_name} "
+                    f"{what} token id {int(ids.max())} is past the vocabulary of {name} "
                     f"({model.cfg.d_vocab} tokens): these prompts were made for another model"
                 )
         longest = int(self.end.max()) + 1
         if longest > model.cfg.n_ctx:
             i = int(self.end.argmax())
             raise ProbesError(
-                f"prompt {i} is {longest} tokens but {model.cfg.model_name} reads at most {model.cfg.n_ctx} "
+                f"prompt {i} is {longest} tokens but {name} reads at most {model.cfg.n_ctx} "
                 "(its context): shorten it"
             )
 
@@ -231,6 +231,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
         cached = f"{name}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
         tokenizer._probes_fingerprint = cached
     return cached
+
+
+def model_name(model: HookedTransformer) -> str:
+    """What the user called the model (packaged name, directory, hub name), for error messages."""
+    provenance = getattr(model, "provenance", None)
+    return provenance.name if provenance is not None else model.cfg.model_name
 
 
 def model_fingerprint(model: HookedTransformer) -> str | None:

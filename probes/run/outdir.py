@@ -8,6 +8,7 @@ one holds the user's own files and is never written into.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from probes.core.errors import ProbesError
@@ -29,7 +30,9 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
             )
         if not overwrite:
             raise ProbesError(f"--out '{out}' holds an earlier run: pass --overwrite to replace it, or choose a new name")
-    parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK) or not parent.is_dir():
-        raise ProbesError(f"cannot write --out '{out}': '{parent}' is not a writable directory; choose another place")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    try:  # the one sure test (permission bits do not bind root, /proc refuses anyway): make and remove a directory
+        os.rmdir(tempfile.mkdtemp(prefix=".probes-write-test.", dir=parent))
+    except OSError as err:
+        raise ProbesError(f"cannot write --out '{out}' in '{parent}' ({err.strerror}): choose another place") from None
     return out
