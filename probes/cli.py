@@ -52,10 +52,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     run leaves the previous run (or nothing) there.
     """
     import time
+    import warnings
 
     from probes.core.io import atomic_dir, remove_stale_temps
     from probes.models.registry import model_source, require_hub
-    from probes.prompts.records import read_records
+    from probes.prompts.records import RepeatedLines, read_records
     from probes.run.outdir import check_out_dir
     from probes.run.spec import AnalysisSpec
 
@@ -70,7 +71,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = check_out_dir(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}",
                         args.overwrite)
     if spec.prompts is not None:
-        read_records(spec.prompts)
+        _, _, note = read_records(spec.prompts)
+        if note is not None:
+            print(f"note: {note}")
     if model_source(spec.model) == "hub":
         require_hub(spec.model)
     remove_stale_temps(out, older_than_s=STALE_RUN_S)
@@ -79,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from probes.run.pipeline import run_analysis
 
     start = time.perf_counter()
-    with atomic_dir(out) as staging:
+    with warnings.catch_warnings(), atomic_dir(out) as staging:
+        warnings.simplefilter("ignore", RepeatedLines)  # said above, on stdout: stderr is for the one error line
         _, claimed = run_analysis(spec, staging)
         render(staging)
         check_out_dir(out, args.overwrite)  # nothing appeared there meanwhile that the swap would replace

@@ -26,6 +26,7 @@ from probes.models.loading import load_model_dir, save_model_dir
 from probes.models.toy import VOCAB
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
+from probes.prompts.records import RepeatedLines
 from probes.prompts.tasks.toy import pronoun_prompts
 from probes.run.outdir import MARKER
 from probes.run.rundir import read_run
@@ -246,8 +247,8 @@ def test_jsonl_lines_that_cannot_be_pairs_name_their_line(toy_dir, tmp_path, cap
         with pytest.raises(ProbesError, match=f"p.jsonl line 3: .*{message}"):
             PromptSet.from_jsonl(path, model)
     path.write_text((json.dumps(RECORD) + "\n") * 3)
-    assert len(PromptSet.from_jsonl(path, model)) == 3  # duplicates are kept, and reported
-    assert "repeats lines 2 (= 1), 3 (= 1)" in capsys.readouterr().err
+    with pytest.warns(RepeatedLines, match="repeats lines 2 \\(= 1\\), 3 \\(= 1\\)"):
+        assert len(PromptSet.from_jsonl(path, model)) == 3  # duplicates are kept, and reported
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_the_model_runs(toy_dir, tmp_path, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
-from probes.prompts.records import RECORD_KEYS, check_group, check_record, read_records
+from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
 from probes.prompts.roles import END, role_position
 
 
@@ -127,8 +128,12 @@ class PromptSet:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, model: HookedTransformer, task: str = "custom") -> PromptSet:
-        """Read one prompt pair per line (blank lines skipped); errors name the file and line."""
-        return _from_records(model, *read_records(path), task)
+        """Read one prompt pair per line (blank lines skipped); errors name the file and line, and exact duplicate
+        lines are kept with a :class:`RepeatedLines` warning."""
+        records, where, note = read_records(path)
+        if note is not None:
+            warnings.warn(note, RepeatedLines, stacklevel=2)
+        return _from_records(model, records, where, task)
 
     def to_jsonl(self, path: str | Path) -> None:
         """Write the text records (with this set's labels) one a line; atomic, so a reader never sees half a file."""

@@ -7,7 +7,6 @@ a second with its line number; :mod:`probes.prompts.promptset` then tokenises th
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from probes.core.errors import ProbesError
@@ -16,11 +15,13 @@ from probes.prompts.roles import END
 RECORD_KEYS = ("clean", "corrupt", "answer", "foil", "roles")
 
 
-def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
-    """The records of a JSONL prompt file (blank lines skipped) and where each is (``FILE line N``), all checked.
+class RepeatedLines(UserWarning):
+    """A prompt file repeats lines exactly: kept (a user may mean them), counted once per group in the statistics."""
 
-    Exact duplicate lines are kept (a user may mean them) and reported once on stderr.
-    """
+
+def read_records(path: str | Path) -> tuple[list[dict], list[str], str | None]:
+    """The records of a JSONL prompt file (blank lines skipped), where each is (``FILE line N``), all checked, and
+    a note naming exact duplicate lines (None if there are none)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -43,10 +44,11 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
         where.append(loc)
     if not records:
         raise ProbesError(f"{path} holds no prompt pairs: write one JSON object per line")
+    note = None
     if repeats:
-        print(f"probes: note: {path} repeats lines {', '.join(repeats[:5])}{' ...' if len(repeats) > 5 else ''}: "
-              "kept, and counted once per group in the statistics", file=sys.stderr)
-    return records, where
+        note = (f"{path} repeats lines {', '.join(repeats[:5])}{' ...' if len(repeats) > 5 else ''}: kept, and "
+                "counted once per group in the statistics")
+    return records, where, note
 
 
 def check_record(record: object, loc: str) -> None:
