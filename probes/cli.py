@@ -97,9 +97,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Re-render a run directory's index.html from its results (no model needed)."""
-    from probes.report.render import render
+    from probes.run.outdir import require_run_dir
 
-    print(f"report: {render(args.run_dir)}")
+    run_dir = require_run_dir(args.run_dir)
+    from probes.report.render import render  # plotly, pandas: after the quick check
+
+    print(f"report: {render(run_dir)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,15 @@ from pathlib import Path
 from probes.core.errors import ProbesError
 
 MARKER = ".probes-run"  # JSON {"run_id": ...}; results.json carries the same run id
+RESULTS = "results.json"
+
+
+def require_run_dir(run_dir: str | os.PathLike) -> Path:
+    """A directory that holds a finished run (checked in full by :func:`probes.run.rundir.read_run`)."""
+    out = Path(run_dir)
+    if not (out / RESULTS).is_file():
+        raise ProbesError(f"no {RESULTS} in '{out}': point at the --out directory of a finished `probes run`")
+    return out
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:

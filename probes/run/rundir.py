@@ -77,10 +77,9 @@ from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir, write_table, write_text
 from probes.core.provenance import file_sha256, kit_version, package_versions, utc_now
 from probes.core.stats import Estimate
-from probes.run.outdir import MARKER, check_out_dir
+from probes.run.outdir import MARKER, RESULTS, check_out_dir, require_run_dir
 
 FORMAT = 3
-RESULTS = "results.json"
 HEADS = "heads.parquet"
 HEADS_CSV = "heads.csv"
 PROBES = "probes.parquet"
@@ -386,10 +385,8 @@ def read_run(out_dir: str | os.PathLike) -> RunResults:
     Anything that is not one whole run (a bad field, a file from another run, a truncated table) is a
     ProbesError naming the file and the field.
     """
-    out = Path(out_dir)
+    out = require_run_dir(out_dir)
     path = out / RESULTS
-    if not path.is_file():
-        raise ProbesError(f"no {RESULTS} in '{out}': point at the --out directory of a finished `probes run`")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as err:
