@@ -12,7 +12,9 @@ from platformdirs import user_cache_dir
 from probes.core.provenance import file_sha256
 
 CACHE_ENV = "PROBES_CACHE"
-CACHE_FORMAT = 2  # 2: the manifest hashes every file, not only the weights
+# Still 1: the manifest gained "files" (every file's sha256) beside "sha256" (the weights'), which kits older than
+# "files" read, so old and new kits can share one cache without rebuilding it back and forth.
+CACHE_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -28,13 +30,23 @@ def cached_model_dir(name: str) -> Path:
 
 
 def cache_status(name: str) -> str:
-    """``cached``, ``not cached`` or ``corrupt`` (a file is missing or differs from its recorded sha256, or the
-    manifest is unreadable or from an older kit)."""
+    """``cached``, ``not cached``, ``outdated`` (its manifest predates per-file hashes: rebuilt once) or ``corrupt``
+    (a file is missing or differs from its recorded sha256, or the manifest is unreadable)."""
     model_dir = cached_model_dir(name)
     if not model_dir.is_dir():
         return "not cached"
     manifest = read_manifest(model_dir)
-    return "cached" if manifest is not None and not corrupt_files(model_dir, manifest) else "corrupt"
+    if manifest is None:
+        return "outdated" if _old_manifest(model_dir) else "corrupt"
+    return "corrupt" if corrupt_files(model_dir, manifest) else "cached"
+
+
+def _old_manifest(model_dir: Path) -> bool:
+    try:
+        manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == CACHE_FORMAT and "files" not in manifest
 
 
 def file_hashes(model_dir: Path) -> dict[str, str]:
@@ -51,7 +63,8 @@ def corrupt_files(model_dir: Path, manifest: dict) -> list[str]:
 
 
 def read_manifest(model_dir: Path) -> dict | None:
-    """The manifest of a cached model directory, or None if it has none this kit version can use."""
+    """The manifest of a cached model directory, or None if it has none this kit version can use (no "files":
+    written by an older kit, whose files are rebuilt once)."""
     try:
         manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     except (OSError, ValueError):

@@ -136,7 +136,9 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
             scratch.mkdir()
             convert_gguf(spec, scratch, tmp)
             shutil.rmtree(scratch)
-            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "files": file_hashes(tmp)}
+            files = file_hashes(tmp)
+            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": files[WEIGHTS_FILE],
+                        "files": files}
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     except OSError as err:
         raise ProbesError(f"could not write the {name} cache in {final.parent}: {err.strerror or err}") from None
@@ -154,8 +156,10 @@ def ensure_cached(name: str) -> Path:
     status = cache_status(name)
     if status == "corrupt":
         manifest = read_manifest(final)
-        what = ", ".join(corrupt_files(final, manifest)) if manifest else f"{MANIFEST_FILE} (missing or older format)"
+        what = ", ".join(corrupt_files(final, manifest)) if manifest else MANIFEST_FILE
         print(f"probes: cached {name} is corrupt ({what} do not match their sha256); rebuilding", file=sys.stderr)
+    elif status == "outdated":
+        print(f"probes: cached {name} was written by an older kit (no per-file sha256); rebuilding", file=sys.stderr)
     if status != "cached":
         build_cache(name)
     return final

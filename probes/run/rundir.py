@@ -334,9 +334,10 @@ RESULTS_SCHEMA = {
             "additionalProperties": {
                 "type": "object",
                 "required": ["leg", "description", "unit"],
-                "properties": {"leg": {"enum": list(LEGS)}, "description": {"type": "string"},
-                               "unit": {"type": "string"}, "test": _nullable("string"),
-                               "threshold": _nullable("string"), "panel": {"type": "boolean"}},
+                # every stored field of Measure (a flag unless named here), and no other: Measure(**entry) must work
+                "properties": {f.name: {"type": "boolean"} for f in fields(Measure) if f.name not in ("name", "gather")}
+                | {"leg": {"enum": list(LEGS)}, "description": {"type": "string"}, "unit": {"type": "string"},
+                   "test": _nullable("string"), "threshold": _nullable("string")},
                 "additionalProperties": False,
             },
         },
@@ -353,6 +354,10 @@ RESULTS_SCHEMA = {
                     "evidence": _ESTIMATES,
                     "thresholds": {"type": "object", "additionalProperties": False,
                                    "properties": {f.name: {"type": "number"} for f in fields(Thresholds)}},
+                    "selected": {"type": "boolean"}, "family": {"type": "integer", "minimum": 1},
+                    "discovery": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+                    "confirmation": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+                    "tested_on": {"type": "string"},
                 },
                 "if": {"properties": {"kind": {"const": "composition"}}, "required": ["kind"]},
                 "then": {"required": ["sender", "receiver", "via"]},

@@ -139,8 +139,10 @@ class AnalysisSpec:
         for name, value in self.thresholds.items():
             if name == "min_prompts":
                 ok, kind = _whole(value) and value >= 1, "a whole number >= 1"
-            elif name == "alpha":
-                ok, kind = _number(value) and 0 < value < 1, "a number between 0 and 1"
+            elif name in ("alpha", "confirm_fraction"):
+                ok, kind = _number(value) and 0 < value < 1, "a number between 0 and 1 (exclusive)"
+            elif name == "min_accuracy":
+                ok, kind = _number(value) and 0 <= value <= 1, "a number from 0 to 1"
             else:
                 ok, kind = _number(value) and value >= 0, "a number >= 0"
             if not ok:
