@@ -86,7 +86,7 @@ def mutate_text(data, text: str) -> str:
 @given(data=st.data())
 def test_any_spec_file_is_run_or_refused_in_one_line(toy_dir, data):
     fields = {"model": str(toy_dir), "task": "induction", "n": 12, "seed": 0, "src": "induction_target",
-              "dst": "previous", "direction": "noising", "claims": ["top_attention:1"], "title": "t",
+              "dst": "previous", "direction": "noising", "claims": [[0, 2]], "title": "t",
               "thresholds": {"effect": 0.1}, "examples": 1}
     for _ in range(data.draw(st.integers(1, 3))):
         key = data.draw(st.sampled_from(sorted(fields) + ["colour", "foil", "compositions", "probe_targets"]))

@@ -53,7 +53,7 @@ def toy_dir(tmp_path_factory):
 
 def spec_file(path: Path, model: Path, **fields) -> Path:
     fields = {"model": str(model), "task": "induction", "n": 12, "src": "induction_target", "dst": "previous",
-              "direction": "noising", "claims": ["top_attention:1"]} | fields
+              "direction": "noising", "claims": [[0, 2]]} | fields
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items() if v is not None))
     return path
 
@@ -267,7 +267,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_the_model_runs(toy_d
 def test_n_beyond_memory_or_distinct_prompts_is_refused_before_generating(toy_model, monkeypatch):
     with pytest.raises(ProbesError, match="needs about .* GB of memory"):
         tasks.generate(toy_model.model, "induction", 10**9)
-    monkeypatch.setitem(tasks.MAX_DISTINCT, "induction", lambda model: 5)
+    monkeypatch.setitem(tasks.MAX_DISTINCT, "induction", lambda model, templates: 5)
     with pytest.raises(ProbesError, match="can make 5 distinct prompts"):
         tasks.generate(toy_model.model, "induction", 6)
 
