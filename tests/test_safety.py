@@ -20,6 +20,7 @@ from probes import cli, toy
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.evidence.attention import role_attention
+from probes.evidence.metric import logit_diff
 from probes.evidence.patching import patch_heads
 from probes.models import cache, loading
 from probes.models.loading import load_model_dir, save_model_dir
@@ -283,16 +284,20 @@ def test_long_prompts_are_batched_to_fit_the_memory_budget(toy_model, monkeypatc
     """Halving the batch to fit changes no number; a single prompt over budget is refused in one line."""
     prompts = pronoun_prompts(toy_model, 8)
     expected = role_attention(toy_model.model, prompts, "pronoun", "antecedent", batch_size=8)
-    one_prompt = 3 * toy_model.model.cfg.n_heads * prompts.n_pos**2 * 4
+    expected_metric = logit_diff(toy_model.model, prompts.clean, prompts, batch_size=8)
+    one_prompt = 3 * toy_model.model.cfg.n_heads * prompts.n_pos**2 * 4  # scores, masked scores, pattern: float32
     batches = []
     monkeypatch.setattr("probes.core.memory.available_bytes", lambda: 2 * (2 * one_prompt))  # 2 prompts fit
     original = toy_model.model.run_with_hooks
     monkeypatch.setattr(toy_model.model, "run_with_hooks", lambda t, **kw: batches.append(len(t)) or original(t, **kw))
     torch.testing.assert_close(role_attention(toy_model.model, prompts, "pronoun", "antecedent", batch_size=8), expected)
     assert batches == [2, 2, 2, 2]
+    torch.testing.assert_close(logit_diff(toy_model.model, prompts.clean, prompts, batch_size=8), expected_metric)
     monkeypatch.setattr("probes.core.memory.available_bytes", lambda: one_prompt)
     with pytest.raises(ProbesError, match="needs about .* shorten the prompts"):
         role_attention(toy_model.model, prompts, "pronoun", "antecedent")
+    with pytest.raises(ProbesError, match="a forward pass .* needs about"):
+        logit_diff(toy_model.model, prompts.clean, prompts)
 
 
 # --- the model cache ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ the work starts, instead of failing deep inside torch or driving the machine int
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from probes.core.errors import ProbesError
 
@@ -49,10 +49,16 @@ def require_fits(need: int, what: str, fix: str) -> None:
         )
 
 
-def fit_batch(batch: int, need: Callable[[int], int], what: str, fix: str) -> int:
-    """The largest batch, halving from ``batch``, whose estimated peak ``need(batch)`` fits the budget."""
-    budget = budget_bytes()
-    while batch > 1 and need(batch) > budget:
-        batch //= 2
-    require_fits(need(batch), what, fix)
-    return batch
+def batches(
+    lengths: Sequence[int], batch_size: int, need: Callable[[int, int], int], what: str, fix: str
+) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` items, each halved until its estimated peak
+    ``need(batch, longest length in it)`` fits the budget; one item that cannot fit is refused in one line."""
+    budget, start = budget_bytes(), 0
+    while start < len(lengths):
+        batch = batch_size
+        while batch > 1 and need(batch, max(lengths[start : start + batch])) > budget:
+            batch //= 2
+        require_fits(need(batch, max(lengths[start : start + batch])), f"{what} (item {start})", fix)
+        yield slice(start, start + batch)
+        start += batch

@@ -15,6 +15,7 @@ no full activation cache is ever built.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -25,8 +26,8 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
-from probes.core.memory import fit_batch
-from probes.models.architecture import kv_head_of
+from probes.core.memory import batches
+from probes.models.architecture import attention_bytes, kv_head_of
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -54,11 +55,10 @@ def _per_head(
     prompts.check_model(model)
     n, n_layers, n_heads = len(prompts), model.cfg.n_layers, model.cfg.n_heads
     out: dict[str, Tensor] = {}
-    progress = tqdm(total=n, desc=desc, disable=None, leave=False)
-    start = 0
-    while start < n:
-        idx = slice(start, start + _fit_batch(model, prompts, start, batch_size))
-        tokens = prompts.clean[idx, : int(prompts.end[idx].max()) + 1]
+    lengths = (prompts.end + 1).tolist()
+    fits = batches(lengths, batch_size, functools.partial(attention_bytes, model), "attention", "shorten the prompts")
+    for idx in tqdm(list(fits), desc=desc, disable=None, leave=False):
+        tokens = prompts.clean[idx, : max(lengths[idx])]
         hooks = []
         for name, read in make_readers(idx, tokens).items():
             store = out.setdefault(name, torch.zeros(n, n_layers, n_heads))
@@ -69,25 +69,7 @@ def _per_head(
             names = {get_act_name(name, layer) for layer in range(n_layers)}
             hooks.append((lambda hook_name, names=names: hook_name in names, hook))
         model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=hooks, stop_at_layer=n_layers)
-        progress.update(len(tokens))
-        start += len(tokens)
-    progress.close()
     return out
-
-
-# An attention layer holds about this many [batch, head, query, key] float tensors at once (scores, masked
-# scores, pattern): a batch of long prompts is quadratic in their length, 14 GB for 16 prompts of 5,000 tokens.
-ATTENTION_COPIES = 3
-
-
-def _fit_batch(model: HookedTransformer, prompts: PromptSet, start: int, batch_size: int) -> int:
-    """The batch from ``start`` whose attention tensors fit the memory budget (halved until they do)."""
-
-    def need(batch: int) -> int:
-        n_pos = int(prompts.end[start : start + batch].max()) + 1
-        return ATTENTION_COPIES * batch * model.cfg.n_heads * n_pos * n_pos * 4
-
-    return fit_batch(batch_size, need, f"attention over prompt {start}", "shorten the prompts")
 
 
 def _pattern_reader(src: Int[Tensor, " batch"], dst: Int[Tensor, " batch"]) -> Reader:

@@ -6,13 +6,16 @@ materialises full-vocabulary logits (Gemma-3's vocabulary is 262k).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from probes.core.memory import batches
+from probes.models.architecture import attention_bytes
 from probes.prompts.promptset import PromptSet
 
 # (model, final residual at the read-off position, answer ids, foil ids) -> one number per row: what a patched
@@ -57,8 +60,7 @@ def logit_diff(
 ) -> Float[Tensor, " prompt"]:
     """The metric for every prompt on ``tokens`` (the clean or the corrupt side), one value per prompt."""
     out = []
-    for start in range(0, len(prompts), batch_size):
-        idx = slice(start, start + batch_size)
+    for idx in _batches(model, tokens, batch_size):
         resid = model(tokens[idx], stop_at_layer=model.cfg.n_layers)
         end = prompts.end[idx]
         out.append(logit_diff_from_resid(model, resid_at(resid, end), prompts.answer[idx], prompts.foil[idx]))
@@ -72,8 +74,7 @@ def answer_distribution(
     """The answer's probability and its rank (1 = the argmax) over the whole vocabulary on each clean prompt:
     the output distribution beside the logit difference, which only compares two tokens."""
     probs, ranks = [], []
-    for start in range(0, len(prompts), batch_size):
-        idx = slice(start, start + batch_size)
+    for idx in _batches(model, prompts.clean, batch_size):
         resid = model(prompts.clean[idx], stop_at_layer=model.cfg.n_layers)
         logits = model.unembed(final_norm(model, resid_at(resid, prompts.end[idx]))[:, None, :])[:, 0, :]
         answer = prompts.answer[idx]
@@ -81,6 +82,12 @@ def answer_distribution(
         probs.append(logits.float().softmax(-1).gather(1, answer[:, None])[:, 0])
         ranks.append(1 + (logits > answer_logit).sum(-1))
     return torch.cat(probs), torch.cat(ranks)
+
+
+def _batches(model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], batch_size: int) -> Iterator[slice]:
+    """Batches of full-width prompts whose attention tensors fit the memory budget."""
+    need = functools.partial(attention_bytes, model)
+    return batches([tokens.shape[1]] * len(tokens), batch_size, need, "a forward pass", "shorten the prompts")
 
 
 def answer_is_top1(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> torch.BoolTensor:
