@@ -14,7 +14,6 @@ from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
 import pytest

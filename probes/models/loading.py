@@ -39,6 +39,7 @@ from probes.models.cache import (
 )
 from probes.models.layout import relayout_for_speed
 from probes.models.registry import PACKAGED, PackagedModel, model_source, require_hub
+
 STALE_BUILD_S = 3600  # a conversion takes ~2 min: a scratch directory an hour old was left by a killed build
 # Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
