@@ -213,7 +213,7 @@ def test_smollm2_prompts_on_gemma_are_refused(smollm2, gemma):
     from probes.claims.evaluation import evaluate
     from probes.claims.types import Claim
 
-    prompts = tasks.generate(smollm2, "gender_tag", 2)
+    prompts = tasks.generate(smollm2, "gender_tag", 6)
     with pytest.raises(ProbesError, match="tokenised by .* but the model .* uses"):
         evaluate(gemma, prompts, Claim(None, "end", "name"))
 
