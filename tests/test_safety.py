@@ -20,6 +20,7 @@ from probes import cli, toy
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.evidence.attention import role_attention
+from probes.evidence.behaviour import behaviour
 from probes.evidence.metric import logit_diff
 from probes.evidence.patching import patch_heads
 from probes.models import cache, loading
@@ -229,7 +230,10 @@ def test_token_ids_and_pairs_that_cannot_be_right_are_refused(toy_model):
     }
     for message, bad in cases.items():
         with pytest.raises(ProbesError, match=message):
-            PromptSet.from_tokens(**bad)
+            PromptSet.from_tokens(**bad).check_pairs()  # the last two only where a minimal pair is needed
+        if message in ("answer and foil are the same", "same tokens: not a minimal pair"):
+            with pytest.raises(ProbesError, match=message):
+                behaviour(toy_model.model, PromptSet.from_tokens(**bad))
     past_vocab = PromptSet.from_tokens(**parts | {"answer": good.answer + toy_model.model.cfg.d_vocab})
     with pytest.raises(ProbesError, match="past the vocabulary"):
         role_attention(toy_model.model, past_vocab, "pronoun", "antecedent")

@@ -55,6 +55,7 @@ def behaviour(
 ) -> Behaviour:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
     prompts.check_model(model)
+    prompts.check_pairs()
     clean = logit_diff(model, prompts.clean, prompts)
     corrupt = logit_diff(model, prompts.corrupt, prompts)
     probability, rank = answer_distribution(model, prompts)

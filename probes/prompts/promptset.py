@@ -78,12 +78,6 @@ class PromptSet:
             if (ids < 0).any():
                 i = int((ids < 0).nonzero()[0, 0])
                 raise ProbesError(f"prompt {i}: {name} holds a negative token id; token ids count from 0")
-        same = (self.answer == self.foil).nonzero()
-        if len(same):
-            raise ProbesError(f"prompt {int(same[0])}: answer and foil are the same token: the logit difference is 0")
-        identical = (self.clean == self.corrupt).all(dim=1).nonzero()
-        if len(identical):
-            raise ProbesError(f"prompt {int(identical[0])}: clean and corrupt are the same tokens: not a minimal pair")
         if END not in self.roles:
             self.roles[END] = torch.full((n,), n_pos - 1, dtype=torch.long)
         for name, pos in self.roles.items():
@@ -156,6 +150,17 @@ class PromptSet:
             write_text(path, "\n".join(lines) + "\n")
         except OSError as err:
             raise ProbesError(f"cannot write prompt file {path}: {err.strerror or err}") from None
+
+    def check_pairs(self) -> None:
+        """Refuse what cannot be a minimal pair where one is needed (the metric, patching): answer = foil makes
+        the logit difference 0, identical clean and corrupt tokens leave nothing to patch. Attention-only uses
+        (head scores on plain sentences) need neither."""
+        same = (self.answer == self.foil).nonzero()
+        if len(same):
+            raise ProbesError(f"prompt {int(same[0])}: answer and foil are the same token: the logit difference is 0")
+        identical = (self.clean == self.corrupt).all(dim=1).nonzero()
+        if len(identical):
+            raise ProbesError(f"prompt {int(identical[0])}: clean and corrupt are the same tokens: not a minimal pair")
 
     def check_model(self, model: HookedTransformer) -> None:
         """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts

@@ -82,6 +82,7 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
     if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
         raise ProbesError("patching needs a causal model whose residual stream carries its positions")
     prompts.check_model(model)
+    prompts.check_pairs()
     return SITES[component]
 
 
