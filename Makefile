@@ -37,8 +37,8 @@ test-fast: setup layers
 
 # The default analysis: coreference in Gemma-3-270m, then previous-token heads and induction; prints report paths.
 demo: setup
-	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference
-	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 24 --out reports/demo-previous-token
+	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference --overwrite
+	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 24 --out reports/demo-previous-token --overwrite
 
 # Each benchmark times TransformerLens and the kit in the same run and prints the ratio (~12 min in all).
 bench: setup

@@ -1,6 +1,9 @@
 """Command line: ``probes models | doctor | run ANALYSIS.toml | report RUN_DIR``.
 
 Every user-facing failure is a :class:`ProbesError`: printed as one line on stderr, exit code 2, no traceback.
+Input is read and checked before torch is imported or a model loaded (spec, prompt file, ``--out``, whether a hub
+name can be reached), so a mistake costs a second, not a model load. Each subcommand is one ``cmd_*`` function
+that imports what it needs, plus its lines in :func:`build_parser`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,15 @@ from pathlib import Path
 from probes.core.errors import ProbesError
 
 EXIT_BAD_INPUT = 2
+STALE_RUN_S = 24 * 3600  # a scratch run directory this old was left by a killed run: removed on the next run
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (its default adds the usage text)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -67,12 +79,19 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Run an analysis spec, write the run directory and its report, print a one-screen summary."""
-    import time
+    """Run an analysis spec, write the run directory and its report, print a one-screen summary.
 
-    from probes.run.pipeline import run_analysis
+    The run directory, page included, is built beside ``--out`` and swapped in whole at the end: an interrupted
+    run leaves the previous run (or nothing) there.
+    """
+    import time
+    import warnings
+
+    from probes.core.io import atomic_dir, remove_stale_temps
+    from probes.models.registry import model_source, require_hub
+    from probes.prompts.records import RepeatedLines, read_records
+    from probes.run.outdir import check_out_dir
     from probes.run.spec import AnalysisSpec
-    from probes.report.render import render
 
     spec = AnalysisSpec.from_toml(args.analysis)
     for key in ("model", "prompts", "n", "seed"):
@@ -82,10 +101,25 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         spec.task = None
     spec.check("command line")
-    out = Path(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}")
+    out = check_out_dir(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}",
+                        args.overwrite)
+    if spec.prompts is not None:
+        _, _, note = read_records(spec.prompts)
+        if note is not None:
+            print(f"note: {note}")
+    if model_source(spec.model) == "hub":
+        require_hub(spec.model)
+    remove_stale_temps(out, older_than_s=STALE_RUN_S)
+
+    from probes.report.render import render  # the heavy imports (torch, TransformerLens) start here
+    from probes.run.pipeline import run_analysis
+
     start = time.perf_counter()
-    _, run = run_analysis(spec, out)
-    index = render(out)
+    with warnings.catch_warnings(), atomic_dir(out) as staging:
+        warnings.simplefilter("ignore", RepeatedLines)  # said above, on stdout: stderr is for the one error line
+        _, run = run_analysis(spec, staging)
+        render(staging)
+        check_out_dir(out, args.overwrite)  # nothing appeared there meanwhile that the swap would replace
     print(f"\n{spec.title or Path(args.analysis).stem}: {spec.model}, {spec.task or spec.prompts}, "
           f"{time.perf_counter() - start:.0f} s")
     width = max((len(r.verdict) for r in run.claims), default=0)
@@ -94,19 +128,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     for note in run.notes:
         print(f"  note: {note}")
     print("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.stage_times.items()))
-    print(f"report: {index}")
+    print(f"report: {out / 'index.html'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Re-render a run directory's index.html from its results (no model needed)."""
-    from probes.report.render import render
+    from probes.run.outdir import require_run_dir
 
-    print(f"report: {render(args.run_dir)}")
+    run_dir = require_run_dir(args.run_dir)
+    from probes.report.render import render  # plotly, pandas: after the quick check
+
+    print(f"report: {render(run_dir)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probes", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="probes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     models = sub.add_parser("models", help="list packaged models, whether each is cached, size and licence")
     models.set_defaults(func=cmd_models)
     doctor = sub.add_parser("doctor", help="what is installed, cached and licensed; chromium, Ray and GPU")
@@ -117,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompts", help="a JSONL file of your own minimal pairs (replaces the spec's task)")
     run.add_argument("--n", type=int, help="number of prompts to generate")
     run.add_argument("--seed", type=int, help="seed for prompt generation and bootstrap")
-    run.add_argument("--out", help="run directory (default reports/ANALYSIS-MODEL)")
+    run.add_argument("--out", help="run directory (default reports/ANALYSIS-MODEL); never a directory of other files")
+    run.add_argument("--overwrite", action="store_true", help="replace the earlier run in --out (only a run directory)")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="re-render RUN_DIR/index.html from its results")
     report.add_argument("run_dir")
@@ -130,12 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ProbesError as err:
-        print(f"probes: error: {err}", file=sys.stderr)
+        print(f"probes: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # the file system said no (full disk, permissions): what and where, not a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"probes: error: {_one_line(err.strerror or str(err))}{where}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("probes: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
 
 
 if __name__ == "__main__":

@@ -135,10 +135,10 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, capfd):
         f.write(b"\x00\x01\x02\x03")
     assert models.cache_status("smollm2-135m") == "corrupt"
     model = probes.load_model("smollm2-135m")
-    assert "corrupt cache); rebuilding" in capfd.readouterr().err
+    assert "is corrupt (model.safetensors do not match their sha256); rebuilding" in capfd.readouterr().err
     assert models.cache_status("smollm2-135m") == "cached"
     manifest = json.loads((tmp_path / "smollm2-135m" / "manifest.json").read_text())
-    assert model.provenance.weights_sha256 == manifest["sha256"]
+    assert model.provenance.weights_sha256 == manifest["files"]["model.safetensors"]
 
 
 def _cli(*args, **env):

@@ -6,6 +6,7 @@ dumps after the scripts ran is what a reader would see.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from probes.report.render import render
 from probes.run.rundir import RunResults
-from test_report import Page, synthetic_run
+from test_report import TITLE_ATTACK, Page, synthetic_run
 
 FLAGS = [
     "--headless",
@@ -97,3 +98,31 @@ def test_hostile_prompt_text_is_shown_as_text_and_never_runs(browsed):
     assert title(dom) == title(source)  # the hostile prompts try to set document.title: none of them ran
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert not [a for tag, a in Page(dom).attrs if tag == "img" and a.get("src") == "x"]
+
+
+HOSTILE = f"<script>{TITLE_ATTACK}</script><img src=x onerror=\"{TITLE_ATTACK}\">"
+
+
+def test_hostile_names_in_results_json_stay_text(tmp_path):
+    """Every string the report takes from results.json (title, task, model, command, claim roles and sentences,
+    the rule, versions) may come from a hostile file: none of them runs in the browser."""
+    browser = chromium()
+    synthetic_run(tmp_path)
+    results = tmp_path / "results.json"
+    d = json.loads(results.read_text(encoding="utf-8"))
+    d |= {"title": HOSTILE, "task": HOSTILE, "command": HOSTILE, "verdict_rule": [HOSTILE],
+          "package_versions": {HOSTILE: HOSTILE}, "model": d["model"] | {"name": HOSTILE}}
+    for claim in d["claims"]:
+        claim |= {"src": HOSTILE, "dst": HOSTILE, "foil": HOSTILE, "sentence": HOSTILE}
+    results.write_text(json.dumps(d), encoding="utf-8")
+    page = render(tmp_path)
+    profile = tmp_path / "profile"
+    dom = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=45, check=True).stdout
+    assert "js-plotly-plot" in dom  # the page loaded and its scripts ran
+    def title(text: str) -> str:
+        return html.unescape(re.search(r"<title>([^<]*)</title>", text).group(1))
+
+    assert title(dom) == title(page.read_text(encoding="utf-8"))  # the hostile text is the title: none of it ran
+    assert not [a for tag, a in Page(dom).attrs if tag == "img" and a.get("src") == "x"]
+    assert dom.count("&lt;script&gt;document.title='pwned'&lt;/script&gt;") >= 4  # shown, as text

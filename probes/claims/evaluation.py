@@ -378,6 +378,7 @@ def evaluate(
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
     *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
     """
+    prompts.check_model(model)
     if isinstance(claim, Composition):
         return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed, family=family)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

@@ -6,9 +6,11 @@ so an interrupted run, a full disk or a crash never leaves a half-written cache,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,18 +34,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A scratch directory beside ``path`` that replaces it (and whatever was there) only if the body finishes."""
+    """A scratch directory beside ``path`` that replaces it (and whatever was there) only if the body finishes.
+
+    An existing ``path`` is swapped with the scratch directory in one ``renameat2(RENAME_EXCHANGE)`` where the
+    kernel has it, so a crash at any moment leaves the old directory or the new one at ``path``, never a mix or
+    nothing; elsewhere the old one is renamed aside first (a crash between the two renames leaves nothing there).
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if not final.exists():
+            os.replace(tmp, final)
+        elif not _exchange(tmp, final):  # tmp now holds the old directory, removed below
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            os.replace(final, aside / "old")
+            os.replace(tmp, final)
+            tmp = aside
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where that is unavailable."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def remove_stale_temps(path: str | os.PathLike, older_than_s: float) -> list[Path]:
+    """Remove scratch directories :func:`atomic_dir` left beside ``path`` (a killed process cannot clean up).
+
+    Only those older than ``older_than_s`` go, so a build still running in another process keeps its own.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    stale = [
+        p for p in final.parent.iterdir()
+        if p.name.startswith(f".{final.name}.") and p.is_dir() and p.stat().st_mtime < cutoff
+    ]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

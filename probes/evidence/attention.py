@@ -15,6 +15,7 @@ no full activation cache is ever built.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -25,8 +26,9 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
+from probes.core.memory import batches
 from probes.evidence.patching.reference import sharing, side_run
-from probes.models.architecture import kv_head_of
+from probes.models.architecture import attention_bytes, kv_head_of
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -48,15 +50,18 @@ def _per_head(
     """Run the clean prompts in batches, calling each batch's readers on every layer's named attention hook.
 
     ``make_readers(idx, tokens)`` returns, per TransformerLens activation name (``"pattern"``, ``"v"``), a
-    reader; what it returns for layer ``L`` lands in ``out[name][idx, L]``. Batches are trimmed to their longest
-    real prompt. Inside a :func:`probes.evidence.patching.shared_runs` scope the batch's patterns and values are
-    run once and kept, so a run's several attention measures share one pass.
+    reader; what it returns for layer ``L`` lands in ``out[name][idx, L]``. Batches are halved until their
+    attention tensors fit the memory budget (:mod:`probes.core.memory`) and trimmed to their longest real prompt.
+    Inside a :func:`probes.evidence.patching.shared_runs` scope the batch's patterns and values are run once and
+    kept, so a run's several attention measures share one pass.
     """
+    prompts.check_model(model)
     n, n_layers, n_heads = len(prompts), model.cfg.n_layers, model.cfg.n_heads
     out: dict[str, Tensor] = {}
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=None, leave=False):
-        idx = slice(start, start + batch_size)
-        tokens = prompts.clean[idx, : int(prompts.end[idx].max()) + 1]
+    lengths = (prompts.end + 1).tolist()
+    fits = batches(lengths, batch_size, functools.partial(attention_bytes, model), "attention", "shorten the prompts")
+    for idx in tqdm(list(fits), desc=desc, disable=None, leave=False):
+        tokens = prompts.clean[idx, : max(lengths[idx])]
         readers = make_readers(idx, tokens)
         if sharing():  # a run's attention measures read one kept pass: patterns and values of every layer
             names = {get_act_name(name, layer) for name in SHARED for layer in range(n_layers)}

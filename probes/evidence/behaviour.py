@@ -61,6 +61,8 @@ def behaviour(
     model: HookedTransformer, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
+    prompts.check_model(model)
+    prompts.check_pairs()
     clean_resid = read_off_resid(model, prompts.clean, prompts)  # one clean pass for the metric and the distribution
     clean = logit_diff_from_resid(model, clean_resid, prompts.answer, prompts.foil)
     corrupt = logit_diff_from_resid(model, read_off_resid(model, prompts.corrupt, prompts), prompts.answer, prompts.foil)

@@ -6,13 +6,16 @@ materialises full-vocabulary logits (Gemma-3's vocabulary is 262k).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from probes.core.memory import batches
+from probes.models.architecture import attention_bytes
 from probes.prompts.promptset import PromptSet
 
 # (model, final residual at the read-off position, answer ids, foil ids) -> one number per row: what a patched
@@ -58,8 +61,7 @@ def read_off_resid(
     """The residual stream after the last block at each prompt's read-off position, on ``tokens`` (the clean or
     the corrupt side): all the metric and the answer's distribution need, from one pass."""
     out = []
-    for start in range(0, len(prompts), batch_size):
-        idx = slice(start, start + batch_size)
+    for idx in _batches(model, tokens, batch_size):
         out.append(resid_at(model(tokens[idx], stop_at_layer=model.cfg.n_layers), prompts.end[idx]))
     return torch.cat(out)
 
@@ -80,3 +82,9 @@ def answer_distribution(
         probs.append(logits.float().softmax(-1).gather(1, target)[:, 0])
         ranks.append(1 + (logits > logits.gather(1, target)).sum(-1))
     return torch.cat(probs), torch.cat(ranks)
+
+
+def _batches(model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], batch_size: int) -> Iterator[slice]:
+    """Batches of full-width prompts whose attention tensors fit the memory budget."""
+    need = functools.partial(attention_bytes, model)
+    return batches([tokens.shape[1]] * len(tokens), batch_size, need, "a forward pass", "shorten the prompts")

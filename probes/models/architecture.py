@@ -19,6 +19,16 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 _QK_NORM_IN_FORWARD = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
+# An attention layer holds about this many [batch, head, query, key] float32 tensors at once (scores, masked scores,
+# pattern): quadratic in the prompt length, 14 GB for a batch of 16 prompts of 5,000 tokens in SmolLM2.
+ATTENTION_COPIES = 3
+
+
+def attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+    """Peak bytes of one attention layer's score and pattern tensors for ``batch`` prompts of ``n_pos`` tokens."""
+    return ATTENTION_COPIES * batch * model.cfg.n_heads * n_pos * n_pos * 4
+
+
 def n_kv_heads(model: HookedTransformer) -> int:
     """Key/value heads as the hooks see them: one per query head without grouped-query attention, and in
     TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them."""

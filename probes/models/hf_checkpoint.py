@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.provenance import file_sha256
-from probes.models.cache import CACHE_FORMAT, CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, cache_root, read_manifest
+from probes.models.cache import CACHE_FORMAT, CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, cache_root, file_hashes, read_manifest
 
 # Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
@@ -138,6 +138,6 @@ def converted_dir(path: str | Path) -> Path:
         write_converted(hf_model, tokenizer, tmp, scratch)
         shutil.rmtree(scratch)
         manifest = {"format": CACHE_FORMAT, "name": str(source), "source": str(source.resolve()),
-                    "sha256": file_sha256(tmp / WEIGHTS_FILE)}
+                    "sha256": file_sha256(tmp / WEIGHTS_FILE), "files": file_hashes(tmp)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return final

@@ -24,7 +24,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from probes.core.errors import ProbesError
-from probes.core.io import atomic_dir
+from probes.core.io import atomic_dir, remove_stale_temps
 from probes.core.provenance import Provenance, file_sha256
 from probes.models.cache import (
     CACHE_ENV,
@@ -34,11 +34,15 @@ from probes.models.cache import (
     WEIGHTS_FILE,
     cache_status,
     cached_model_dir,
+    corrupt_files,
+    file_hashes,
     read_manifest,
 )
 from probes.models.hf_checkpoint import config_to_json, converted_dir, is_hf_checkpoint, write_converted
 from probes.models.layout import relayout_for_speed
-from probes.models.registry import PACKAGED, PackagedModel
+from probes.models.registry import PACKAGED, PackagedModel, model_source, require_hub
+
+STALE_BUILD_S = 3600  # a conversion takes ~2 min: a scratch directory an hour old was left by a killed build
 
 # ---------------------------------------------------------------------------------------------------------------
 # Conversion: GGUF -> HF (transformers) -> TransformerLens state dict -> local model directory
@@ -93,8 +97,9 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
             scratch.mkdir()
             convert_gguf(spec, scratch, tmp)
             shutil.rmtree(scratch)
-            sha = file_sha256(tmp / WEIGHTS_FILE)
-            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": sha}
+            files = file_hashes(tmp)
+            manifest = {"format": CACHE_FORMAT, "name": name, "source": spec.source, "sha256": files[WEIGHTS_FILE],
+                        "files": files}
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     except OSError as err:
         raise ProbesError(f"could not write the {name} cache in {final.parent}: {err.strerror or err}") from None
@@ -102,16 +107,23 @@ def build_cache(name: str, *, quiet: bool = False) -> Path:
 
 
 def ensure_cached(name: str) -> Path:
-    """The cache directory of a packaged model, (re)built if missing or if its sha256 does not match."""
+    """The cache directory of a packaged model, (re)built if missing or if any file does not match its sha256.
+
+    Scratch directories of builds that were killed (older than any build takes) are removed first.
+    """
+    final = cached_model_dir(name)
+    for stale in remove_stale_temps(final, older_than_s=STALE_BUILD_S):
+        print(f"probes: removed {stale}, left by an interrupted build of {name}", file=sys.stderr)
     status = cache_status(name)
     if status == "corrupt":
-        print(
-            f"probes: cached weights of {name} do not match their sha256 (corrupt cache); rebuilding",
-            file=sys.stderr,
-        )
+        manifest = read_manifest(final)
+        what = ", ".join(corrupt_files(final, manifest)) if manifest else MANIFEST_FILE
+        print(f"probes: cached {name} is corrupt ({what} do not match their sha256); rebuilding", file=sys.stderr)
+    elif status == "outdated":
+        print(f"probes: cached {name} was written by an older kit (no per-file sha256); rebuilding", file=sys.stderr)
     if status != "cached":
         build_cache(name)
-    return cached_model_dir(name)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,12 +140,10 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
         if not (model_dir / required).is_file():
             raise ProbesError(f"{model_dir} is not a model directory: {required} is missing")
     manifest = read_manifest(model_dir)
-    if manifest is None or check_sha256:
-        sha = file_sha256(model_dir / WEIGHTS_FILE)
-        if manifest is not None and sha != manifest["sha256"]:
-            raise ProbesError(f"{model_dir / WEIGHTS_FILE} does not match the sha256 in {MANIFEST_FILE}: corrupt file")
-    else:
-        sha = manifest["sha256"]
+    if manifest is not None and check_sha256 and corrupt_files(model_dir, manifest):
+        bad = ", ".join(corrupt_files(model_dir, manifest))
+        raise ProbesError(f"{model_dir}: {bad} do not match the sha256 in {MANIFEST_FILE}: corrupt files")
+    sha = manifest["files"][WEIGHTS_FILE] if manifest is not None else file_sha256(model_dir / WEIGHTS_FILE)
     try:
         fields = json.loads((model_dir / CONFIG_FILE).read_text())
     except ValueError as err:
@@ -192,6 +202,7 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
             f"unknown model '{name}': not a packaged model ({packaged}), not a TransformerLens official name, "
             "and not a directory holding config.json + model.safetensors"
         ) from None
+    require_hub(official)
     try:
         model = HookedTransformer.from_pretrained_no_processing(official, device=device)
     except OSError as err:
@@ -210,8 +221,9 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransform
     Weights are never folded or centred, so logits equal the original model's.
     """
     key = str(name_or_path)
-    if key in PACKAGED:
+    source = model_source(key)
+    if source == "packaged":
         return load_model_dir(ensure_cached(key), device, check_sha256=False)  # just checked
-    if Path(key).is_dir():
+    if source == "directory":
         return load_model_dir(converted_dir(key) if is_hf_checkpoint(key) else key, device)
     return _load_from_hub(key, device)

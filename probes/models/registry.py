@@ -6,7 +6,10 @@ Light on purpose (no torch, no TransformerLens): ``probes models`` lists them wi
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Callable
 
@@ -72,3 +75,31 @@ PACKAGED: dict[str, PackagedModel] = {
         disk_bytes=2_800_000_000,
     ),
 }
+
+
+def model_source(name: str) -> str:
+    """Where ``load_model(name)`` will look: ``packaged``, ``directory`` or ``hub`` (decided without torch)."""
+    if name in PACKAGED:
+        return "packaged"
+    return "directory" if Path(name).is_dir() else "hub"
+
+
+def require_hub(name: str) -> None:
+    """Fail at once, with one line, when the Hugging Face hub cannot be reached: never minutes of retries.
+
+    Offline means ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, or no TCP connection to the hub within 2 s
+    (skipped behind a proxy, which the hub client handles itself).
+    """
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not offline and not proxied:
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=2).close()
+        except OSError:
+            offline = True
+    if offline:
+        raise ProbesError(
+            f"could not fetch '{name}': the Hugging Face hub is unreachable (offline) and it is neither a packaged "
+            f"model ({', '.join(PACKAGED)}) nor a local model directory; use one of those"
+        )

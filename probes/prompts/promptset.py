@@ -13,7 +13,9 @@ Roles are matched in the clean text as :mod:`probes.prompts.roles` describes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
+from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
 from probes.prompts.roles import END, role_position
-RECORD_KEYS = ("clean", "corrupt", "answer", "foil", "roles")
 
 
 @dataclass
@@ -37,7 +39,9 @@ class PromptSet:
     ``labels`` carries per-prompt metadata (template id, names, genders...) used to group cross-validation
     folds and to explain results; ``texts`` keeps the original strings (if any) for reports. ``groups`` holds one
     id per prompt: prompts sharing an id (one template filled with the same names, a duplicated line) are one
-    independent unit for every interval and test; by default each prompt is its own group.
+    independent unit for every interval and test; by default each prompt is its own group. ``tokenizer`` is the
+    fingerprint of the tokenizer that made the ids (:func:`tokenizer_fingerprint`; None for hand-made ids):
+    :meth:`check_model` refuses a model with another one, since the same ids mean other words there.
     """
 
     clean: Int[Tensor, "prompt pos"]
@@ -49,6 +53,7 @@ class PromptSet:
     labels: dict[str, list] = field(default_factory=dict)
     texts: list[dict] = field(default_factory=list)
     groups: list | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         self.clean = torch.as_tensor(self.clean, dtype=torch.long)
@@ -64,9 +69,15 @@ class PromptSet:
                 f"clean and corrupt must have the same shape, got {tuple(self.clean.shape)} and "
                 f"{tuple(self.corrupt.shape)}: build minimal pairs that tokenise to the same length"
             )
+        if n == 0 or n_pos == 0:
+            raise ProbesError(f"the prompt set is empty ({n} prompts of {n_pos} tokens): give at least one pair")
         for name, t in [("answer", self.answer), ("foil", self.foil)] + list(self.roles.items()):
             if t.shape[0] != n:
                 raise ProbesError(f"'{name}' has {t.shape[0]} entries but there are {n} prompts")
+        for name, ids in [("clean", self.clean), ("corrupt", self.corrupt), ("answer", self.answer), ("foil", self.foil)]:
+            if (ids < 0).any():
+                i = int((ids < 0).nonzero()[0, 0])
+                raise ProbesError(f"prompt {i}: {name} holds a negative token id; token ids count from 0")
         if END not in self.roles:
             self.roles[END] = torch.full((n,), n_pos - 1, dtype=torch.long)
         for name, pos in self.roles.items():
@@ -81,7 +92,7 @@ class PromptSet:
         if len(self.groups) != n:
             raise ProbesError(f"groups has {len(self.groups)} entries but there are {n} prompts")
         for i, g in enumerate(self.groups):
-            _check_group(g, f"prompt {i}")
+            check_group(g, f"prompt {i}")
 
     @classmethod
     def from_tokens(
@@ -94,9 +105,12 @@ class PromptSet:
         task: str = "custom",
         labels: dict[str, list] | None = None,
         groups: list | None = None,
+        tokenizer: str | None = None,
     ) -> PromptSet:
-        """Build a prompt set from token ids, for toy models that have no tokenizer."""
-        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}), groups=groups)
+        """Build a prompt set from token ids, for toy models that have no tokenizer (or ids drawn from a
+        tokenizer's vocabulary: pass its :func:`tokenizer_fingerprint`)."""
+        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}), groups=groups,
+                   tokenizer=tokenizer)
 
     @classmethod
     def from_strings(cls, model: HookedTransformer, records: list[dict], task: str = "custom") -> PromptSet:
@@ -108,24 +122,11 @@ class PromptSet:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, model: HookedTransformer, task: str = "custom") -> PromptSet:
-        """Read one prompt pair per line (blank lines skipped); errors name the file and line."""
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ProbesError(f"cannot read prompt file {path}: {getattr(err, 'strerror', None) or err}") from None
-        records, where = [], []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise ProbesError(f"{path} line {number}: not valid JSON ({err})") from None
-            records.append(record)
-            where.append(f"{path} line {number}")
-        if not records:
-            raise ProbesError(f"{path} holds no prompt pairs: write one JSON object per line")
+        """Read one prompt pair per line (blank lines skipped); errors name the file and line, and exact duplicate
+        lines are kept with a :class:`RepeatedLines` warning."""
+        records, where, note = read_records(path)
+        if note is not None:
+            warnings.warn(note, RepeatedLines, stacklevel=2)
         return _from_records(model, records, where, task)
 
     def to_jsonl(self, path: str | Path) -> None:
@@ -149,6 +150,40 @@ class PromptSet:
             write_text(path, "\n".join(lines) + "\n")
         except OSError as err:
             raise ProbesError(f"cannot write prompt file {path}: {err.strerror or err}") from None
+
+    def check_pairs(self) -> None:
+        """Refuse what cannot be a minimal pair where one is needed (the metric, patching): answer = foil makes
+        the logit difference 0, identical clean and corrupt tokens leave nothing to patch. Attention-only uses
+        (head scores on plain sentences) need neither."""
+        same = (self.answer == self.foil).nonzero()
+        if len(same):
+            raise ProbesError(f"prompt {int(same[0])}: answer and foil are the same token: the logit difference is 0")
+        identical = (self.clean == self.corrupt).all(dim=1).nonzero()
+        if len(identical):
+            raise ProbesError(f"prompt {int(identical[0])}: clean and corrupt are the same tokens: not a minimal pair")
+
+    def check_model(self, model: HookedTransformer) -> None:
+        """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts
+        longer than its context (which would fail deep inside attention, or ask for memory it cannot have)."""
+        own, name = model_fingerprint(model), model_name(model)
+        if self.tokenizer is not None and own is not None and own != self.tokenizer:
+            raise ProbesError(
+                f"these prompts were tokenised by {self.tokenizer} but the model {name} uses "
+                f"{own}: the same ids are other words there; build the prompts with this model"
+            )
+        for what, ids in [("clean", self.clean), ("corrupt", self.corrupt), ("answer", self.answer), ("foil", self.foil)]:
+            if int(ids.max()) >= model.cfg.d_vocab:
+                raise ProbesError(
+                    f"{what} token id {int(ids.max())} is past the vocabulary of {name} "
+                    f"({model.cfg.d_vocab} tokens): these prompts were made for another model"
+                )
+        longest = int(self.end.max()) + 1
+        if longest > model.cfg.n_ctx:
+            i = int(self.end.argmax())
+            raise ProbesError(
+                f"prompt {i} is {longest} tokens but {name} reads at most {model.cfg.n_ctx} "
+                "(its context): shorten it"
+            )
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -192,7 +227,30 @@ class PromptSet:
             labels={k: [v[i] for i in ids] for k, v in self.labels.items()},
             texts=[self.texts[i] for i in ids] if self.texts else [],
             groups=[self.groups[i] for i in ids],
+            tokenizer=self.tokenizer,
         )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """``NAME#sha256[:12]`` of a tokenizer's full definition (vocabulary, merges, normalisers); memoised on it."""
+    cached = getattr(tokenizer, "_probes_fingerprint", None)
+    if cached is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+        name = Path(str(getattr(tokenizer, "name_or_path", "") or "tokenizer")).name
+        cached = f"{name}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        tokenizer._probes_fingerprint = cached
+    return cached
+
+
+def model_name(model: HookedTransformer) -> str:
+    """What the user called the model (packaged name, directory, hub name), for error messages."""
+    provenance = getattr(model, "provenance", None)
+    return provenance.name if provenance is not None else model.cfg.model_name
+
+
+def model_fingerprint(model: HookedTransformer) -> str | None:
+    return None if model.tokenizer is None else tokenizer_fingerprint(model.tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,7 +266,7 @@ def _from_records(model: HookedTransformer, records: list[dict], where: list[str
     if not records:
         raise ProbesError("no prompt records given")
     for record, loc in zip(records, where):
-        _check_record(record, loc)
+        check_record(record, loc)
     role_names = list(records[0]["roles"])
     texts = [r["clean"] for r in records] + [r["corrupt"] for r in records]
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -246,37 +304,19 @@ def _from_records(model: HookedTransformer, records: list[dict], where: list[str
         task=task,
         labels={key: [r.get("labels", {}).get(key) for r in records] for key in label_keys},
         texts=records,
-        # a record without a group is its own unit
-        groups=[r["group"] if "group" in r else f"record {i + 1}" for i, r in enumerate(records)],
+        groups=_record_groups(records),
+        tokenizer=tokenizer_fingerprint(tokenizer),
     )
 
 
-def _check_record(record: object, loc: str) -> None:
-    if not isinstance(record, dict):
-        raise ProbesError(f"{loc}: a prompt pair must be a JSON object with keys {', '.join(RECORD_KEYS)}")
-    missing = [key for key in RECORD_KEYS if key not in record]
-    if missing:
-        missing_keys = ", ".join(repr(k) for k in missing)
-        raise ProbesError(f"{loc}: missing {missing_keys}; a prompt pair needs {', '.join(RECORD_KEYS)}")
-    for key in RECORD_KEYS[:4]:
-        if not isinstance(record[key], str) or not record[key]:
-            raise ProbesError(f"{loc}: '{key}' must be a non-empty string, got {record[key]!r}")
-    if not isinstance(record["roles"], dict) or not record["roles"]:
-        raise ProbesError(f"{loc}: 'roles' must be an object mapping role names to words of the clean text")
-    if END in record["roles"]:
-        raise ProbesError(f"{loc}: role name '{END}' is reserved (it is always the last real token); rename that role")
-    if "group" in record:
-        _check_group(record["group"], loc)
-    if not isinstance(record.get("labels", {}), dict):
-        raise ProbesError(f"{loc}: 'labels' must be an object mapping label names to values")
-
-
-def _check_group(group: object, loc: str) -> None:
-    if isinstance(group, bool) or not isinstance(group, (str, int)):
-        raise ProbesError(
-            f"{loc}: 'group' must be a string or an integer (prompts sharing it are one unit for statistics), "
-            f"got {group!r}"
-        )
+def _record_groups(records: list[dict]) -> list:
+    """A record's ``group``, else its own: an exact repeat of an earlier record joins that record's group, so a
+    duplicated line is counted once in the statistics."""
+    first: dict[str, int] = {}
+    return [
+        r["group"] if "group" in r else f"record {first.setdefault(json.dumps(r, sort_keys=True), i) + 1}"
+        for i, r in enumerate(records)
+    ]
 
 
 def _single_token(tokenizer, record: dict, key: str, loc: str) -> int:

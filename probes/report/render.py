@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 from probes.claims.measures import MEASURES, thresholds_by_measure
 from probes.claims.types import ClaimResult, Composition
 from probes.claims.verdicts import LEGS, PATH, VERDICTS
+from probes.core.errors import ProbesError
 from probes.core.io import write_text
 from probes.core.notebook import number as fmt
 from probes.core.stats import Estimate
@@ -195,5 +196,9 @@ def render(run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/index.html`` from the run's results; returns its path."""
     run = read_run(run_dir)
     path = Path(run_dir) / INDEX
-    write_text(path, render_html(run))
+    page = render_html(run)
+    try:
+        write_text(path, page)
+    except OSError as err:
+        raise ProbesError(f"cannot write {path}: {err.strerror or err}; copy the run directory somewhere writable") from None
     return path

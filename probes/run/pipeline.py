@@ -46,9 +46,12 @@ from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 
 
 def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
-    if spec.prompts is not None:
-        return PromptSet.from_jsonl(spec.prompts, model)
-    return tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates)
+    prompts = (
+        PromptSet.from_jsonl(spec.prompts, model) if spec.prompts is not None
+        else tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates)
+    )
+    prompts.check_model(model)
+    return prompts
 
 
 def _named_heads(spec: AnalysisSpec, n_layers: int, n_heads: int) -> list[tuple[int, int]]:

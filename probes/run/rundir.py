@@ -7,7 +7,8 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
 ``results.json`` (written last: a reader that finds it finds every table it names)::
 
     {
-      "format": 2,                                # bumped on incompatible changes; read_run refuses others
+      "format": 3,                                # bumped on incompatible changes; read_run refuses others
+      "run_id": "3f2a...",                        # also in the marker file .probes-run: files of one run only
       "kit_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
       "model": {"name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "weights_sha256": "ab12..."},
       "task": "pronoun_resolution", "n_prompts": 64, "seed": 0,
@@ -17,6 +18,7 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
       "command": "probes run analyses/pronoun.toml --n 64",
       "package_versions": {"python": "3.11.9", "torch": "2.13.0", ...},
       "files": ["heads.parquet", "heads.csv", "probes.parquet", ...],   # the data files this run wrote
+      "sha256": {"heads.parquet": "ab12...", ...},   # of each of them: a file from another run is refused
       "baseline": {"clean_logit_diff": ESTIMATE, "corrupt_logit_diff": ESTIMATE, "accuracy": ESTIMATE},
       "evidence": {"attention": {"leg": "attention", "description": "...", "unit": "attention weight",
                                  "test": "greater", "threshold": "attention_margin", "panel": true},
@@ -30,6 +32,12 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
                     "prompt": 0, "roles": {"pronoun": 7, "antecedent": 1}}]
     }
     ESTIMATE = {"value": 0.87, "ci_low": 0.81, "ci_high": 0.92, "n": 64, "p_value": 0.001}  # n, p_value optional
+
+A run directory holds a marker file ``.probes-run`` (JSON with the ``run_id``): ``probes run --out`` replaces only
+a directory that has one, and never writes into a directory of the user's own files. A run is built in a scratch
+directory beside ``OUT`` and swapped in whole (:func:`probes.core.io.atomic_dir`), so a crash leaves the previous
+run or the new one, never a mix; :func:`read_run` checks the schema of ``results.json`` (naming the bad field), the
+run id of the marker and the sha256 of every data file.
 
 Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. ``verdict`` is one of ``VERDICTS``;
 ``thresholds`` are the fields of :class:`probes.claims.types.Thresholds`; ``head`` is ``null`` for a claim about no
@@ -60,22 +68,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pandas as pd
 
 from probes.claims.measures import LEGS, Measure
 from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import VERDICTS
 from probes.core.errors import ProbesError
-from probes.core.io import write_table, write_text
-from probes.core.provenance import kit_version, package_versions, utc_now
+from probes.core.io import atomic_dir, write_table, write_text
+from probes.core.provenance import file_sha256, kit_version, package_versions, utc_now
 from probes.core.stats import Estimate
+from probes.run.outdir import MARKER, RESULTS, check_out_dir, require_run_dir
 
-FORMAT = 2
-RESULTS = "results.json"
+FORMAT = 3
 HEADS = "heads.parquet"
 HEADS_CSV = "heads.csv"
 PROBES = "probes.parquet"
@@ -250,87 +260,211 @@ def _prompt_lines(prompts: list[dict]) -> str:
     return "".join(json.dumps(jsonable(p), ensure_ascii=False, allow_nan=False) + "\n" for p in prompts)
 
 
-def write_run(out_dir: str | os.PathLike, run: RunResults) -> Path:
-    """Write ``run`` into ``out_dir`` (created if needed); returns the path of ``results.json``.
+def write_run(out_dir: str | os.PathLike, run: RunResults, *, overwrite: bool = True) -> Path:
+    """Write ``run`` as the run directory ``out_dir``; returns the path of ``results.json``.
 
-    An earlier run's ``results.json`` is removed first, then the tables are written and ``results.json`` last,
-    each atomically, so an interrupted run never leaves a ``results.json`` beside tables it does not describe. Optional files of an earlier run in the same
-    directory that this run does not have are removed, so they cannot be mistaken for this run's.
+    The directory is built beside ``out_dir`` and swapped in whole, so an interrupted write leaves the earlier run
+    (or nothing), never a mix. ``out_dir`` may be new, empty, or an earlier run (unless ``overwrite=False``); a
+    directory of other files is refused (:func:`check_out_dir`).
     """
     run.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir, overwrite)
     optional = {PROBES: run.probes, PROBES_CSV: run.probes, PER_PROMPT: run.per_prompt, PROMPTS: run.prompts or None,
                 POSITION_CONTENT: run.position_content, POSITION_CONTENT_CSV: run.position_content}
-    files = [HEADS, HEADS_CSV, *(name for name, data in optional.items() if data is not None)]
-    summary = jsonable(
-        {
-            "format": FORMAT,
-            "kit_version": run.kit_version,
-            "created_utc": run.created_utc,
-            "model": asdict(run.model),
-            "task": run.task,
-            "n_prompts": run.n_prompts,
-            "seed": run.seed,
-            "title": run.title,
-            "direction": run.direction,
-            "stage_times": run.stage_times,
-            "notes": run.notes,
-            "command": run.command,
-            "package_versions": run.package_versions,
-            "files": files,
-            "baseline": {k: asdict(v) for k, v in run.baseline.items()},
-            "evidence": {k: measure_to_dict(v) for k, v in run.evidence.items()},
-            "claims": [claim_to_dict(c) for c in run.claims],
-            "verdict_rule": run.verdict_rule,
-            "examples": [asdict(e) for e in run.examples],
-        }
-    )
-    text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    (out / RESULTS).unlink(missing_ok=True)  # an earlier run's summary must not outlive its tables
-    for name, data in {HEADS: run.heads, HEADS_CSV: run.heads, **optional}.items():
-        if data is None:
-            (out / name).unlink(missing_ok=True)
-        elif name == PROMPTS:
-            write_text(out / name, _prompt_lines(data))
-        else:
-            write_table(data, out / name)
-    write_text(out / RESULTS, text)
+    data = {name: value for name, value in {HEADS: run.heads, HEADS_CSV: run.heads, **optional}.items()
+            if value is not None}
+    run_id = uuid.uuid4().hex
+    summary = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "kit_version": run.kit_version,
+        "created_utc": run.created_utc,
+        "model": asdict(run.model),
+        "task": run.task,
+        "n_prompts": run.n_prompts,
+        "seed": run.seed,
+        "title": run.title,
+        "direction": run.direction,
+        "stage_times": run.stage_times,
+        "notes": run.notes,
+        "command": run.command,
+        "package_versions": run.package_versions,
+        "files": list(data),
+        "baseline": {k: asdict(v) for k, v in run.baseline.items()},
+        "evidence": {k: measure_to_dict(v) for k, v in run.evidence.items()},
+        "claims": [claim_to_dict(c) for c in run.claims],
+        "verdict_rule": run.verdict_rule,
+        "examples": [asdict(e) for e in run.examples],
+    }
+    jsonable(summary)  # fails here, before anything is written, on a value JSON cannot hold
+    try:
+        with atomic_dir(out) as tmp:
+            write_text(tmp / MARKER, json.dumps({"run_id": run_id}) + "\n")
+            for name, value in data.items():
+                if name == PROMPTS:
+                    write_text(tmp / name, _prompt_lines(value))
+                else:
+                    write_table(value, tmp / name)
+            summary["sha256"] = {name: file_sha256(tmp / name) for name in data}
+            text = json.dumps(jsonable(summary), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+            write_text(tmp / RESULTS, text)
+    except OSError as err:
+        raise ProbesError(f"cannot write run directory '{out}': {err.strerror or err}") from None
     return out / RESULTS
 
 
+def _nullable(kind: str | list[str]) -> dict:
+    return {"type": [*([kind] if isinstance(kind, str) else kind), "null"]}
+
+
+_NUMBER = _nullable("number")
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_HEAD = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}
+_ESTIMATE = {
+    "type": "object",
+    "required": ["value", "ci_low", "ci_high"],
+    "properties": {"value": _NUMBER, "ci_low": _NUMBER, "ci_high": _NUMBER, "n": _nullable("integer"),
+                   "p_value": _NUMBER},
+    "additionalProperties": False,
+}
+_ESTIMATES = {"type": "object", "additionalProperties": _ESTIMATE}
+# What read_run accepts in results.json: every field the reader and the report use, with its type.
+RESULTS_SCHEMA = {
+    "type": "object",
+    "required": ["format", "run_id", "model", "task", "n_prompts", "files", "sha256"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "run_id": {"type": "string"},
+        "kit_version": {"type": "string"},
+        "created_utc": {"type": "string"},
+        "model": {
+            "type": "object",
+            "required": ["name", "n_layers", "n_heads"],
+            "properties": {"name": {"type": "string"}, "n_layers": {"type": "integer", "minimum": 1},
+                           "n_heads": {"type": "integer", "minimum": 1}, "weights_sha256": _nullable("string")},
+            "additionalProperties": False,
+        },
+        "task": {"type": "string"},
+        "n_prompts": {"type": "integer", "minimum": 0},
+        "seed": _nullable("integer"),
+        "command": {"type": "string"},
+        "package_versions": _STRINGS,
+        "title": {"type": "string"},
+        "direction": {"enum": ["denoising", "noising"]},
+        "stage_times": {"type": "object", "additionalProperties": {"type": "number"}},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "files": {"type": "array", "items": {"enum": [HEADS, HEADS_CSV, PROBES, PROBES_CSV, PER_PROMPT, PROMPTS,
+                                                      POSITION_CONTENT, POSITION_CONTENT_CSV]},
+                  "contains": {"const": HEADS}},
+        "sha256": _STRINGS,
+        "baseline": _ESTIMATES,
+        "evidence": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["leg", "description", "unit"],
+                # every stored field of Measure (a flag unless named here), and no other: Measure(**entry) must work
+                "properties": {f.name: {"type": "boolean"} for f in fields(Measure) if f.name not in ("name", "gather")}
+                | {"leg": {"enum": list(LEGS)}, "description": {"type": "string"}, "unit": {"type": "string"},
+                   "test": _nullable("string"), "threshold": _nullable("string")},
+                "additionalProperties": False,
+            },
+        },
+        "claims": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["verdict", "sentence"],
+                "properties": {
+                    "kind": {"enum": ["attention", "composition"]},
+                    "head": {"anyOf": [_HEAD, {"type": "null"}]}, "sender": _HEAD, "receiver": _HEAD,
+                    "via": {"enum": ["q", "k", "v"]}, "src": {"type": "string"}, "dst": {"type": "string"},
+                    "foil": _nullable("string"), "verdict": {"enum": list(VERDICTS)}, "sentence": {"type": "string"},
+                    "evidence": _ESTIMATES,
+                    "thresholds": {"type": "object", "additionalProperties": False,
+                                   "properties": {f.name: {"type": "number"} for f in fields(Thresholds)}},
+                    "selected": {"type": "boolean"}, "family": {"type": "integer", "minimum": 1},
+                    "discovery": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+                    "confirmation": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
+                    "tested_on": {"type": "string"},
+                },
+                "if": {"properties": {"kind": {"const": "composition"}}, "required": ["kind"]},
+                "then": {"required": ["sender", "receiver", "via"]},
+                "else": {"required": ["src", "dst"]},
+            },
+        },
+        "verdict_rule": {"type": "array", "items": {"type": "string"}},
+        "examples": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["tokens", "patterns"],
+                "properties": {
+                    "tokens": {"type": "array", "items": {"type": "string"}},
+                    "patterns": {"type": "object", "additionalProperties": {
+                        "type": "array", "items": {"type": "array", "items": {"type": "number"}}}},
+                    "prompt": {"type": ["integer", "null"], "minimum": 0},
+                    "roles": {"type": "object", "additionalProperties": {"type": "integer"}},
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+}
+
+
 def read_run(out_dir: str | os.PathLike) -> RunResults:
-    """Load a run directory written by ``write_run``; optional tables the run did not write come back as ``None``."""
-    out = Path(out_dir)
+    """Load a run directory written by ``write_run``; optional tables the run did not write come back as ``None``.
+
+    Anything that is not one whole run (a bad field, a file from another run, a truncated table) is a
+    ProbesError naming the file and the field.
+    """
+    out = require_run_dir(out_dir)
     path = out / RESULTS
-    if not path.is_file():
-        raise ProbesError(f"no {RESULTS} in '{out}': point at the --out directory of a finished `probes run`")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ProbesError(f"'{path}' is not valid JSON ({err}): re-run `probes run` to rewrite it") from None
-    if d.get("format") != FORMAT:
-        raise ProbesError(
-            f"'{path}' has format {d.get('format')!r} but this kit reads format {FORMAT}: re-run with this kit version"
-        )
+    except (ValueError, OSError) as err:
+        raise ProbesError(f"'{path}' is not readable JSON ({err}): re-run `probes run` to rewrite it") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        found = d.get("format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
+        raise ProbesError(f"'{path}' has format {found!r} but this kit reads format {FORMAT}: re-run with this kit version")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(RESULTS_SCHEMA).iter_errors(d))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise ProbesError(f"'{path}' field {where or '(top level)'}: {error.message[:200]}; re-run `probes run`")
+    _check_belongs(out, d)
+    return _run_from(out, d)
+
+
+def _check_belongs(out: Path, d: dict) -> None:
+    """Every data file named in results.json is there and is the one this run wrote (marker run id, sha256)."""
     try:
-        return _run_from(out, d)
-    except KeyError as err:
-        raise ProbesError(f"'{path}' lacks the field {err}: not written by write_run, re-run `probes run`") from None
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        marker = None
+    if marker != d["run_id"]:
+        raise ProbesError(f"'{out / MARKER}' is missing or names another run than {RESULTS}: re-run `probes run`")
+    missing = [name for name in d["files"] if not (out / name).is_file()]
+    if missing:
+        names = ", ".join(missing)
+        raise ProbesError(f"'{out}' lacks {names} named in {RESULTS}: copy the whole run directory, or re-run")
+    for name in d["files"]:
+        if file_sha256(out / name) != d["sha256"].get(name):
+            raise ProbesError(
+                f"'{out / name}' is not the file this run wrote (its sha256 differs from {RESULTS}): files of "
+                "different runs are mixed or it was changed; re-run `probes run`"
+            )
 
 
 def _run_from(out: Path, d: dict) -> RunResults:
     files = d["files"]
-    missing = [name for name in files if not (out / name).is_file()]
-    if missing:
-        names = ", ".join(missing)
-        raise ProbesError(f"'{out}' lacks {names} named in {RESULTS}: copy the whole run directory, or re-run")
-    tables = {name: pd.read_parquet(out / name) for name in (HEADS, PROBES, PER_PROMPT, POSITION_CONTENT) if name in files}
-    prompts = (
-        [json.loads(line) for line in (out / PROMPTS).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if PROMPTS in files
-        else []
-    )
+    try:
+        tables = {name: pd.read_parquet(out / name) for name in (HEADS, PROBES, PER_PROMPT, POSITION_CONTENT)
+                  if name in files}
+        lines = (out / PROMPTS).read_text(encoding="utf-8").splitlines() if PROMPTS in files else []
+        prompts = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ProbesError(f"'{out}' has an unreadable table ({type(err).__name__}: {str(err)[:120]}); re-run") from None
     run = RunResults(
         model=ModelInfo(**d["model"]),
         task=d["task"],

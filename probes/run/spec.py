@@ -26,16 +26,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from probes.claims.types import Claim, Composition, Thresholds
 from probes.core.errors import ProbesError
-from probes.evidence.probing import TARGETS as PROBE_TARGETS
-from probes.prompts import tasks
+from probes.prompts.catalogue import TASKS, TEMPLATED
 
+if TYPE_CHECKING:
+    from probes.claims.types import Claim, Composition
+
+# Light on purpose (no torch, no TransformerLens): the CLI validates a spec in well under 2 s, before any model.
 SELECTORS = ("top_attention", "top_effect")
+MAX_SEED = 2**32 - 1  # numpy's and random's seeds both take it; the CLI says so rather than failing late
+MAX_EXAMPLES = 16  # attention patterns stored per run: each is a pos x pos matrix per head in results.json
 
 
 @dataclass
@@ -64,9 +70,11 @@ class AnalysisSpec:
     def from_toml(cls, path: str | Path) -> AnalysisSpec:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ProbesError(f"analysis file '{path}' not found; see analyses/ for examples") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ProbesError(f"cannot read analysis file '{path}': {getattr(err, 'strerror', None) or err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ProbesError(f"{path} is not valid TOML: {err}") from None
         known = {f.name for f in dataclasses.fields(cls)}
@@ -81,39 +89,70 @@ class AnalysisSpec:
         return spec
 
     def check(self, where: str) -> None:
+        """Every field's type and range, so a bad spec fails in a second, not after minutes of computation."""
+        for name in ("model", "src", "dst"):
+            _require(where, name, getattr(self, name), isinstance(getattr(self, name), str) and getattr(self, name),
+                     "a non-empty string")
+        for name in ("task", "prompts", "foil"):
+            value = getattr(self, name)
+            _require(where, name, value, value is None or (isinstance(value, str) and value), "a non-empty string")
+        _require(where, "title", self.title, isinstance(self.title, str), "a string")
         if (self.task is None) == (self.prompts is None):
-            raise ProbesError(f"{where}: give exactly one of `task` (one of {', '.join(tasks.GENERATORS)}) or `prompts`")
-        if self.task is not None and self.task not in tasks.GENERATORS:
-            raise ProbesError(f"{where}: unknown task '{self.task}'; tasks: {', '.join(tasks.GENERATORS)}")
+            raise ProbesError(f"{where}: give exactly one of `task` (one of {', '.join(TASKS)}) or `prompts`")
+        if self.task is not None and self.task not in TASKS:
+            raise ProbesError(f"{where}: unknown task '{self.task}'; tasks: {', '.join(TASKS)}")
         if self.direction not in ("denoising", "noising"):
-            raise ProbesError(f"{where}: direction must be 'denoising' or 'noising', not '{self.direction}'")
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ProbesError(f"{where}: n must be a positive integer, got {self.n!r}")
+            raise ProbesError(f"{where}: direction must be 'denoising' or 'noising', not {self.direction!r}")
+        _require(where, "n", self.n, _whole(self.n) and self.n >= 1, "a positive whole number")
         if self.templates is not None:
-            if self.task not in tasks.TEMPLATED:
-                raise ProbesError(f"{where}: `templates` applies to the tasks {', '.join(sorted(tasks.TEMPLATED))}, not to {self.task or 'a prompt file'}")
+            if self.task not in TEMPLATED:
+                raise ProbesError(f"{where}: `templates` applies to the tasks {', '.join(sorted(TEMPLATED))}, not to {self.task or 'a prompt file'}")
             if not isinstance(self.templates, list) or not self.templates or any(
-                isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.templates
+                not _whole(t) or t < 0 for t in self.templates
             ):
-                raise ProbesError(f"{where}: templates must be a non-empty list of template numbers, got {self.templates!r}")
+                raise ProbesError(f"{where}: templates must be a non-empty list of template numbers, got {self.templates!r:.80}")
+        _require(where, "seed", self.seed, _whole(self.seed) and 0 <= self.seed <= MAX_SEED,
+                 f"a whole number from 0 to {MAX_SEED}")
+        _require(where, "examples", self.examples, _whole(self.examples) and 0 <= self.examples <= MAX_EXAMPLES,
+                 f"a whole number from 0 to {MAX_EXAMPLES}")
+        for name in ("claims", "compositions", "probe_targets"):
+            _require(where, name, getattr(self, name), isinstance(getattr(self, name), list), "a list")
+        _require(where, "thresholds", self.thresholds, isinstance(self.thresholds, dict), "a table [thresholds]")
+        if self.thresholds:
+            self._check_thresholds(where)
+        for item in self.claims:
+            parse_selector(item, where)
+        for item in self.compositions:
+            check_composition(item, where)
+        if self.position_content is not None:
+            check_position_content(self.position_content, where)
         for target in self.probe_targets:
-            if target not in PROBE_TARGETS:
-                raise ProbesError(f"{where}: unknown probe target '{target}'; known: {', '.join(PROBE_TARGETS)}")
+            _require(where, "probe_targets", target, isinstance(target, str), "a list of target names")
+        if self.probe_targets:
+            from probes.evidence.probing import TARGETS  # heavy: only for specs that ask for probes
+
+            for target in self.probe_targets:
+                if target not in TARGETS:
+                    raise ProbesError(f"{where}: unknown probe target '{target}'; known: {', '.join(TARGETS)}")
+
+    def _check_thresholds(self, where: str) -> None:
+        from probes.claims.types import Thresholds  # pandas and scipy: only for specs that set thresholds
+
         fields = {f.name for f in dataclasses.fields(Thresholds)}
         if set(self.thresholds) - fields:
             bad = ", ".join(sorted(set(self.thresholds) - fields))
             raise ProbesError(f"{where}: unknown threshold(s) {bad}; known: {', '.join(sorted(fields))}")
         for name, value in self.thresholds.items():
-            wanted = int if name == "min_prompts" else (int, float)
-            if isinstance(value, bool) or not isinstance(value, wanted):
-                kind = "a whole number" if name == "min_prompts" else "a number"
+            if name == "min_prompts":
+                ok, kind = _whole(value) and value >= 1, "a whole number >= 1"
+            elif name in ("alpha", "confirm_fraction"):
+                ok, kind = _number(value) and 0 < value < 1, "a number between 0 and 1 (exclusive)"
+            elif name == "min_accuracy":
+                ok, kind = _number(value) and 0 <= value <= 1, "a number from 0 to 1"
+            else:
+                ok, kind = _number(value) and value >= 0, "a number >= 0"
+            if not ok:
                 raise ProbesError(f"{where}: threshold {name} must be {kind}, got {value!r}")
-        for item in self.claims:
-            parse_selector(item, where)
-        for item in self.compositions:
-            parse_composition(item, where)
-        if self.position_content is not None:
-            check_position_content(self.position_content, where)
 
 
 POSITION_CONTENT_KEYS = ("src", "dst", "shifts", "filler", "replacements")
@@ -140,13 +179,28 @@ def check_position_content(section, where: str) -> None:
             raise ProbesError(f"{where}: position_content.{key} must be a list of words or token ids, got {items!r}")
 
 
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _require(where: str, name: str, value, ok, kind: str) -> None:
+    if not ok:
+        raise ProbesError(f"{where}: {name} must be {kind}, got {value!r}"[:300])
+
+
 def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Claim:
     """``[L, H]`` -> (L, H) head; ``"top_attention:3"`` -> ("top_attention", 3); a claim as people write it,
     ``"7.0: pronoun -> antecedent vs distractor"`` -> that :class:`Claim` (its own roles, which may differ from
     the spec's)."""
-    if isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item):
+    if isinstance(item, list) and len(item) == 2 and all(_whole(x) and x >= 0 for x in item):
         return (item[0], item[1])
     if isinstance(item, str) and "->" in item:
+        from probes.claims.types import Claim  # only for claims written as sentences: keeps validation light
+
         try:
             claim = Claim.parse(item)
         except ProbesError as err:
@@ -156,21 +210,27 @@ def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Clai
         return claim
     if isinstance(item, str) and ":" in item:
         name, _, count = item.partition(":")
-        if name in SELECTORS and count.isdigit() and int(count) > 0:
+        if name in SELECTORS and count.isdecimal() and count.isascii() and int(count) > 0:
             return (name, int(count))
     raise ProbesError(
-        f"{where}: claim {item!r} is neither a head [layer, head], 'top_attention:K' / 'top_effect:K', nor "
+        f"{where}: claim {item!r:.80} is neither a head [layer, head], 'top_attention:K' / 'top_effect:K', nor "
         "'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]'"
     )
 
 
 def parse_composition(item, where: str) -> Composition:
     """``[[L, H], [L2, H2], "k"]`` -> Composition(sender=(L, H), receiver=(L2, H2), via="k")."""
-    def head(x) -> bool:
-        return isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+    from probes.claims.types import Composition  # pandas and scipy: not needed to check a spec
 
-    if isinstance(item, list) and len(item) == 3 and head(item[0]) and head(item[1]) and item[2] in ("q", "k", "v"):
-        return Composition(tuple(item[0]), tuple(item[1]), item[2])
-    raise ProbesError(
-        f"{where}: composition {item!r} is not [[sender layer, head], [receiver layer, head], \"q\" | \"k\" | \"v\"]"
-    )
+    check_composition(item, where)
+    return Composition(tuple(item[0]), tuple(item[1]), item[2])
+
+
+def check_composition(item, where: str) -> None:
+    def head(x) -> bool:
+        return isinstance(x, list) and len(x) == 2 and all(_whole(v) and v >= 0 for v in x)
+
+    if not (isinstance(item, list) and len(item) == 3 and head(item[0]) and head(item[1]) and item[2] in ("q", "k", "v")):
+        raise ProbesError(
+            f"{where}: composition {item!r:.80} is not [[sender layer, head], [receiver layer, head], \"q\" | \"k\" | \"v\"]"
+        )

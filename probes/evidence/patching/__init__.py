@@ -83,8 +83,8 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
         )
     if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
         raise ProbesError("patching needs a causal model whose residual stream carries its positions")
-    if prompts.clean.max() >= model.cfg.d_vocab or prompts.corrupt.max() >= model.cfg.d_vocab:
-        raise ProbesError(f"prompt token ids reach past the model's vocabulary of {model.cfg.d_vocab}: wrong model?")
+    prompts.check_model(model)
+    prompts.check_pairs()
     return SITES[component]
 
 

@@ -13,16 +13,21 @@ template with its names): the unit every interval resamples.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Sequence
+
 from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
+from probes.core.memory import require_fits
+from probes.prompts.catalogue import TEMPLATED
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.gender import gender_tag
-from probes.prompts.tasks.ioi import IOI_CORRUPTIONS, ioi
-from probes.prompts.tasks.pronoun import pronoun_resolution
-from probes.prompts.tasks.random_tokens import induction, ordinary_token_ids, previous_token
+from probes.prompts.tasks.gender import gender_max_distinct, gender_tag
+from probes.prompts.tasks.ioi import IOI_CORRUPTIONS, ioi, ioi_max_distinct
+from probes.prompts.tasks.pronoun import pronoun_max_distinct, pronoun_resolution
+from probes.prompts.tasks.random_tokens import induction, ordinary_token_ids, previous_token, random_max_distinct
 from probes.prompts.tasks.toy import pronoun_prompts, repeated_prompts
-from probes.prompts.tasks.words import single_tokens
+from probes.prompts.tasks.words import check_n, single_tokens
 
 __all__ = [
     "GENERATORS", "IOI_CORRUPTIONS", "TEMPLATED", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
@@ -38,16 +43,32 @@ GENERATORS = {
 }
 
 
-TEMPLATED = {"ioi", "pronoun_resolution", "gender_tag"}
+# How many distinct prompts each generator can make for a model (its tokenizer's single-token words, its vocabulary)
+# within a template subset (None: all its templates).
+MAX_DISTINCT: dict[str, Callable[[HookedTransformer, Sequence[int] | None], int]] = {
+    "ioi": ioi_max_distinct,
+    "pronoun_resolution": pronoun_max_distinct,
+    "gender_tag": gender_max_distinct,
+    "previous_token": functools.partial(random_max_distinct, copies=1, default=32),
+    "induction": functools.partial(random_max_distinct, copies=2, default=20),
+}
+# What a run keeps per prompt, beyond the model: text and token records, and per-prompt values of every measure
+# for every head (float64), counted generously.
+RECORD_BYTES = 4096
+MEASURE_BYTES_PER_HEAD = 16 * 8
 
 
 def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None) -> PromptSet:
-    """The generator named ``task`` (restricted to a template subset when given), with a clear error listing the
-    tasks that exist."""
+    """The generator named ``task`` (restricted to a template subset when given); an ``n`` it cannot make distinct,
+    or whose run would not fit in memory, is refused before a single prompt is made."""
     if task not in GENERATORS:
         raise ProbesError(f"unknown task '{task}'; tasks: {', '.join(GENERATORS)}")
-    if templates is None:
-        return GENERATORS[task](model, n, seed=seed)
-    if task not in TEMPLATED:
+    if templates is not None and task not in TEMPLATED:
         raise ProbesError(f"task '{task}' has no templates; `templates` applies to {', '.join(sorted(TEMPLATED))}")
-    return GENERATORS[task](model, n, seed=seed, templates=templates)
+    check_n(n)
+    limit = MAX_DISTINCT[task](model, templates)
+    if n > limit:
+        raise ProbesError(f"task '{task}' can make {limit:,} distinct prompts for this model's tokenizer, not n = {n:,}: lower n")
+    per_prompt = RECORD_BYTES + MEASURE_BYTES_PER_HEAD * model.cfg.n_layers * model.cfg.n_heads
+    require_fits(n * per_prompt, f"a run of {n:,} prompts", "lower n")
+    return GENERATORS[task](model, n, seed=seed, **({} if templates is None else {"templates": templates}))

@@ -8,7 +8,10 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_cells
+from probes.prompts.tasks.words import (
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, single_tokens,
+    template_cells, template_family,
+)
 
 IOI_TEMPLATES = (
     "Then, {S} and {IO} went to the {place}. {S} gave a {object} to",
@@ -29,6 +32,17 @@ IOI_TEMPLATES = (
 
 
 IOI_CORRUPTIONS = ("abc", "flip_s2")
+
+
+def ioi_max_distinct(model: HookedTransformer, templates=None) -> int:
+    """How many distinct clean prompts :func:`ioi` can write for this tokenizer: both name orders of every
+    template (of the subset), with every ordered pair of names and every place and object the template has."""
+    names = len(single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", "ioi", 5))
+    places, objects = len(single_tokens(model, PLACES, "ioi")), len(single_tokens(model, OBJECTS, "ioi"))
+    return sum(
+        2 * names * (names - 1) * (places if "{place}" in t else 1) * (objects if "{object}" in t else 1)
+        for t in (IOI_TEMPLATES[i] for i in template_family(templates, len(IOI_TEMPLATES), "ioi"))
+    )
 
 
 def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc", templates=None) -> PromptSet:

@@ -7,7 +7,10 @@ import random
 from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, template_cells
+from probes.prompts.tasks.words import (
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, single_tokens,
+    template_cells, template_family,
+)
 
 PRONOUN_TEMPLATES = (
     "{A} and {B} went to the {place}. {P} gave the {object} to",
@@ -23,6 +26,15 @@ PRONOUN_TEMPLATES = (
     "Yesterday {A} and {B} went to the {place}, where {p} gave the {object} to",
     "{A} and {B} had lunch at the {place}. Afterwards {p} gave the {object} to",
 )
+def pronoun_max_distinct(model: HookedTransformer, templates=None) -> int:
+    """How many distinct clean prompts :func:`pronoun_resolution` can write for this tokenizer: every template (of
+    the subset), antecedent gender and name order, with every female-male name pair, place and object."""
+    task = "pronoun_resolution"
+    females, males = len(single_tokens(model, FEMALE_NAMES, task)), len(single_tokens(model, MALE_NAMES, task))
+    places, objects = len(single_tokens(model, PLACES, task)), len(single_tokens(model, OBJECTS, task))
+    return len(template_family(templates, len(PRONOUN_TEMPLATES), task)) * 2 * 2 * females * males * places * objects
+
+
 def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:
     """"Alice and Bob went to the park. She gave the ball to" -> " Bob": the answer is the non-antecedent.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
-from probes.prompts.promptset import PromptSet
+from probes.prompts.promptset import PromptSet, model_fingerprint
 from probes.prompts.tasks.words import check_n
 
 
@@ -64,6 +65,12 @@ def _length(model: HookedTransformer, length: int | None, default: int, copies: 
     return length
 
 
+def random_max_distinct(model: HookedTransformer, templates=None, *, copies: int, default: int) -> int:
+    """How many distinct sequences of distinct ordinary tokens fit the default length: astronomically many for
+    a real vocabulary, fewer for a toy one (random tasks have no templates: ``templates`` is None)."""
+    return math.perm(len(ordinary_token_ids(model)), _length(model, None, default, copies))
+
+
 def previous_token(
     model: HookedTransformer, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
 ) -> PromptSet:
@@ -90,7 +97,7 @@ def previous_token(
     end = torch.full((n,), length)
     return PromptSet.from_tokens(
         torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
-        {"end": end, "previous": end - 1}, task="previous_token",
+        {"end": end, "previous": end - 1}, task="previous_token", tokenizer=model_fingerprint(model),
     )
 
 
@@ -118,4 +125,5 @@ def induction(
     return PromptSet.from_tokens(
         torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
         {"end": torch.full((n,), 2 * length), "induction_target": torch.full((n,), length + 1)}, task="induction",
+        tokenizer=model_fingerprint(model),
     )

@@ -77,7 +77,7 @@ def template_cells(
     (gender, name order) are balanced within each round of templates and rotate across rounds, so every template
     meets every cell. The seed changes the draw (which templates come first, the names), not the population.
     """
-    family = _template_family(templates, n_templates, task)
+    family = template_family(templates, n_templates, task)
     if n < len(family):
         raise ProbesError(
             f"task '{task}' needs n >= {len(family)} (one prompt per template, so every run covers the same "
@@ -87,7 +87,7 @@ def template_cells(
     return [(order[i % len(family)], (i % len(family) + i // len(family)) % n_cells) for i in range(n)]
 
 
-def _template_family(templates, n_templates: int, task: str) -> list[int]:
+def template_family(templates, n_templates: int, task: str) -> list[int]:
     if templates is None:
         return list(range(n_templates))
     picked = list(templates)
