@@ -108,6 +108,15 @@ def _thresholds_shown(result: ClaimResult) -> dict[str, float]:
     }
 
 
+def environment(*packages: str) -> jinja2.Environment:
+    """The report's jinja2 environment (autoescaped, strict, number filters); ``packages`` add their own
+    ``templates`` folders in front, which may include the report's partials (``_style``, ``_figures``)."""
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader(p, "templates") for p in (*packages, "probes.report")])
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(fmt=fmt, fmt_p=fmt_p)
+    return env
+
+
 def render_html(run: RunResults) -> str:
     """The report page for ``run`` as a string."""
     claimed = claimed_heads(run.claims)
@@ -123,11 +132,7 @@ def render_html(run: RunResults) -> str:
     if compositions:
         figures.append(figure_spec("fig-compositions", composition_figure(compositions)))
     columns, rows = prompt_table(run.prompts)
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("probes.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    env.filters.update(fmt=fmt, fmt_p=fmt_p)
-    return env.get_template("report.html.j2").render(
+    return environment().get_template("report.html.j2").render(
         run=run,
         verdicts=VERDICTS,
         verdict_colours=VERDICT_COLOURS,

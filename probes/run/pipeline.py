@@ -101,9 +101,14 @@ def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
     return records
 
 
-def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = None) -> tuple[Path, list[ClaimResult]]:
-    """Run ``spec`` end to end and write the run directory; returns (results.json path, claimed results)."""
-    model = load_model(spec.model)
+def run_analysis(
+    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedTransformer | None = None
+) -> tuple[Path, list[ClaimResult]]:
+    """Run ``spec`` end to end and write the run directory; returns (results.json path, claimed results).
+
+    ``model`` is ``spec.model`` already loaded (a sweep's worker loads it once for many runs); None loads it here.
+    """
+    model = load_model(spec.model) if model is None else model
     prompts = build_prompts(model, spec)
     thresholds = Thresholds(**spec.thresholds)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
