@@ -59,12 +59,7 @@ class AnalysisSpec:
     @classmethod
     def from_toml(cls, path: str | Path) -> AnalysisSpec:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProbesError(f"analysis file '{path}' not found; see analyses/ for examples") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ProbesError(f"{path} is not valid TOML: {err}") from None
+        data = read_toml(path, "analysis", "analyses/")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -108,6 +103,16 @@ class AnalysisSpec:
             parse_selector(item, where)
         for item in self.compositions:
             parse_composition(item, where)
+
+
+def read_toml(path: Path, kind: str, examples: str) -> dict:
+    """A spec file's TOML, or one line saying it is missing or malformed."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProbesError(f"{kind} file '{path}' not found; see {examples} for examples") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ProbesError(f"{path} is not valid TOML: {err}") from None
 
 
 def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int]:

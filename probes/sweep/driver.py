@@ -20,7 +20,7 @@ from probes.core.io import write_table, write_text
 from probes.core.provenance import kit_version, utc_now
 from probes.run.rundir import jsonable, read_run
 from probes.sweep import execute
-from probes.sweep.execute import CellOutcome, is_complete
+from probes.sweep.execute import CellOutcome, completed
 from probes.sweep.render import render_sweep_html
 from probes.sweep.spec import SweepSpec
 from probes.sweep.stability import ClaimStability, stability, stability_table
@@ -47,8 +47,9 @@ def run_sweep(sweep: SweepSpec, out: str | Path, address: str | None = None, com
     """Run what is missing (Ray starts only if something is), then write the aggregate; returns what happened."""
     out = Path(out)
     cells_dir = out / CELLS
-    todo = [c for c in sweep.cells if not is_complete(c, cells_dir / c.name)]
-    outcomes = {c.name: CellOutcome(c.name, "complete") for c in sweep.cells if c not in todo}
+    found = {c.name: completed(c, cells_dir / c.name) for c in sweep.cells}
+    outcomes = {name: outcome for name, outcome in found.items() if outcome is not None}
+    todo = [c for c in sweep.cells if c.name not in outcomes]
     ray_name, workers, elapsed = "not started: every cell was complete", 0, None
     if todo:
         ray_name = execute.connect(address)

@@ -18,7 +18,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -54,18 +54,20 @@ class CellOutcome:
     worker: str | None = None
 
 
-def is_complete(cell: Cell, cell_dir: Path) -> bool:
-    """A run directory this cell wrote, whole: its record matches the cell, results read back, report present."""
-    record = cell_dir / CELL_RECORD
-    if not record.is_file() or not (cell_dir / INDEX).is_file():
-        return False
+def completed(cell: Cell, cell_dir: Path) -> CellOutcome | None:
+    """The cell's outcome, marked ``complete``, if ``cell_dir`` is a whole run directory this cell wrote (its record
+    matches the cell, the results read back, the report is there); else None: the cell must run."""
+    path = cell_dir / CELL_RECORD
+    if not path.is_file() or not (cell_dir / INDEX).is_file():
+        return None
     try:
-        if json.loads(record.read_text(encoding="utf-8")) != json.loads(json.dumps(cell.record())):
-            return False
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored["cell"] != json.loads(json.dumps(cell.record())):
+            return None
         read_run(cell_dir)
-    except (ProbesError, ValueError):
-        return False
-    return True
+    except (ProbesError, ValueError, KeyError):
+        return None
+    return CellOutcome(**stored["outcome"] | {"status": "complete"})
 
 
 def one_line(err: BaseException) -> str:
@@ -110,12 +112,13 @@ class CellWorker:
         return CellOutcome(cell.name, status, error, time.perf_counter() - start, peak, worker), files
 
 
-def write_cell(cell: Cell, cell_dir: Path, files: dict[str, bytes]) -> None:
-    """The run directory a worker produced, plus the cell's record, written as one directory."""
+def write_cell(cell: Cell, cell_dir: Path, files: dict[str, bytes], outcome: CellOutcome) -> None:
+    """The run directory a worker produced, plus the cell's record and how it ran, written as one directory."""
     with atomic_dir(cell_dir) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        (tmp / CELL_RECORD).write_text(json.dumps(cell.record(), indent=2) + "\n", encoding="utf-8")
+        record = {"cell": cell.record(), "outcome": asdict(outcome)}
+        (tmp / CELL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def connect(address: str | None) -> str:
@@ -128,14 +131,17 @@ def connect(address: str | None) -> str:
     if address is None:
         # workers import the kit the driver runs, from where it runs (a checkout or an install)
         path = os.pathsep.join(filter(None, [str(Path(probes.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+        # Ray runs workers at niceness 15, which starves them beside any other busy process (measured: ~40% of a
+        # core each): here the sweep is the job, so its workers run like `probes run` would.
         ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+            num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
             object_store_memory=100 * 2**20, runtime_env={"env_vars": env | {"PYTHONPATH": path}},
+            _system_config={"worker_niceness": 0},
         )
         return "embedded"
     _check_answers(address)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ProbesError(f"could not join the Ray cluster at {address}: {one_line(err)}") from None
     return address
@@ -188,13 +194,15 @@ def run_cells(
         while queue and actors:
             actor, cell = actors.pop(), queue.pop(0)
             pending[actor.run.remote(cell, f"{command} (cell {cell.name})")] = (cell, actor)
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        cell, actor = pending.pop(ready)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # returns each second: Ctrl-C works
+        if not ready:
+            continue
+        cell, actor = pending.pop(ready[0])
         actors.append(actor)
         try:
-            outcome, files = ray.get(ready)
+            outcome, files = ray.get(ready[0])
         except ray.exceptions.RayError as err:  # the worker process died (out of memory, killed): Ray restarts it
             outcome, files = CellOutcome(cell.name, "failed", f"worker died: {one_line(err)[:300]}"), {}
         if outcome.status == "done":
-            write_cell(by_name[outcome.name], cells_dir / outcome.name, files)
+            write_cell(by_name[outcome.name], cells_dir / outcome.name, files, outcome)
         done(outcome)

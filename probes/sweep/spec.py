@@ -22,12 +22,11 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from probes.core.errors import ProbesError
-from probes.run.spec import AnalysisSpec
+from probes.run.spec import AnalysisSpec, read_toml
 
 KEYS = ("title", "base", "workers", "set", "grid")
 
@@ -58,12 +57,7 @@ class SweepSpec:
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProbesError(f"sweep file '{path}' not found; see analyses/*_sweep.toml for examples") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ProbesError(f"{path} is not valid TOML: {err}") from None
+        data = read_toml(path, "sweep", "analyses/*_sweep.toml")
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
             raise ProbesError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep has {', '.join(KEYS)}")
