@@ -97,6 +97,7 @@ def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
             "foil": decode([int(prompts.foil[i])]),
         }
         record |= {key: values[i] for key, values in prompts.labels.items()}
+        record.setdefault("group", prompts.groups[i])  # the resampling unit, so a sweep can pool runs by it
         records.append(record)
     return records
 

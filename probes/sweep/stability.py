@@ -4,8 +4,9 @@ A claim is a head (or a composition) with its roles, in one model on one task. I
 complete cell with that model, task and roles; a cell whose data did not select the head counts as
 ``not selected``. The claim is ``stable`` when one verdict holds in >= 90% of those cells and the pooled verdict
 agrees: the verdict rule's legs (:func:`probes.claims.verdicts.decide_legs`) judged on every cell's per-prompt
-values pooled, with intervals that resample prompt groups (a template shared by cells is one unit) and signed-rank
-p-values Benjamini-Hochberg adjusted over the sweep's claims. Otherwise ``unstable``, with the split shown.
+values pooled (for a head chosen from data, its confirmation prompts), with intervals that resample prompt groups
+(a template shared by cells is one unit), simultaneous over the sweep's pooled claims like a run's family
+(Bonferroni), and family-adjusted signed-rank p-values. Otherwise ``unstable``, with the split shown.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pandas as pd
 
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Thresholds
-from probes.claims.verdicts import ATTENDS, EDGE, HEAD, PATH, VERDICTS, decide_legs, gate_passes
-from probes.core.stats import CONFIDENCE, Estimate, adjust_p, cluster_bootstrap_means, signed_rank_p
+from probes.claims.verdicts import ATTENDS, EDGE, HEAD, PATH, VERDICTS, decide_legs, gate_failure
+from probes.core.stats import Estimate, estimate_mean, family_p, signed_rank_p, simultaneous_confidence
 from probes.run.rundir import RunResults
 from probes.sweep.spec import Cell
 
@@ -92,34 +93,36 @@ class ClaimStability:
         return row
 
 
-def _group(record: dict) -> str:
-    """A prompt's resampling unit across cells: its group (template) where the run recorded one, else its text."""
-    return str(record.get("group", record.get("clean")))
+def _groups(run: RunResults) -> list[str]:
+    """Each prompt's resampling unit across cells: its named group (a template, shared by cells that draw from it),
+    or its text where the run's groups are the default one per prompt (0..n-1 would pair unrelated prompts)."""
+    named = [r.get("group") for r in run.prompts]
+    if named == list(range(len(named))):
+        return [str(r.get("clean")) for r in run.prompts]
+    return [str(g) for g in named]
 
 
-def _pooled_estimate(values: np.ndarray, groups: list[str], test: str, seed: int) -> Estimate:
-    means = cluster_bootstrap_means(values[:, None], np.array(groups), seed=seed)[:, 0]
-    tail = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    p = float(signed_rank_p(values, alternative=test))
-    return Estimate(float(values.mean()), float(low), float(high), n=len(values), p_value=p)
-
-
-def _pooled(claim: Claim, runs: list[RunResults], seed: int) -> dict[str, Estimate]:
-    """Each leg's measure over every prompt of the cells that made the claim (unadjusted p-values)."""
+def _pooled(claim: Claim, results: list[tuple[RunResults, ClaimResult]], family: int, seed: int) -> dict[str, Estimate]:
+    """Each leg's measure over every prompt each cell judged the claim on, pooled across the cells."""
     out = {}
+    alpha = results[0][1].thresholds.alpha
     for measure in LEG_MEASURES:
         values, groups = [], []
-        for run in runs:
+        for run, result in results:
             pp = run.per_prompt
             if pp is None:
                 return {}
             rows = pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (pp["measure"] == measure)]
+            judged = result.confirmation or range(run.n_prompts)  # a selected head's rows are its confirmation prompts
             values += rows["value"].tolist()
-            groups += [_group(run.prompts[i]) for i in rows["prompt"]]
+            units = _groups(run)
+            groups += [units[judged[i]] for i in rows["prompt"]]
         if not values:
             return {}
-        out[measure] = _pooled_estimate(np.array(values, dtype=float), groups, MEASURES[measure].test, seed)
+        x, ids = np.array(values, dtype=float), np.array(groups)
+        p = float(family_p(signed_rank_p(x, alternative=MEASURES[measure].test, groups=ids), family))
+        out[measure] = estimate_mean(x, p_value=p, seed=seed, groups=ids,
+                                     confidence=simultaneous_confidence(alpha, family))
     return out
 
 
@@ -131,8 +134,9 @@ def _judge_pooled(entry: ClaimStability, results: list[tuple[RunResults, ClaimRe
         entry.pooled_note = "the cells' thresholds differ: no single rule to judge the pooled values by"
     else:
         (t,) = thresholds
-        passed = sum(gate_passes(run.n_prompts, r.evidence["gap_logits"], t) for run, r in results)
-        entry.pooled_verdict = decide_legs(entry.pooled, t) if 2 * passed > len(results) else "inconclusive"
+        gated = 2 * sum(gate_failure(r.evidence, t) is None for _, r in results) <= len(results)
+        entry.pooled_verdict = "inconclusive" if gated else decide_legs(entry.pooled, t)
+        entry.pooled_note = "the task gate failed in most cells" if gated else ""
 
 
 def stability(runs: list[tuple[Cell, RunResults]], seed: int = 0) -> list[ClaimStability]:
@@ -156,23 +160,14 @@ def stability(runs: list[tuple[Cell, RunResults]], seed: int = 0) -> list[ClaimS
                 result = by_cell.get(cell.name, (None, None))[1]
                 cells.append(CellClaim(cell.name, result.verdict, result.evidence.get(effect_measure))
                              if result else CellClaim(cell.name, NOT_SELECTED))
-        entry = ClaimStability(model, task, first, {"src": src, "dst": dst, "foil": foil}, effect_measure, cells)
-        if isinstance(first.claim, Claim):
-            entry.pooled = _pooled(first.claim, [run for run, _ in by_cell.values()], seed)
-        out.append((entry, list(by_cell.values())))
-    _adjust([entry for entry, _ in out])
+        out.append((ClaimStability(model, task, first, {"src": src, "dst": dst, "foil": foil}, effect_measure, cells),
+                    list(by_cell.values())))
+    family = sum(isinstance(entry.claim.claim, Claim) for entry, _ in out)  # the claims pooled together
     for entry, results in out:
+        if isinstance(entry.claim.claim, Claim):
+            entry.pooled = _pooled(entry.claim.claim, results, family, seed)
         _judge_pooled(entry, results)
     return [entry for entry, _ in out]
-
-
-def _adjust(entries: list[ClaimStability]) -> None:
-    """Benjamini-Hochberg over the sweep's claims, measure by measure: the pooled tests are tested together."""
-    for measure in LEG_MEASURES:
-        tested = [e for e in entries if measure in e.pooled]
-        adjusted = adjust_p(np.array([e.pooled[measure].p_value for e in tested]))
-        for entry, p in zip(tested, adjusted):
-            entry.pooled[measure].p_value = float(p)
 
 
 def stability_table(entries: list[ClaimStability]) -> pd.DataFrame:
