@@ -156,3 +156,11 @@ def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, 
                   claims=[list(sender)], compositions=[[list(receiver), list(sender), "k"]])
     assert cli.main(["run", str(early), "--out", str(tmp_path / "early")]) == 2
     assert "not after sender" in capsys.readouterr().err
+
+
+def test_spec_with_only_selectors_runs(toy_dir, tmp_path):
+    """No head named, heads only chosen from data (as in analyses/coreference_gemma.toml): judged on confirmation."""
+    spec = _spec(tmp_path / "sel.toml", model=str(toy_dir), task="induction", n=20, src="induction_target",
+                 dst="previous", direction="noising", claims=["top_effect:1"])
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    assert [c.selected for c in read_run(tmp_path / "run").claims] == [True]

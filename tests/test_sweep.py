@@ -38,8 +38,9 @@ def _toml(path: Path, tables: dict | None = None, **fields) -> Path:
 
 
 def _base(folder: Path, toy_dir: Path, toy_model) -> Path:
-    """The toy's previous-token analysis (as in test_cli): the planted head 0.2 is `supported` on every draw."""
-    return _toml(folder / "base.toml", model=str(toy_dir), task="induction", n=12, src="induction_target",
+    """The toy's previous-token analysis (as in test_cli), 20 prompts so top_effect has 10 groups to choose on
+    and 10 to confirm on: the planted head 0.2 is `supported` on every draw."""
+    return _toml(folder / "base.toml", model=str(toy_dir), task="induction", n=20, src="induction_target",
                  dst="previous", direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:1"])
 
 

@@ -132,7 +132,7 @@ def run_analysis(
     for by, k in selectors:
         selected += [h for h in rank_heads(gathered, discovery, by)[:k] if h not in selected and h not in named]
     family = len(named) + len(selected) + len(spec.compositions)
-    claimed = judge(claim, gathered, named, family=family, **options)
+    claimed = judge(claim, gathered, named, family=family, **options) if named else []
     if selected:
         claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **options)
     chosen = named + selected
