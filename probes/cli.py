@@ -1,4 +1,4 @@
-"""Command line: ``probes models | doctor | run ANALYSIS.toml | report RUN_DIR``.
+"""Command line: ``probes models | doctor | run ANALYSIS.toml | report RUN_DIR | sweep SWEEP.toml``.
 
 Every user-facing failure is a :class:`ProbesError`: printed as one line on stderr, exit code 2, no traceback.
 Input is read and checked before torch is imported or a model loaded (spec, prompt file, ``--out``, whether a hub
@@ -141,6 +141,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {render(run_dir)}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Run a replication sweep's missing cells on Ray and aggregate them (Ray is imported only here)."""
+    import os
+
+    try:
+        from probes.sweep.driver import run_sweep
+    except ModuleNotFoundError as err:
+        raise ProbesError(f"`probes sweep` needs {err.name}: pip install -e '.[sweep]' (or make setup)") from None
+    from probes.sweep.spec import SweepSpec
+
+    sweep = SweepSpec.from_toml(args.sweep)
+    out = Path(args.out or Path("reports") / sweep.path.stem)
+    result = run_sweep(sweep, out, args.address or os.environ.get("RAY_ADDRESS"), " ".join(["probes", *sys.argv[1:]]))
+    for entry in result.claims:
+        print(f"  {entry.label.ljust(8)}  {entry.name}: {entry.split}")
+    print(f"report: {out / 'index.html'}")
+    if result.failed:
+        first = result.failed[0]
+        raise ProbesError(f"{len(result.failed)} of {len(result.outcomes)} cells failed (first: {first.name}: "
+                          f"{first.error}); see {out / 'sweep.json'}, fix, rerun to finish only those")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="probes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -160,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render RUN_DIR/index.html from its results")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+    sweep = sub.add_parser("sweep", help="replicate an analysis over a grid of seeds/templates/models on Ray")
+    sweep.add_argument("sweep", help="path of the sweep TOML (analyses/*_sweep.toml)")
+    sweep.add_argument("--out", help="sweep directory (default reports/SWEEP)")
+    sweep.add_argument("--address", help="a Ray cluster's address (default RAY_ADDRESS, else Ray embedded here)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -125,6 +125,11 @@ def decide(evidence: dict[str, Estimate], t: Thresholds) -> str:
     """The verdict, by the rule :func:`rule_lines` states."""
     if gate_failure(evidence, t) is not None:
         return "inconclusive"
+    return decide_legs(evidence, t)
+
+
+def decide_legs(evidence: dict[str, Estimate], t: Thresholds) -> str:
+    """The verdict the legs give once the gate has passed (a sweep judges pooled estimates with it)."""
     legs = judge_legs(evidence, t)
     for conditions, verdict in OUTCOMES:
         if all(legs[leg.name] is wanted for leg, wanted in conditions):

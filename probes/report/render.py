@@ -148,6 +148,13 @@ PATCHED_IN = {
     "denoising": "patched in from the clean run; denoising asks: can it restore the answer?",
     "noising": "patched in from the corrupted prompt; noising asks: is it necessary?",
 }
+def environment(*packages: str) -> jinja2.Environment:
+    """The report's jinja2 environment (autoescaped, strict, number filters); ``packages`` add their own
+    ``templates`` folders in front, which may include the report's partials (``_style``, ``_figures``)."""
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader(p, "templates") for p in (*packages, "probes.report")])
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(fmt=fmt, fmt_p=fmt_p)
+    return env
 
 
 def render_html(run: RunResults) -> str:
@@ -167,11 +174,7 @@ def render_html(run: RunResults) -> str:
     if run.position_content is not None:
         figures.append(figure_spec("fig-position-content", position_content_figure(run)))
     columns, rows = prompt_table(run.prompts)
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("probes.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    env.filters.update(fmt=fmt, fmt_p=fmt_p)
-    return env.get_template("report.html.j2").render(
+    return environment().get_template("report.html.j2").render(
         run=run,
         verdicts=VERDICTS,
         verdict_colours=VERDICT_COLOURS,

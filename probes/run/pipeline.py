@@ -151,6 +151,7 @@ def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
             "foil": decode([int(prompts.foil[i])]),
         }
         record |= {key: values[i] for key, values in prompts.labels.items()}
+        record.setdefault("group", prompts.groups[i])  # the resampling unit, so a sweep can pool runs by it
         records.append(record)
     return records
 
@@ -170,11 +171,16 @@ class StageTimer:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
 
 
-def run_analysis(spec: AnalysisSpec, out_dir: str | Path, command: str | None = None) -> tuple[Path, RunResults]:
-    """Run ``spec`` end to end and write the run directory; returns (results.json path, what was written)."""
+def run_analysis(
+    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedTransformer | None = None
+) -> tuple[Path, RunResults]:
+    """Run ``spec`` end to end and write the run directory; returns (results.json path, what was written).
+
+    ``model`` is ``spec.model`` already loaded (a sweep's worker loads it once for many runs); None loads it here.
+    """
     stage = StageTimer()
     with stage("load model"):
-        model = load_model(spec.model)
+        model = load_model(spec.model) if model is None else model
     with stage("prompts"):
         prompts = build_prompts(model, spec)
     thresholds = Thresholds(**spec.thresholds)

@@ -69,14 +69,7 @@ class AnalysisSpec:
     @classmethod
     def from_toml(cls, path: str | Path) -> AnalysisSpec:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ProbesError(f"analysis file '{path}' not found; see analyses/ for examples") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ProbesError(f"cannot read analysis file '{path}': {getattr(err, 'strerror', None) or err}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ProbesError(f"{path} is not valid TOML: {err}") from None
+        data = read_toml(path, "analysis", "analyses/")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -190,6 +183,18 @@ def _number(x) -> bool:
 def _require(where: str, name: str, value, ok, kind: str) -> None:
     if not ok:
         raise ProbesError(f"{where}: {name} must be {kind}, got {value!r}"[:300])
+
+
+def read_toml(path: Path, kind: str, examples: str) -> dict:
+    """A spec file's TOML, or one line saying it is missing, unreadable or malformed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProbesError(f"{kind} file '{path}' not found; see {examples} for examples") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ProbesError(f"cannot read {kind} file '{path}': {getattr(err, 'strerror', None) or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ProbesError(f"{path} is not valid TOML: {err}") from None
 
 
 def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Claim:

@@ -1,0 +1,177 @@
+"""Replication sweeps on embedded Ray over the planted toy model: cells are ordinary runs, resume, failing cells,
+per-claim stability; bad input is one line, exit 2, nothing written."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probes import cli
+from probes.claims.types import Claim, ClaimResult, Thresholds
+from probes.core.stats import Estimate
+from probes.models.loading import save_model_dir
+from probes.run.rundir import read_run
+from probes.sweep.stability import NOT_SELECTED, CellClaim, ClaimStability
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_dir(toy_model, tmp_path_factory):
+    return save_model_dir(toy_model.model, tmp_path_factory.mktemp("models") / "toy")
+
+
+def _toml(path: Path, tables: dict | None = None, **fields) -> Path:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    for name, table in (tables or {}).items():
+        lines += [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _base(folder: Path, toy_dir: Path, toy_model) -> Path:
+    """The toy's previous-token analysis (as in test_cli), 20 prompts so top_effect has 10 groups to choose on
+    and 10 to confirm on: the planted head 0.2 is `supported` on every draw."""
+    return _toml(folder / "base.toml", model=str(toy_dir), task="induction", n=20, src="induction_target",
+                 dst="previous", direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:1"])
+
+
+@pytest.fixture(scope="module")
+def swept(toy_dir, toy_model, tmp_path_factory):
+    """One embedded sweep: two seeds x a role the prompts have and one they lack (those two cells fail)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    _base(folder, toy_dir, toy_model)
+    sweep = _toml(folder / "sweep.toml", {"grid": {"seed": [0, 1], "dst": ["previous", "antecedent"]}},
+                  title="toy sweep", base="base.toml")
+    code = cli.main(["sweep", str(sweep), "--out", str(folder / "out")])
+    return folder, code
+
+
+def test_sweep_runs_cells_records_failures_and_aggregates(swept, toy_model, capsys):
+    folder, code = swept
+    out = folder / "out"
+    assert code == 2  # some cells failed: one line naming them, the rest written
+    summary = json.loads((out / "sweep.json").read_text())
+    status = {c["name"]: (c["status"], c["error"]) for c in summary["cells"]}
+    assert {name: s for name, (s, _) in status.items()} == {
+        "seed0-dstprevious": "done", "seed0-dstantecedent": "failed",
+        "seed1-dstprevious": "done", "seed1-dstantecedent": "failed",
+    }
+    for name, (state, error) in status.items():
+        assert (out / "cells" / name / "results.json").is_file() == (state == "done")
+        if state == "failed":
+            assert "unknown role 'antecedent'" in error and "\n" not in error
+    table = pd.read_parquet(out / "stability.parquet")
+    csv = pd.read_csv(out / "stability.csv")
+    assert csv.columns.tolist() == table.columns.tolist() and csv["split"].tolist() == table["split"].tolist()
+    planted = table[(table["layer"] == toy_model.heads.previous_token[0]) & (table["head"] == toy_model.heads.previous_token[1])]
+    assert planted[["verdict", "label", "split", "pooled_verdict"]].values.tolist() == [
+        ["supported", "stable", "supported 2/2", "supported"]]
+    # a head not chosen in every cell is counted as not selected there; the split adds up to the cells
+    assert (table["cells"] == 2).all()
+    assert (table[[c for c in table if c.startswith("n_")]].sum(axis=1) == 2).all()
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="cells/seed0-dstprevious/index.html"' in html and 'href="cells/seed1-dstprevious/index.html"' in html
+    assert "href=\"cells/seed0-dstantecedent" not in html and "unknown role" in html
+    assert html.count('id="fig-claim-') == len(table)
+
+
+def test_cell_equals_probes_run(swept, tmp_path):
+    folder, _ = swept
+    spec = _toml(tmp_path / "seed1.toml", **{**_read_toml(folder / "base.toml"), "seed": 1})
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    alone, cell = read_run(tmp_path / "run"), read_run(folder / "out" / "cells" / "seed1-dstprevious")
+    numbers = alone.heads.select_dtypes("number").columns
+    np.testing.assert_allclose(cell.heads[numbers], alone.heads[numbers], atol=1e-6, rtol=0)
+    assert [(c.claim, c.verdict) for c in cell.claims] == [(c.claim, c.verdict) for c in alone.claims]
+    for mine, theirs in zip(cell.claims, alone.claims):
+        for name, est in theirs.evidence.items():
+            np.testing.assert_allclose(
+                [mine.evidence[name].value, mine.evidence[name].ci_low, mine.evidence[name].ci_high],
+                [est.value, est.ci_low, est.ci_high], atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(cell.per_prompt, alone.per_prompt, atol=1e-6, rtol=0)
+
+
+def _read_toml(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+def test_killed_sweep_resumes_with_only_the_missing_cells(toy_dir, toy_model, tmp_path):
+    _base(tmp_path, toy_dir, toy_model)
+    sweep = _toml(tmp_path / "sweep.toml", {"grid": {"seed": [0, 1, 2]}}, base="base.toml", workers=1)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "probes.cli", "sweep", str(sweep), "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list(out.glob("cells/*/results.json")) and first.poll() is None:
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
+        first.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/results.json")}
+    assert 1 <= len(finished) < 3 and not (out / "sweep.json").exists()
+    assert subprocess.run(command, cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    status = {c["name"]: c["status"] for c in summary["cells"]}
+    assert all(status[name] == "complete" for name in finished)
+    assert sorted(status.values()).count("done") == 3 - len(finished)
+    # the complete cells were skipped, not rewritten
+    assert all((out / "cells" / name / "results.json").stat().st_mtime_ns == t for name, t in finished.items())
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("tables", "args", "message"),
+    [
+        ({"grid": {"seeds": [0, 1]}}, [], "unknown field(s) seeds in [grid]"),
+        ({}, [], "[grid] is empty"),
+        ({"grid": {"seed": []}}, [], "[grid] seed must be a non-empty list"),
+        ({"grid": {"n": [12, 0]}}, [], "cell n0: n must be a positive integer"),
+        ({"grid": {"seed": [0]}}, ["--address", f"127.0.0.1:{_closed_port()}"], "no Ray cluster answers at 127.0.0.1"),
+    ],
+)
+def test_bad_sweep_is_one_line_exit_2_nothing_written(toy_dir, toy_model, tmp_path, capsys, tables, args, message):
+    _base(tmp_path, toy_dir, toy_model)
+    sweep = _toml(tmp_path / "sweep.toml", tables, base="base.toml")
+    assert cli.main(["sweep", str(sweep), "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def _entry(verdicts: list[str], pooled: str | None) -> ClaimStability:
+    claim = ClaimResult(Claim((0, 2), "end", "previous"), verdicts[0], "", {}, Thresholds())
+    cells = [CellClaim(f"c{i}", v, Estimate(0.5, 0.4, 0.6)) for i, v in enumerate(verdicts)]
+    return ClaimStability("m", "t", claim, {}, "edge_knockout", cells, pooled_verdict=pooled)
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "pooled", "label", "split"),
+    [
+        (["supported"] * 9 + ["refuted"], "supported", "stable", "supported 9/10, refuted 1/10"),
+        (["supported"] * 8 + ["refuted"] * 2, "supported", "unstable", "supported 8/10, refuted 2/10"),
+        (["supported"] * 10, "attention_only", "unstable", "supported 10/10"),  # the pooled interval disagrees
+        (["supported"] * 8 + [NOT_SELECTED] * 2, "supported", "unstable", f"supported 8/10, {NOT_SELECTED} 2/10"),
+        (["refuted"] * 10, None, "stable", "refuted 10/10"),  # nothing to pool (a composition): the share decides
+    ],
+)
+def test_stability_label_needs_ninety_percent_and_the_pooled_verdict(verdicts, pooled, label, split):
+    entry = _entry(verdicts, pooled)
+    assert (entry.label, entry.split) == (label, split)
