@@ -25,8 +25,14 @@ PAIR = {
 }
 
 
+# a one-token swap of the last word: a minimal pair must differ, and role matching only reads the clean text
+LAST_WORD_SWAP = {"late": "soon", "to": "for", "know": "care", "She": "He", "Alice": "Bob"}
+
+
 def _pair(clean: str, roles: dict, corrupt: str | None = None, answer: str = " Bob", foil: str = " Alice") -> dict:
-    return {"clean": clean, "corrupt": corrupt or clean, "answer": answer, "foil": foil, "roles": roles}
+    head, last = clean.rsplit(" ", 1)
+    return {"clean": clean, "corrupt": corrupt or f"{head} {LAST_WORD_SWAP[last]}", "answer": answer, "foil": foil,
+            "roles": roles}
 
 
 def _str_at(model: HookedTransformer, text: str, position: int) -> str:

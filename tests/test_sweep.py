@@ -143,7 +143,7 @@ def _closed_port() -> int:
         ({"grid": {"seeds": [0, 1]}}, [], "unknown field(s) seeds in [grid]"),
         ({}, [], "[grid] is empty"),
         ({"grid": {"seed": []}}, [], "[grid] seed must be a non-empty list"),
-        ({"grid": {"n": [12, 0]}}, [], "cell n0: n must be a positive integer"),
+        ({"grid": {"n": [12, 0]}}, [], "cell n0: n must be a positive whole number"),
         ({"grid": {"seed": [0]}}, ["--address", f"127.0.0.1:{_closed_port()}"], "no Ray cluster answers at 127.0.0.1"),
     ],
 )
