@@ -27,7 +27,7 @@ from probes.claims.verdicts import HEAD, VERDICTS, decide, decide_composition, g
 from probes.core.errors import ProbesError
 from probes.core.stats import (
     Estimate, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p, n_units,
-    percentile_interval, ratio_estimate, resamples_for, signed_rank_p, simultaneous_confidence,
+    percentile_interval, ratio_draws, ratio_estimate, resamples_for, signed_rank_p, simultaneous_confidence,
 )
 from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import (
@@ -161,10 +161,7 @@ def _measure_draws(g: Gathered, name: str, rows: Rows, cols: list[int], n_resamp
     x = g.values[name][np.ix_(rows, cols)]
     if not MEASURES[name].of_gap:
         return x.mean(axis=0), cluster_bootstrap_means(x, g.groups[rows], n_resamples, seed)
-    gap = g.gap[rows]
-    draws = cluster_bootstrap_means(np.column_stack([x, gap]), g.groups[rows], n_resamples, seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return x.mean(axis=0) / gap.mean(), draws[:, :-1] / draws[:, -1:]
+    return ratio_draws(x, g.gap[rows], g.groups[rows], n_resamples, seed)
 
 
 def estimates(

@@ -109,6 +109,26 @@ def estimate_mean(
     return Estimate(float(mean), float(low), float(high), n=n_units(groups, len(values)), p_value=p_value)
 
 
+def ratio_draws(
+    numerator: Float[np.ndarray, "prompt *k"], denominator: Float[np.ndarray, "prompt *k"], groups=None,
+    n_resamples: int = N_RESAMPLES, seed: int = 0,
+) -> tuple[Float[np.ndarray, " k"], Float[np.ndarray, "resample k"]]:
+    """mean(numerator) / mean(denominator) per column, and the same ratio on resamples of whole groups, numerator
+    and denominator drawn together (one denominator column may serve every numerator column). A zero mean
+    denominator gives NaN."""
+    num = np.asarray(numerator, dtype=float).reshape(len(numerator), -1)
+    den = np.asarray(denominator, dtype=float).reshape(len(denominator), -1)
+    ids = np.arange(len(num)) if groups is None else groups
+    draws = cluster_bootstrap_means(np.concatenate([num, den], axis=1), ids, n_resamples, seed)
+    k = num.shape[1]
+
+    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(bottom != 0, top / np.where(bottom != 0, bottom, 1.0), np.nan)
+
+    return ratio(num.mean(axis=0), den.mean(axis=0)), ratio(draws[:, :k], draws[:, k:])
+
+
 def ratio_estimate(
     numerator: Float[np.ndarray, " prompt"], denominator: Float[np.ndarray, " prompt"], groups=None, seed: int = 0,
     p_value: float | None = None, confidence: float = CONFIDENCE,
@@ -118,15 +138,9 @@ def ratio_estimate(
     An effect as a fraction of the clean-corrupt gap is such a ratio: dividing per-prompt effects by a fixed mean
     gap would ignore the gap's own uncertainty.
     """
-    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
-    n = len(num)
-    ids = np.arange(n) if groups is None else groups
-    draws = cluster_bootstrap_means(np.stack([num, den], axis=1), ids, seed=seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = num.mean() / den.mean() if den.mean() != 0 else math.nan
-        ratios = np.where(draws[:, 1] != 0, draws[:, 0] / draws[:, 1], np.nan)
-    low, high = percentile_interval(ratios[:, None], confidence)
-    return Estimate(float(value), float(low[0]), float(high[0]), n=n_units(groups, n), p_value=p_value)
+    value, draws = ratio_draws(numerator, denominator, groups, seed=seed)
+    low, high = percentile_interval(draws, confidence)
+    return Estimate(float(value[0]), float(low[0]), float(high[0]), n=n_units(groups, len(numerator)), p_value=p_value)
 
 
 def group_means(values: Float[np.ndarray, "prompt *rest"], groups=None) -> Float[np.ndarray, "group *rest"]:

@@ -39,7 +39,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
-from probes.core.stats import cluster_bootstrap_means, percentile_interval
+from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
 from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -221,17 +221,13 @@ def share_estimates(
     (value, low, high) with a percentile interval over one set of resampled groups (a ratio of means: per-prompt
     ratios explode where a head barely attends)."""
     k = clean.shape[1]
-    draws = cluster_bootstrap_means(np.concatenate([clean, *counterfactuals], axis=1), groups, seed=seed)
-
-    def interval(value: np.ndarray, resampled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return value, *percentile_interval(resampled)
-
-    shares = []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for j, counterfactual in enumerate(counterfactuals, start=1):
-            ratio = draws[:, j * k : (j + 1) * k] / draws[:, :k]
-            shares.append(interval(counterfactual.mean(0) / clean.mean(0), ratio))
-    return interval(clean.mean(0), draws[:, :k]), shares
+    # one set of draws for the clean attention and every counterfactual: numerators repeat the clean denominator
+    value, draws = ratio_draws(np.concatenate(counterfactuals, axis=1), np.tile(clean, len(counterfactuals)), groups,
+                               seed=seed)
+    shares = [(value[j * k:(j + 1) * k], *percentile_interval(draws[:, j * k:(j + 1) * k]))
+              for j in range(len(counterfactuals))]
+    clean_draws = cluster_bootstrap_means(clean, groups, seed=seed)
+    return (clean.mean(0), *percentile_interval(clean_draws)), shares
 
 
 def check_heads(model: HookedTransformer, heads: Sequence[Head] | None) -> list[Head]:
