@@ -9,7 +9,11 @@ that imports what it needs, plus its lines in :func:`build_parser`.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from probes.core.errors import ProbesError
@@ -190,10 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _interrupts_noted() -> Iterator[list[int]]:
+    """Note each ^C as well as raising KeyboardInterrupt: inside a C extension the interrupt can surface as some
+    other exception (safetensors' loader turns it into a ValueError), and the run must still end as interrupted."""
+    noted: list[int] = []
+
+    def note_then_interrupt(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there may a handler be set
+    previous = signal.signal(signal.SIGINT, note_then_interrupt) if in_main_thread else None
+    try:
+        yield noted
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with _interrupts_noted() as interrupts:
+            try:
+                args.func(args)
+            except Exception:
+                if interrupts:
+                    raise KeyboardInterrupt from None
+                raise
     except ProbesError as err:
         print(f"probes: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -394,11 +394,31 @@ def test_a_killed_run_leaves_no_directory_or_the_previous_run(toy_dir, tmp_path,
         _wait_for_staging(proc, out)
         proc.send_signal(sig)
         code = proc.wait(timeout=120)
-        assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+        assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), proc.stderr.read()
     assert not fresh.exists()
     assert snapshot(previous) == before and read_run(previous).n_prompts == 12
     if sig == signal.SIGINT:  # an interrupted run cleans up its scratch; a killed one cannot (see STALE_RUN_S)
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_run_as_interrupted(monkeypatch, capsys):
+    def interrupted_inside_a_library(args):  # as safetensors' loader does: the KeyboardInterrupt becomes a ValueError
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+
+    def plain_bug(args):
+        raise ValueError("a bug, not an interrupt")
+
+    monkeypatch.setattr(cli, "cmd_models", interrupted_inside_a_library)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "probes: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(cli, "cmd_models", plain_bug)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["models"])
 
 
 KILL_AFTER_FIRST_LAYER = """
