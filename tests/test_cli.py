@@ -227,3 +227,31 @@ def test_a_spec_that_only_selects_heads_runs(toy_dir, toy_model, tmp_path):
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
     (result,) = read_run(tmp_path / "run").claims
     assert result.selected and result.claim.head == toy_model.heads.previous_token
+
+
+def test_a_run_without_pattern_patching_skips_only_that_sweep(toy_dir, toy_model, tmp_path):
+    """``pattern_patching = false`` (a quick run) leaves out the one measure no verdict reads; all else is equal."""
+    fields = dict(model=str(toy_dir), task="induction", n=24, src="induction_target", dst="previous",
+                  direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:2"])
+    full, quick = tmp_path / "full", tmp_path / "quick"
+    assert cli.main(["run", str(_spec(tmp_path / "full.toml", **fields)), "--out", str(full)]) == 0
+    assert cli.main(["run", str(_spec(tmp_path / "quick.toml", pattern_patching=False, **fields)), "--out", str(quick)]) == 0
+    a, b = read_run(full), read_run(quick)
+    assert "effect_pattern" in a.heads.columns and "effect_pattern" not in b.heads.columns
+    assert list(b.heads.columns) == [c for c in a.heads.columns if not c.startswith("effect_pattern")]
+    numbers = b.heads.select_dtypes("number").columns
+    np.testing.assert_allclose(b.heads[numbers].to_numpy(float), a.heads[numbers].to_numpy(float), rtol=1e-9)
+    assert (b.heads["verdict"] == a.heads["verdict"]).all()
+    assert [(c.claim.head, c.verdict, c.sentence) for c in a.claims] == [(c.claim.head, c.verdict, c.sentence) for c in b.claims]
+    assert "effect_pattern" not in (quick / "index.html").read_text(encoding="utf-8")
+    assert cli.main(["run", str(_spec(tmp_path / "bad.toml", pattern_patching="no", **fields)), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_only_measures_no_verdict_reads_can_be_skipped(toy_model):
+    from probes.claims.evaluation import EvidenceContext, gather
+    from probes.core.errors import ProbesError
+    from probes.prompts.tasks.toy import pronoun_prompts
+
+    ctx = EvidenceContext(toy_model.model, pronoun_prompts(toy_model, 4), "pronoun", "antecedent", None, None)
+    with pytest.raises(ProbesError, match="cannot skip edge_knockout"):
+        gather(ctx, [(0, 0)], skip=("edge_knockout",))

@@ -11,7 +11,7 @@ A head chosen from data is never judged on the prompts it was chosen on: :func:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -124,10 +124,20 @@ class Gathered:
         return self.heads.index(head)
 
 
-def gather(ctx: EvidenceContext, heads: list[Head]) -> Gathered:
-    """Run every measurement the registry needs (each once) and keep the columns of ``heads``."""
+def gather(ctx: EvidenceContext, heads: list[Head], skip: Collection[str] = ()) -> Gathered:
+    """Run every measurement the registry needs (each once) and keep the columns of ``heads``.
+
+    ``skip`` names measures not to gather: those the verdict does not read (e.g. ``effect_pattern``, a sweep as
+    costly as the output sweep) may be left out of a run that must be quick.
+    """
+    optional = [name for name, m in MEASURES.items() if m.optional]
+    if set(skip) - set(optional):
+        raise ProbesError(f"cannot skip {', '.join(sorted(set(skip) - set(optional)))}: only measures no verdict "
+                          f"reads may be skipped ({', '.join(optional)})")
     layers, cols = (list(x) for x in zip(*heads))
-    values = {name: m.gather(ctx)[:, layers, cols] for name, m in MEASURES.items() if m.gather is not None}
+    values = {
+        name: m.gather(ctx)[:, layers, cols] for name, m in MEASURES.items() if m.gather is not None and name not in skip
+    }
     z = ctx.patching("z")
     return Gathered(heads, values, (z.clean - z.corrupt).double().numpy(), z.clean.double().numpy(),
                     ctx.prompts.group_index)
@@ -176,7 +186,7 @@ def estimates(
     units = n_units(groups, len(rows))
     out: list[dict[str, Estimate]] = [{} for _ in heads]
     for name, m in MEASURES.items():
-        if m.gather is None:
+        if name not in g.values:
             continue
         value, draws = _measure_draws(g, name, rows, cols, n_resamples, seed)
         low, high = percentile_interval(draws, confidence)

@@ -45,6 +45,7 @@ class Measure:
     threshold: str | None = None  # the Thresholds field this measure is judged against
     panel: bool = False  # shown as a per-head heatmap in the report (the first of each leg is its headline)
     of_gap: bool = False  # gathered in logits, estimated as a fraction of the mean clean-corrupt gap
+    optional: bool = False  # no verdict or sentence reads it: a quick run may skip it (``pattern_patching = false``)
 
 
 MEASURES: dict[str, Measure] = {}
@@ -113,7 +114,7 @@ register(Measure(
 register(Measure(
     "effect_pattern", "causal", "patching the head's attention pattern only: fraction of the gap moved",
     "fraction of the mean gap", gather=lambda ctx: ctx.effect("pattern"), test="two-sided",
-    panel=True, of_gap=True,
+    panel=True, of_gap=True, optional=True,
 ))
 register(Measure(
     "path_effect", "causal",

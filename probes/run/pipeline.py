@@ -201,7 +201,8 @@ def run_analysis(
     options = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
     with shared_runs():  # every sweep and attention measure of the run shares the clean and corrupt passes
         with stage("evidence, every head"):
-            gathered = gather(EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction), every)
+            context = EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction)
+            gathered = gather(context, every, skip=() if spec.pattern_patching else ("effect_pattern",))
             heads_table = ClaimResult(claim, "", "", {}, thresholds,
                                       heads=judge(claim, gathered, every, family=len(every), **options)).to_frame()
         selected: list[tuple[int, int]] = []

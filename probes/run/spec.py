@@ -16,6 +16,8 @@
     # a claim may also be written as people say it: "7.0: pronoun -> antecedent vs distractor"
     compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
+    pattern_patching = true            # patch each head's attention pattern alone (no verdict reads it; a sweep as
+                                       # costly as the output sweep: false makes a quick run)
     [position_content]                 # optional: is each head's src -> dst attention positional or content?
     shifts = [1, 2, 4]                 # also: src, dst (default: the claim's), filler, replacements (words or ids)
     [thresholds]                       # optional, see probes.claims.types.Thresholds
@@ -65,6 +67,7 @@ class AnalysisSpec:
     thresholds: dict = field(default_factory=dict)
     examples: int = 2
     position_content: dict | None = None
+    pattern_patching: bool = True
 
     @classmethod
     def from_toml(cls, path: str | Path) -> AnalysisSpec:
@@ -108,6 +111,7 @@ class AnalysisSpec:
                  f"a whole number from 0 to {MAX_SEED}")
         _require(where, "examples", self.examples, _whole(self.examples) and 0 <= self.examples <= MAX_EXAMPLES,
                  f"a whole number from 0 to {MAX_EXAMPLES}")
+        _require(where, "pattern_patching", self.pattern_patching, isinstance(self.pattern_patching, bool), "true or false")
         for name in ("claims", "compositions", "probe_targets"):
             _require(where, name, getattr(self, name), isinstance(getattr(self, name), list), "a list")
         _require(where, "thresholds", self.thresholds, isinstance(self.thresholds, dict), "a table [thresholds]")
