@@ -44,7 +44,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_table
-from probes.core.stats import cluster_bootstrap_means
+from probes.core.stats import cluster_bootstrap_means, percentile_interval
 from probes.evidence.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
 from probes.prompts.promptset import PromptSet
 
@@ -340,7 +340,7 @@ def score_probe(
     else:
         control_correct = out_of_fold_correct(features, control, folds, C)
     boot = cluster_bootstrap_means(np.column_stack([task_correct, control_correct]), target.clusters, n_boot, seed)
-    low, high = np.percentile(np.column_stack([boot, boot[:, 0] - boot[:, 1]]), [2.5, 97.5], axis=0)
+    low, high = percentile_interval(np.column_stack([boot, boot[:, 0] - boot[:, 1]]), 0.95)
     accuracy, control_accuracy = float(task_correct.mean()), float(control_correct.mean())
     reason = refusal(target)
     return ProbeScore(
