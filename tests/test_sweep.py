@@ -1,12 +1,17 @@
 """Replication sweeps on embedded Ray over the planted toy model: cells are ordinary runs, resume, failing cells,
 per-claim stability; bad input is one line, exit 2, nothing written."""
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,7 +93,11 @@ def test_cell_equals_probes_run(swept, tmp_path):
     folder, _ = swept
     spec = _toml(tmp_path / "seed1.toml", **{**_read_toml(folder / "base.toml"), "seed": 1})
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
-    alone, cell = read_run(tmp_path / "run"), read_run(folder / "out" / "cells" / "seed1-dstprevious")
+    _assert_same_run(read_run(folder / "out" / "cells" / "seed1-dstprevious"), read_run(tmp_path / "run"))
+
+
+def _assert_same_run(cell, alone) -> None:
+    """Same heads table, verdicts, evidence with intervals and per-prompt values, to float32 noise."""
     numbers = alone.heads.select_dtypes("number").columns
     np.testing.assert_allclose(cell.heads[numbers], alone.heads[numbers], atol=1e-6, rtol=0)
     assert [(c.claim, c.verdict) for c in cell.claims] == [(c.claim, c.verdict) for c in alone.claims]
@@ -111,7 +120,7 @@ def test_killed_sweep_resumes_with_only_the_missing_cells(toy_dir, toy_model, tm
     sweep = _toml(tmp_path / "sweep.toml", {"grid": {"seed": [0, 1, 2]}}, base="base.toml", workers=1)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "probes.cli", "sweep", str(sweep), "--out", str(out)]
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = _env()
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -131,6 +140,91 @@ def test_killed_sweep_resumes_with_only_the_missing_cells(toy_dir, toy_model, tm
     assert all((out / "cells" / name / "results.json").stat().st_mtime_ns == t for name, t in finished.items())
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """A subprocess's environment: this checkout importable, no Ray settings this process picked up (an embedded
+    ray.init sets RAY_AUTH_MODE here), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))} | extra
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A cluster started the documented way, `ray start --head`, with a token here: Ray >= 2.59 then turns token
+    authentication on by itself (the case that refused our driver). In its own temp dir, so an embedded ray.init
+    elsewhere on this machine does not find it, and its own session, so teardown stops exactly its processes
+    (`ray stop` would stop every Ray on the machine). Yields (address, the environment that holds its token)."""
+    folder = Path(tempfile.mkdtemp(prefix="probes-ray-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env, port = _env(RAY_AUTH_TOKEN_PATH=str(token)), _closed_port()
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}", "--num-cpus=2",
+               f"--temp-dir={folder / 'ray'}", "--include-dashboard=false", "--disable-usage-stats"]
+    log = folder / "start.log"
+    with log.open("w") as out:  # a file, not a pipe: the daemons it leaves running inherit it
+        head = subprocess.Popen(command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if head.wait() != 0:
+            pytest.fail(f"`ray start --head` failed here (exit {head.returncode}): {log.read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}", env
+    finally:
+        _stop_group(head.pid)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_group(pgid: int) -> None:
+    """Stop every process of one process group: TERM, then KILL what is left after 5 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        for _ in range(25):
+            time.sleep(0.2)
+            os.killpg(pgid, 0)  # raises once the group is empty
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def test_sweep_joins_a_ray_start_cluster_and_equals_the_embedded_run(cluster, swept, tmp_path):
+    address, env = cluster
+    folder, _ = swept
+    sweep = _toml(tmp_path / "sweep.toml", {"grid": {"seed": [0, 1]}}, base=str(folder / "base.toml"))
+    command = [sys.executable, "-m", "probes.cli", "sweep", str(sweep), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--address", address], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["ray"] == address
+    for seed in (0, 1):
+        _assert_same_run(read_run(tmp_path / "out" / "cells" / f"seed{seed}"),
+                         read_run(folder / "out" / "cells" / f"seed{seed}-dstprevious"))
+
+
+def test_refused_token_is_one_line_exit_2_nothing_written(cluster, toy_dir, toy_model, tmp_path):
+    address, env = cluster
+    _base(tmp_path, toy_dir, toy_model)
+    sweep = _toml(tmp_path / "sweep.toml", {"grid": {"seed": [0]}}, base="base.toml")
+    # another token than the cluster's; Ray retries a refused join ~20 times, a second apart; 2 tries are enough here
+    env = env | {"RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_gcs_server_port_wait_time_s": "2"}
+    command = [sys.executable, "-m", "probes.cli", "sweep", str(sweep), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--address", address], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"could not join the Ray cluster at {address}: the cluster refused this machine's authentication" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def not_ray():
+    """The address of a port where something other than Ray answers (an HTTP/1 server's reply to anything)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,11 +239,14 @@ def _closed_port() -> int:
         ({"grid": {"seed": []}}, [], "[grid] seed must be a non-empty list"),
         ({"grid": {"n": [12, 0]}}, [], "cell n0: n must be a positive whole number"),
         ({"grid": {"seed": [0]}}, ["--address", f"127.0.0.1:{_closed_port()}"], "no Ray cluster answers at 127.0.0.1"),
+        ({"grid": {"seed": [0]}}, ["--address", "NOT_RAY"], "but not as a Ray cluster does (no gRPC reply)"),
     ],
 )
-def test_bad_sweep_is_one_line_exit_2_nothing_written(toy_dir, toy_model, tmp_path, capsys, tables, args, message):
+def test_bad_sweep_is_one_line_exit_2_nothing_written(toy_dir, toy_model, tmp_path, capsys, not_ray, tables, args,
+                                                      message):
     _base(tmp_path, toy_dir, toy_model)
     sweep = _toml(tmp_path / "sweep.toml", tables, base="base.toml")
+    args = [not_ray if a == "NOT_RAY" else a for a in args]
     assert cli.main(["sweep", str(sweep), "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err

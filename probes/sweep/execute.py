@@ -15,9 +15,11 @@ import logging
 import os
 import resource
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,42 +126,106 @@ def write_cell(cell: Cell, cell_dir: Path, files: dict[str, bytes], outcome: Cel
 def connect(address: str | None) -> str:
     """Start Ray embedded (``address=None``) or join the cluster at ``address``; returns what to call it.
 
-    A cluster address is tried with a plain TCP connection first: Ray itself retries an absent cluster for
-    minutes, and a sweep against a dead address should fail at once, in one line.
+    A cluster address is probed first (:func:`_check_answers`): Ray itself retries an absent cluster for minutes,
+    and a sweep against a dead or wrong address should fail at once, in one line. Ray's own logging is kept to
+    errors, and what its C++ core prints while joining is held back: a refused join is our one line, not twenty.
     """
+    logging.getLogger("ray").setLevel(logging.ERROR)  # before ray.init, which logs while it sets itself up
     env = {CACHE_ENV: os.environ[CACHE_ENV]} if os.environ.get(CACHE_ENV) else {}
     if address is None:
         # workers import the kit the driver runs, from where it runs (a checkout or an install)
         path = os.pathsep.join(filter(None, [str(Path(probes.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
-        # Ray runs workers at niceness 15, which starves them beside any other busy process (measured: ~40% of a
-        # core each): here the sweep is the job, so its workers run like `probes run` would.
+        # "local": a new Ray here even when `ray start` left a cluster on this machine (address=None would join
+        # it, and refuse num_cpus). Ray runs workers at niceness 15, which starves them beside any other busy
+        # process (measured: ~40% of a core each): here the sweep is the job, so its workers run like `probes run`.
         ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-            object_store_memory=100 * 2**20, runtime_env={"env_vars": env | {"PYTHONPATH": path}},
+            address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+            log_to_driver=False, object_store_memory=100 * 2**20, runtime_env={"env_vars": env | {"PYTHONPATH": path}},
             _system_config={"worker_niceness": 0},
         )
         return "embedded"
     _check_answers(address)
+    _token_auth_if_token_here()
+    with _held_stderr() as printed:
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env})
+            return address
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            reason = _join_failure(err, printed())
+    raise ProbesError(f"could not join the Ray cluster at {address}: {reason}")
+
+
+def _token_auth_if_token_here() -> None:
+    """Ray >= 2.59's `ray start --head` turns token authentication on when a token exists here
+    (``~/.ray/auth_token``, which an embedded ``ray.init`` writes if it is missing), but ``ray.init(address=HOST:PORT)`` does not,
+    so the driver of such a cluster is refused (``InvalidAuthToken``; flagged in ray-project/ray#64755's review).
+    Apply the rule `ray start` applies: a token here (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or the default
+    file) means token mode unless ``RAY_AUTH_MODE`` says otherwise; a cluster without authentication ignores it."""
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env})
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ProbesError(f"could not join the Ray cluster at {address}: {one_line(err)}") from None
-    return address
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+@contextmanager
+def _held_stderr() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 to a scratch file meanwhile (Ray's C++ core writes there, past Python's logging);
+    yields a function that reads what was written."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield lambda: (held.seek(0), held.read().decode(errors="replace"))[1]
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _join_failure(err: BaseException, printed: str) -> str:
+    """Why a join failed, in one line: a refused token says what to do; otherwise Ray's own message."""
+    if "InvalidAuthToken" in printed or "InvalidAuthToken" in str(err.__cause__):
+        return ("the cluster refused this machine's authentication token (InvalidAuthToken): copy the head node's "
+                "token (`ray get-auth-token` there) to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN")
+    return one_line(err)[:300]
+
+
+# an HTTP/2 client's opening (the preface, then an empty SETTINGS frame): a gRPC server answers with its SETTINGS
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 
 
 def _check_answers(address: str) -> None:
+    """Something at ``address`` must answer, and speak gRPC as Ray's GCS (and Ray Client) do: Ray retries a silent
+    address for minutes and blocks on one where another service answers (measured: over 10 minutes on an HTTP
+    server's port). A cluster with TLS (``RAY_USE_TLS``) is not probed: it would not answer plain HTTP/2."""
     if address == "auto":
         return  # ray.init finds the local cluster or raises ConnectionError
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
         raise ProbesError(f"Ray address '{address}' is not HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        conn = socket.create_connection((host, int(port)), timeout=5)
     except OSError as err:
         raise ProbesError(
             f"no Ray cluster answers at {address} ({err.strerror or err}): start one there with `ray start --head`, "
             "or drop --address and RAY_ADDRESS to run on this machine"
         ) from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
+            return
+        try:
+            conn.sendall(HTTP2_PREFACE)
+            reply = conn.recv(9)
+        except OSError:  # silent for 5 s, or hung up
+            reply = b""
+    if len(reply) < 4 or reply[3] != HTTP2_SETTINGS:
+        raise ProbesError(f"something answers at {address}, but not as a Ray cluster does (no gRPC reply): is it the "
+                          "port `ray start --head` printed?")
 
 
 def worker_bytes(cells: list[Cell]) -> float:
