@@ -44,9 +44,13 @@ def _toml(path: Path, tables: dict | None = None, **fields) -> Path:
 
 def _base(folder: Path, toy_dir: Path, toy_model) -> Path:
     """The toy's previous-token analysis (as in test_cli), 20 prompts so top_effect has 10 groups to choose on
-    and 10 to confirm on: the planted head 0.2 is `supported` on every draw."""
+    and 10 to confirm on: the planted head 0.2 is `supported` on every draw, and so is its path into the induction
+    head's keys; the path into the decoy (zero output) is `refuted`."""
+    heads = toy_model.heads
     return _toml(folder / "base.toml", model=str(toy_dir), task="induction", n=20, src="induction_target",
-                 dst="previous", direction="noising", claims=[list(toy_model.heads.previous_token), "top_effect:1"])
+                 dst="previous", direction="noising", claims=[list(heads.previous_token), "top_effect:1"],
+                 compositions=[[list(heads.previous_token), list(heads.induction), "k"],
+                               [list(heads.previous_token), list(heads.decoy), "k"]])
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,10 @@ def test_sweep_runs_cells_records_failures_and_aggregates(swept, toy_model, caps
     planted = table[(table["layer"] == toy_model.heads.previous_token[0]) & (table["head"] == toy_model.heads.previous_token[1])]
     assert planted[["verdict", "label", "split", "pooled_verdict"]].values.tolist() == [
         ["supported", "stable", "supported 2/2", "supported"]]
+    paths = table[table["sender"].notna()].set_index("receiver")  # compositions are pooled like heads
+    assert paths[["verdict", "label", "split", "pooled_verdict"]].loc[["1.2", "1.3"]].values.tolist() == [
+        ["supported", "stable", "supported 2/2", "supported"], ["refuted", "stable", "refuted 2/2", "refuted"]]
+    assert (paths["pooled_path_effect_ci_low"] <= paths["pooled_path_effect"]).all()
     # a head not chosen in every cell is counted as not selected there; the split adds up to the cells
     assert (table["cells"] == 2).all()
     assert (table[[c for c in table if c.startswith("n_")]].sum(axis=1) == 2).all()
@@ -266,7 +274,7 @@ def _entry(verdicts: list[str], pooled: str | None) -> ClaimStability:
         (["supported"] * 8 + ["refuted"] * 2, "supported", "unstable", "supported 8/10, refuted 2/10"),
         (["supported"] * 10, "attention_only", "unstable", "supported 10/10"),  # the pooled interval disagrees
         (["supported"] * 8 + [NOT_SELECTED] * 2, "supported", "unstable", f"supported 8/10, {NOT_SELECTED} 2/10"),
-        (["refuted"] * 10, None, "stable", "refuted 10/10"),  # nothing to pool (a composition): the share decides
+        (["refuted"] * 10, None, "stable", "refuted 10/10"),  # nothing to pool (an old cell): the share decides
     ],
 )
 def test_stability_label_needs_ninety_percent_and_the_pooled_verdict(verdicts, pooled, label, split):

@@ -141,7 +141,12 @@ def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> str:
     """A composition claim (sender -> receiver via q/k/v) has one leg, the path: supported, refuted or inconclusive."""
     if gate_failure(evidence, t) is not None:
         return "inconclusive"
-    return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(evidence["path_effect"], t)]
+    return decide_path(evidence, t)
+
+
+def decide_path(evidence: dict[str, Estimate], t: Thresholds) -> str:
+    """The verdict the path leg gives once the gate has passed (a sweep judges a pooled estimate with it)."""
+    return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(evidence[PATH.measure], t)]
 
 
 def rule_lines(t: Thresholds) -> list[str]:

@@ -26,8 +26,8 @@ from transformer_lens import HookedTransformer
 
 from probes.claims.evaluation import EvidenceContext, evaluate, gather, judge, rank_heads, split_groups
 from probes.claims.measures import MEASURES
-from probes.claims.types import Claim, ClaimResult, Thresholds
-from probes.claims.verdicts import rule_lines
+from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
+from probes.claims.verdicts import PATH, rule_lines
 from probes.core.errors import ProbesError
 from probes.evidence import probing
 from probes.evidence.activations import ALL_POSITIONS, harvest
@@ -127,14 +127,19 @@ def _position_content_table(model: HookedTransformer, prompts: PromptSet, spec: 
 
 
 def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
-    """The per-prompt values behind the claimed heads' headline measures (the registry's panel measures)."""
+    """The per-prompt values behind the claims' headline measures (the registry's panel measures; a composition's
+    path effect), so a sweep can pool them across cells. A composition's rows sit at its receiver and name the
+    path in ``path`` (two paths may share a receiver); a head claim's ``path`` is empty."""
     frames = []
     for r in results:
-        layer, head = r.claim.head
+        if isinstance(r.claim, Composition):
+            (layer, head), path, kept = r.claim.receiver, r.claim.head_name, {PATH.measure}
+        else:
+            (layer, head), path, kept = r.claim.head, "", {m for m in r.per_prompt if MEASURES[m].panel}
         for measure, values in r.per_prompt.items():
-            if MEASURES[measure].panel:
+            if measure in kept:
                 frames.append(pd.DataFrame({"prompt": range(len(values)), "layer": layer, "head": head,
-                                            "measure": measure, "value": values}))
+                                            "measure": measure, "value": values, "path": path}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -238,7 +243,7 @@ def run_analysis(
         verdict_rule=rule_lines(thresholds),
         examples=examples,
         probes=probes_table,
-        per_prompt=_per_prompt_table([r for r in claimed if isinstance(r.claim, Claim)]),
+        per_prompt=_per_prompt_table(claimed),
         prompts=_prompt_records(model, prompts),
         position_content=position_table,
         title=spec.title,

@@ -53,7 +53,8 @@ Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets 
   ``layer``, ``head``, ``target``, and ``accuracy``, ``control_accuracy``, ``selectivity`` each with ``_ci_low`` /
   ``_ci_high`` (selectivity = accuracy - control accuracy, Hewitt & Liang 2019).
 - ``per_prompt.parquet`` (optional): long table ``prompt``, ``layer``, ``head``, ``measure``, ``value`` -- the
-  per-prompt numbers behind every head-level estimate.
+  per-prompt numbers behind every head-level estimate -- and ``path``: empty for a head claim's rows, the path's
+  name for a composition's (``path_effect`` rows at its receiver; older runs lack the column and these rows).
 - ``position_content.parquet`` / ``.csv`` (optional): one row per head, ``probes.evidence.position``'s table
   (``attention``, ``positional_share``, ``content_share``, ``offset_share`` with ``_ci_low`` / ``_ci_high``, ``sink``,
   ``self``, ``lift``, ``label``).

@@ -3,8 +3,8 @@
 A claim is a head (or a composition) with its roles, in one model on one task. Its distribution runs over every
 complete cell with that model, task and roles; a cell whose data did not select the head counts as
 ``not selected``. The claim is ``stable`` when one verdict holds in >= 90% of those cells and the pooled verdict
-agrees: the verdict rule's legs (:func:`probes.claims.verdicts.decide_legs`) judged on every cell's per-prompt
-values pooled (for a head chosen from data, its confirmation prompts), with intervals that resample prompt groups
+agrees: the verdict rule's legs (:func:`probes.claims.verdicts.decide_legs`; a composition's path leg,
+:func:`~probes.claims.verdicts.decide_path`) judged on every cell's per-prompt values pooled (for a head chosen from data, its confirmation prompts), with intervals that resample prompt groups
 (a template shared by cells is one unit), simultaneous over the sweep's pooled claims like a run's family
 (Bonferroni), and family-adjusted signed-rank p-values. Otherwise ``unstable``, with the split shown.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from probes.claims.measures import MEASURES
-from probes.claims.types import Claim, ClaimResult, Thresholds
-from probes.claims.verdicts import ATTENDS, EDGE, HEAD, PATH, VERDICTS, decide_legs, gate_failure
+from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
+from probes.claims.verdicts import ATTENDS, EDGE, HEAD, PATH, VERDICTS, decide_legs, decide_path, gate_failure
 from probes.core.stats import Estimate, estimate_mean, family_p, signed_rank_p, simultaneous_confidence
 from probes.run.rundir import RunResults
 from probes.sweep.spec import Cell
@@ -102,17 +102,26 @@ def _groups(run: RunResults) -> list[str]:
     return [str(g) for g in named]
 
 
-def _pooled(claim: Claim, results: list[tuple[RunResults, ClaimResult]], family: int, seed: int) -> dict[str, Estimate]:
+def _rows(pp: pd.DataFrame, claim: Claim | Composition) -> pd.DataFrame:
+    """The claim's rows of a per-prompt table: a head's by layer and head, a composition's by its ``path``."""
+    path = pp["path"] if "path" in pp else pd.Series("", index=pp.index)  # runs before compositions stored theirs
+    if isinstance(claim, Composition):
+        return pp[path == claim.head_name]
+    return pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (path.fillna("") == "")]
+
+
+def _pooled(claim: Claim | Composition, results: list[tuple[RunResults, ClaimResult]], family: int,
+            seed: int) -> dict[str, Estimate]:
     """Each leg's measure over every prompt each cell judged the claim on, pooled across the cells."""
     out = {}
     alpha = results[0][1].thresholds.alpha
-    for measure in LEG_MEASURES:
+    for measure in LEG_MEASURES if isinstance(claim, Claim) else (PATH.measure,):
         values, groups = [], []
         for run, result in results:
-            pp = run.per_prompt
-            if pp is None:
+            if run.per_prompt is None:
                 return {}
-            rows = pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (pp["measure"] == measure)]
+            rows = _rows(run.per_prompt, claim)
+            rows = rows[rows["measure"] == measure]
             judged = result.confirmation or range(run.n_prompts)  # a selected head's rows are its confirmation prompts
             values += rows["value"].tolist()
             units = _groups(run)
@@ -129,13 +138,14 @@ def _pooled(claim: Claim, results: list[tuple[RunResults, ClaimResult]], family:
 def _judge_pooled(entry: ClaimStability, results: list[tuple[RunResults, ClaimResult]]) -> None:
     thresholds: set[Thresholds] = {r.thresholds for _, r in results}
     if not entry.pooled:
-        entry.pooled_note = "no per-prompt values to pool (compositions store none)"
+        entry.pooled_note = "no per-prompt values to pool (cells written before compositions stored theirs)"
     elif len(thresholds) > 1:
         entry.pooled_note = "the cells' thresholds differ: no single rule to judge the pooled values by"
     else:
         (t,) = thresholds
         gated = 2 * sum(gate_failure(r.evidence, t) is None for _, r in results) <= len(results)
-        entry.pooled_verdict = "inconclusive" if gated else decide_legs(entry.pooled, t)
+        decide = decide_legs if isinstance(entry.claim.claim, Claim) else decide_path
+        entry.pooled_verdict = "inconclusive" if gated else decide(entry.pooled, t)
         entry.pooled_note = "the task gate failed in most cells" if gated else ""
 
 
@@ -162,10 +172,9 @@ def stability(runs: list[tuple[Cell, RunResults]], seed: int = 0) -> list[ClaimS
                              if result else CellClaim(cell.name, NOT_SELECTED))
         out.append((ClaimStability(model, task, first, {"src": src, "dst": dst, "foil": foil}, effect_measure, cells),
                     list(by_cell.values())))
-    family = sum(isinstance(entry.claim.claim, Claim) for entry, _ in out)  # the claims pooled together
+    family = len(out)  # the claims pooled together, heads and compositions, like a run's family
     for entry, results in out:
-        if isinstance(entry.claim.claim, Claim):
-            entry.pooled = _pooled(entry.claim.claim, results, family, seed)
+        entry.pooled = _pooled(entry.claim.claim, results, family, seed)
         _judge_pooled(entry, results)
     return [entry for entry, _ in out]
 
