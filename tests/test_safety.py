@@ -184,6 +184,32 @@ def test_report_on_a_broken_run_is_one_line_and_writes_no_page(good_run, tmp_pat
     assert not (out / "index.html").exists()
 
 
+@pytest.fixture(scope="module")
+def other_run(toy_dir, tmp_path_factory):
+    """A second run, another seed: every file has the same name as good_run's, and none belongs to it (the same
+    seed would write the same CSV and JSONL bytes, which no check can tell apart, nor needs to)."""
+    out = tmp_path_factory.mktemp("runs") / "other"
+    assert cli.main(["run", str(spec_file(out.parent / "a.toml", toy_dir, seed=1)), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["heads.parquet", "per_prompt.parquet", "index.html", "heads.csv", "prompts.jsonl"])
+def test_a_file_of_another_run_swapped_in_is_refused_naming_it(good_run, other_run, tmp_path, capsys, name):
+    """Parquet tables and the page carry their run's id inside them; CSV and JSONL are caught by their sha256."""
+    assert (other_run / name).is_file()
+    out = _broken(good_run, tmp_path, lambda out: shutil.copyfile(other_run / name, out / name))
+    with pytest.raises(ProbesError, match=f"'{out / name}' (belongs to run|is not the file this run wrote)"):
+        read_run(out)
+    page = (out / "index.html").read_bytes()
+    assert cli.main(["report", str(out)]) == 2
+    assert name in one_error_line(capsys)
+    assert (out / "index.html").read_bytes() == page  # nothing rewritten
+    other_id = json.loads((other_run / "results.json").read_text())["run_id"]
+    if name.endswith((".parquet", ".html")):
+        with pytest.raises(ProbesError, match=f"belongs to run {other_id}, not to run "):
+            read_run(out)
+
+
 def test_report_into_a_read_only_directory_is_one_line(good_run, monkeypatch, capsys):
     # root ignores permission bits, so the refusal the file system would give is simulated at the write
     def read_only(path, text):

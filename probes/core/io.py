@@ -89,11 +89,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_table(df, path: str | os.PathLike) -> None:
-    """A pandas table as ``.csv`` (for people and spreadsheets) or ``.parquet`` (for pandas), by the suffix."""
+def write_table(df, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """A pandas table as ``.csv`` (for people and spreadsheets) or ``.parquet`` (for pandas), by the suffix.
+
+    ``metadata`` goes into a parquet file's key-value schema metadata (a CSV has nowhere to keep it), so the file
+    itself says where it came from (:func:`read_table_metadata`)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".csv":
             df.to_csv(tmp, index=False)
+        elif metadata:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            merged = (table.schema.metadata or {}) | {k.encode(): v.encode() for k, v in metadata.items()}
+            pq.write_table(table.replace_schema_metadata(merged), tmp)
         else:
             df.to_parquet(tmp, index=False)
+
+
+def read_table_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A parquet file's key-value schema metadata (pandas' own ``pandas`` entry included), read from its footer."""
+    import pyarrow.parquet as pq
+
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (pq.read_schema(path).metadata or {}).items()}

@@ -36,9 +36,8 @@ from probes.report.figures import (
     position_content_figure,
     scatter_figure,
 )
-from probes.run.rundir import Example, RunResults, read_run
+from probes.run.rundir import INDEX, Example, RunResults, read_run
 
-INDEX = "index.html"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 

@@ -7,8 +7,8 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
 ``results.json`` (written last: a reader that finds it finds every table it names)::
 
     {
-      "format": 3,                                # bumped on incompatible changes; read_run refuses others
-      "run_id": "3f2a...",                        # also in the marker file .probes-run: files of one run only
+      "format": 4,                                # bumped on incompatible changes; read_run refuses others
+      "run_id": "3f2a...",                        # also in the marker file and inside every file that has metadata
       "kit_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
       "model": {"name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "weights_sha256": "ab12..."},
       "task": "pronoun_resolution", "n_prompts": 64, "seed": 0,
@@ -36,8 +36,10 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
 A run directory holds a marker file ``.probes-run`` (JSON with the ``run_id``): ``probes run --out`` replaces only
 a directory that has one, and never writes into a directory of the user's own files. A run is built in a scratch
 directory beside ``OUT`` and swapped in whole (:func:`probes.core.io.atomic_dir`), so a crash leaves the previous
-run or the new one, never a mix; :func:`read_run` checks the schema of ``results.json`` (naming the bad field), the
-run id of the marker and the sha256 of every data file.
+run or the new one, never a mix; :func:`read_run` checks the schema of ``results.json`` (naming the bad field), and
+that every file is this run's: the run id the file itself carries where it can carry one (the marker; every
+``.parquet`` in its key-value schema metadata under ``probes_run_id``; ``index.html`` in
+``<meta name="probes-run-id">``), and the sha256 of every data file (the only check a ``.csv`` or ``.jsonl`` has).
 
 Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. ``verdict`` is one of ``VERDICTS``;
 ``thresholds`` are the fields of :class:`probes.claims.types.Thresholds`; ``head`` is ``null`` for a claim about no
@@ -69,6 +71,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -81,12 +84,15 @@ from probes.claims.measures import LEGS, Measure
 from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import VERDICTS
 from probes.core.errors import ProbesError
-from probes.core.io import atomic_dir, write_table, write_text
+from probes.core.io import atomic_dir, read_table_metadata, write_table, write_text
 from probes.core.provenance import file_sha256, kit_version, package_versions, utc_now
 from probes.core.stats import Estimate
 from probes.run.outdir import MARKER, RESULTS, check_out_dir, require_run_dir
 
-FORMAT = 3
+FORMAT = 4  # 4: parquet tables and index.html carry the run id
+RUN_ID_KEY = "probes_run_id"  # a parquet table's schema metadata key for the run that wrote it
+INDEX = "index.html"  # the report page (probes.report.render writes it); its <meta name="probes-run-id"> names the run
+_HTML_RUN_ID = re.compile(r'<meta name="probes-run-id" content="([^"]*)">')
 HEADS = "heads.parquet"
 HEADS_CSV = "heads.csv"
 PROBES = "probes.parquet"
@@ -145,6 +151,7 @@ class RunResults:
     package_versions: dict[str, str] = field(default_factory=package_versions)
     kit_version: str = field(default_factory=kit_version)
     created_utc: str = field(default_factory=utc_now)
+    run_id: str = ""  # set by write_run and read_run; the report page carries it
 
     def validate(self) -> None:
         """Check the invariants the report relies on, so a bad run fails when written, not when rendered."""
@@ -274,7 +281,7 @@ def write_run(out_dir: str | os.PathLike, run: RunResults, *, overwrite: bool = 
                 POSITION_CONTENT: run.position_content, POSITION_CONTENT_CSV: run.position_content}
     data = {name: value for name, value in {HEADS: run.heads, HEADS_CSV: run.heads, **optional}.items()
             if value is not None}
-    run_id = uuid.uuid4().hex
+    run_id = run.run_id = uuid.uuid4().hex
     summary = {
         "format": FORMAT,
         "run_id": run_id,
@@ -305,7 +312,7 @@ def write_run(out_dir: str | os.PathLike, run: RunResults, *, overwrite: bool = 
                 if name == PROMPTS:
                     write_text(tmp / name, _prompt_lines(value))
                 else:
-                    write_table(value, tmp / name)
+                    write_table(value, tmp / name, metadata={RUN_ID_KEY: run_id})
             summary["sha256"] = {name: file_sha256(tmp / name) for name in data}
             text = json.dumps(jsonable(summary), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
             write_text(tmp / RESULTS, text)
@@ -438,7 +445,8 @@ def read_run(out_dir: str | os.PathLike) -> RunResults:
 
 
 def _check_belongs(out: Path, d: dict) -> None:
-    """Every data file named in results.json is there and is the one this run wrote (marker run id, sha256)."""
+    """Every data file named in results.json is there and is the one this run wrote: the run id inside each file
+    that can carry one (marker, parquet tables, the report page), then the sha256 of every data file."""
     try:
         marker = json.loads((out / MARKER).read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError):
@@ -449,12 +457,36 @@ def _check_belongs(out: Path, d: dict) -> None:
     if missing:
         names = ", ".join(missing)
         raise ProbesError(f"'{out}' lacks {names} named in {RESULTS}: copy the whole run directory, or re-run")
+    for name in [*d["files"], *([INDEX] if (out / INDEX).is_file() else [])]:
+        found = embedded_run_id(out / name)
+        if found is not None and found != d["run_id"]:
+            whose = f"run {found}" if found else "no run (it carries no run id)"
+            raise ProbesError(
+                f"'{out / name}' belongs to {whose}, not to run {d['run_id']} of {RESULTS}: files of different runs "
+                "are mixed; copy the whole run directory, or re-run `probes run`"
+            )
     for name in d["files"]:
         if file_sha256(out / name) != d["sha256"].get(name):
             raise ProbesError(
                 f"'{out / name}' is not the file this run wrote (its sha256 differs from {RESULTS}): files of "
                 "different runs are mixed or it was changed; re-run `probes run`"
             )
+
+
+def embedded_run_id(path: Path) -> str | None:
+    """The run id a file carries inside it ("" if it could and does not), or None for a kind of file that has
+    nowhere to keep one (CSV, JSONL: their sha256 in results.json stands in)."""
+    try:
+        if path.suffix == ".parquet":
+            return read_table_metadata(path).get(RUN_ID_KEY, "")
+        if path.name == INDEX:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(8192)  # the meta tag sits in <head>, before the inlined plotly.js
+            match = _HTML_RUN_ID.search(head)
+            return match.group(1) if match else ""
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ProbesError(f"'{path}' is unreadable ({type(err).__name__}: {str(err)[:120]}); re-run `probes run`") from None
+    return None
 
 
 def _run_from(out: Path, d: dict) -> RunResults:
@@ -489,6 +521,7 @@ def _run_from(out: Path, d: dict) -> RunResults:
         package_versions=d.get("package_versions", {}),
         kit_version=d.get("kit_version", "unknown"),
         created_utc=d.get("created_utc", ""),
+        run_id=d["run_id"],
     )
     run.validate()
     return run
