@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     with warnings.catch_warnings(), atomic_dir(out) as staging:
         warnings.simplefilter("ignore", RepeatedLines)  # said above, on stdout: stderr is for the one error line
-        _, run = run_analysis(spec, staging)
+        _, run = run_analysis(spec, staging, announce=print)
         render(staging)
         check_out_dir(out, args.overwrite)  # nothing appeared there meanwhile that the swap would replace
     print(f"\n{spec.title or Path(args.analysis).stem}: {spec.model}, {spec.task or spec.prompts}, "

@@ -17,12 +17,15 @@ from tokenizers import Tokenizer, models as token_models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from probes import cli, toy
+from probes.core import memory
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.evidence.attention import role_attention
 from probes.evidence.behaviour import behaviour
 from probes.evidence.metric import read_off_resid
-from probes.evidence.patching import patch_heads
+from probes.evidence.activations import harvest, harvest_bytes
+from probes.evidence.patching import engine, patch_heads, reference_bytes
+from probes.evidence.probing import antecedent_identity, probe_activations, probe_bytes
 from probes.models import cache, loading
 from probes.models.loading import load_model_dir, save_model_dir
 from probes.models.toy import VOCAB
@@ -328,6 +331,68 @@ def test_long_prompts_are_batched_to_fit_the_memory_budget(toy_model, monkeypatc
         role_attention(toy_model.model, prompts, "pronoun", "antecedent")
     with pytest.raises(ProbesError, match="a forward pass .* needs about"):
         read_off_resid(toy_model.model, prompts.clean, prompts)
+
+
+def _budget(monkeypatch, nbytes: int) -> None:
+    """Make the memory budget ``nbytes`` through PROBES_MEMORY_FRACTION, on a fixed (fake) amount of free memory."""
+    free = 10**12
+    monkeypatch.setattr("probes.core.memory.available_bytes", lambda: free)
+    monkeypatch.setenv(memory.FRACTION_ENV, repr(nbytes / free))
+
+
+def test_patching_batches_shrink_to_the_budget_with_the_same_numbers(toy_model, monkeypatch):
+    """A tiny PROBES_MEMORY_FRACTION splits the patched runs into smaller batches and changes no number; a budget
+    that cannot hold the clean and corrupt runs is refused in one line before they run."""
+    model, prompts = toy_model.model, pronoun_prompts(toy_model, 8)
+    sizes: list[int] = []
+    original = engine.staggered_run
+    monkeypatch.setattr(engine, "staggered_run", lambda m, bucket, rows: sizes.append(len(rows)) or original(m, bucket, rows))
+    expected = patch_heads(model, prompts, workers=1, progress=False)
+    unbatched, sizes[:] = list(sizes), []
+    kept = reference_bytes(model, len(prompts), int(prompts.end.max()) + 1, ["z"])
+    _budget(monkeypatch, kept + 4096)  # room for the reference runs; batches of a few patched runs each
+    torch.testing.assert_close(patch_heads(model, prompts, workers=1, progress=False), expected, atol=1e-5, rtol=0)
+    assert sum(sizes) == sum(unbatched) and max(sizes) < max(unbatched), (sizes, unbatched)
+    _budget(monkeypatch, kept // 2)
+    with pytest.raises(ProbesError, match=f"patching {len(prompts)} prompts .* needs about .* MB of memory, more than"):
+        patch_heads(model, prompts, workers=1, progress=False)
+
+
+def test_harvest_batches_shrink_to_the_budget_and_probing_is_refused_in_one_line(toy_model, monkeypatch, tmp_path):
+    model, prompts = toy_model.model, pronoun_prompts(toy_model, 8)
+    expected = harvest(model, prompts, tmp_path / "all", kinds=("z",), at="pronoun")
+    many = harvest(model, pronoun_prompts(toy_model, 96), tmp_path / "many", kinds=("z",), at="pronoun")
+    assert len(expected.manifest["shards"]) == 1
+    n_pos = int(prompts.end.max()) + 1
+    _budget(monkeypatch, harvest_bytes(model, 2, n_pos, ["z"], model.cfg.n_layers, False))  # two prompts fit
+    store = harvest(model, prompts, tmp_path / "small", kinds=("z",), at="pronoun")
+    assert len(store.manifest["shards"]) == len(prompts) // 2
+    for hook in expected.hooks:
+        torch.testing.assert_close(store.load(hook), expected.load(hook), atol=1e-5, rtol=0)
+    _budget(monkeypatch, harvest_bytes(model, 1, n_pos, ["z"], model.cfg.n_layers, False) // 2)
+    with pytest.raises(ProbesError, match="harvesting activations .* needs about .* shorten the prompts"):
+        harvest(model, prompts, tmp_path / "none", kinds=("z",), at="pronoun")
+    assert not (tmp_path / "none").exists()
+    _budget(monkeypatch, probe_bytes(many.n_rows, many.manifest["hooks"][many.hooks[0]]["shape"]) - 1)
+    with pytest.raises(ProbesError, match=f"probing {many.hooks[0]} .* needs about"):
+        probe_activations(many, [antecedent_identity], n_boot=10)
+
+
+def test_run_prints_each_stage_estimate_first_and_refuses_what_cannot_fit(toy_dir, toy_model, tmp_path, capsys,
+                                                                          monkeypatch):
+    spec = spec_file(tmp_path / "a.toml", toy_dir)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    memory_line = next(i for i, line in enumerate(out) if line.startswith("memory: "))
+    assert all(f"{stage} ~" in out[memory_line] for stage in ("forward passes", "attention", "patching"))
+    assert out[memory_line + 1].startswith("time: ") and "estimate" in out[memory_line + 1]
+    assert memory_line < next(i for i, line in enumerate(out) if line.startswith("report: "))
+    cfg = toy_model.model.cfg  # the model in toy_dir
+    records = 12 * (tasks.RECORD_BYTES + tasks.MEASURE_BYTES_PER_HEAD * cfg.n_layers * cfg.n_heads)
+    _budget(monkeypatch, records)  # the prompts fit; the attention the run keeps for them does not
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "tiny")]) == 2
+    assert "stage needs about" in one_error_line(capsys)
+    assert not (tmp_path / "tiny").exists()
 
 
 # --- the model cache ----------------------------------------------------------------------------------------------

@@ -39,14 +39,29 @@ def budget_bytes() -> int:
     return int(fraction * available_bytes())
 
 
+def format_bytes(n: float) -> str:
+    """GB to one decimal, or MB below a tenth of a GB (a budget of "0.0 GB" says nothing)."""
+    return f"{n / 1e9:.1f} GB" if n >= 0.1e9 else f"{n / 1e6:.1f} MB"
+
+
 def require_fits(need: int, what: str, fix: str) -> None:
     """Refuse, in one line, a step whose estimated peak memory exceeds the budget."""
     budget = budget_bytes()
     if need > budget:
         raise ProbesError(
-            f"{what} needs about {need / 1e9:.1f} GB of memory, more than the budget of {budget / 1e9:.1f} GB "
+            f"{what} needs about {format_bytes(need)} of memory, more than the budget of {format_bytes(budget)} "
             f"(set by {FRACTION_ENV}, a share of the free memory): {fix}"
         )
+
+
+def fitted_batch(batch_size: int, need: Callable[[int], int], budget: int | None = None) -> int:
+    """``batch_size`` halved until ``need(batch)`` fits the budget (at least 1: the caller refuses what one item
+    cannot fit). The one rule every batched stage and :mod:`probes.run.estimate` use."""
+    budget = budget_bytes() if budget is None else budget
+    batch = batch_size
+    while batch > 1 and need(batch) > budget:
+        batch //= 2
+    return batch
 
 
 def batches(
@@ -56,9 +71,7 @@ def batches(
     ``need(batch, longest length in it)`` fits the budget; one item that cannot fit is refused in one line."""
     budget, start = budget_bytes(), 0
     while start < len(lengths):
-        batch = batch_size
-        while batch > 1 and need(batch, max(lengths[start : start + batch])) > budget:
-            batch //= 2
+        batch = fitted_batch(batch_size, lambda b: need(b, max(lengths[start : start + b])), budget)
         require_fits(need(batch, max(lengths[start : start + batch])), f"{what} (item {start})", fix)
         yield slice(start, start + batch)
         start += batch

@@ -40,6 +40,8 @@ from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
+from probes.core.memory import batches
+from probes.models.architecture import attention_bytes
 from probes.prompts.promptset import PromptSet
 
 RESID_KINDS = ("resid_pre", "resid_post")
@@ -132,6 +134,18 @@ def _harvest_batch(
     return gathered
 
 
+def harvest_bytes(
+    model: HookedTransformer, batch: int, n_pos: int, kinds: Sequence[str], n_layers: int, every_position: bool
+) -> int:
+    """Rough peak bytes of one harvest batch: one layer's attention scores, plus the rows it gathers (every real
+    position, or one per prompt) of each kind at each layer, float32."""
+    cfg = model.cfg
+    width = {"resid_pre": cfg.d_model, "resid_post": cfg.d_model, "z": cfg.n_heads * cfg.d_head,
+             "result": cfg.n_heads * cfg.d_model}
+    rows = batch * (n_pos if every_position else 1)
+    return attention_bytes(model, batch, n_pos) + 4 * rows * n_layers * sum(width[kind] for kind in kinds)
+
+
 def _json_value(value: object) -> object:
     """Labels come as Python, numpy or torch scalars: store them as plain JSON values (anything else as text)."""
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -167,9 +181,10 @@ def harvest(
     tokens_all = prompts.clean if side == "clean" else prompts.corrupt
     with atomic_dir(out_dir) as tmp:
         shards, shapes = [], {}
-        batches = tqdm(range(0, len(prompts), batch_size), desc=f"harvest {len(prompts)}", unit="batch", disable=None)
-        for number, start in enumerate(batches):
-            index = slice(start, start + batch_size)
+        need = lambda batch, n_pos: harvest_bytes(model, batch, n_pos, kinds, len(layers), at == ALL_POSITIONS)  # noqa: E731
+        fits = batches((prompts.end + 1).tolist(), batch_size, need, "harvesting activations", "shorten the prompts")
+        for number, index in enumerate(tqdm(list(fits), desc=f"harvest {len(prompts)}", unit="batch", disable=None)):
+            start = index.start
             batch_idx, pos_idx = _rows(prompts, index, at)
             tokens = tokens_all[index, : int(prompts.end[index].max()) + 1]  # padding after the last end is never read
             tensors = _harvest_batch(model, tokens, batch_idx, pos_idx, kinds, layers)

@@ -28,7 +28,7 @@ from transformer_lens.utilities import get_act_name
 from probes.core.errors import ProbesError
 from probes.core.memory import batches
 from probes.evidence.patching.reference import sharing, side_run
-from probes.models.architecture import attention_bytes, kv_head_of
+from probes.models.architecture import attention_bytes, kept_attention_bytes, kv_head_of
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -59,7 +59,8 @@ def _per_head(
     n, n_layers, n_heads = len(prompts), model.cfg.n_layers, model.cfg.n_heads
     out: dict[str, Tensor] = {}
     lengths = (prompts.end + 1).tolist()
-    fits = batches(lengths, batch_size, functools.partial(attention_bytes, model), "attention", "shorten the prompts")
+    need = functools.partial(shared_attention_bytes if sharing() else attention_bytes, model)
+    fits = batches(lengths, batch_size, need, "attention", "shorten the prompts")
     for idx in tqdm(list(fits), desc=desc, disable=None, leave=False):
         tokens = prompts.clean[idx, : max(lengths[idx])]
         readers = make_readers(idx, tokens)
@@ -82,6 +83,11 @@ def _per_head(
             hooks.append((lambda hook_name, names=names: hook_name in names, hook))
         model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=hooks, stop_at_layer=n_layers)
     return out
+
+
+def shared_attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+    """Peak bytes of one batch inside a shared-runs scope: the pass itself and the patterns and values it keeps."""
+    return attention_bytes(model, batch, n_pos) + kept_attention_bytes(model, batch, n_pos)
 
 
 def _pattern_reader(src: Int[Tensor, " batch"], dst: Int[Tensor, " batch"]) -> Reader:

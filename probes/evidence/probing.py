@@ -24,6 +24,7 @@ sampling, not the variability of refitting.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_table
+from probes.core.memory import require_fits
 from probes.core.stats import cluster_bootstrap_means, percentile_interval
 from probes.evidence.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
 from probes.prompts.promptset import PromptSet
@@ -52,6 +54,7 @@ PROMPT = "prompt"  # ``group_by=PROMPT``: each prompt is its own group (rows of 
 NO_HEAD = -1  # the ``head`` column of residual-stream rows
 MIN_TYPES = 10  # fewer word types at the probed position: the control task cannot tell reading from memorising
 TYPE_DETERMINED = 0.95  # at least this share of rows carry their token type's label: a function of the token
+PROBE_COPIES = 3  # a hook's rows as loaded, one point's selected rows, and the scaler's copy of them
 MIN_CLASS_ROWS = 10  # rows a previous token needs to be a class: every training side then holds several
 COLUMNS = [
     "layer", "head", "hook", "position", "target", "group_by",
@@ -399,7 +402,11 @@ def probe_activations(
     records, loaded = [], {}
     for point in tqdm(points, desc="probe", unit="point", disable=None):
         if point.hook not in loaded:
-            loaded = {point.hook: store.load(point.hook).numpy()}  # one hook in memory at a time
+            loaded = {}  # one hook in memory at a time: the last one goes before the next is read
+            shape = store.manifest["hooks"][point.hook]["shape"]
+            require_fits(probe_bytes(store.n_rows, shape), f"probing {point.hook} ({store.n_rows:,} rows)",
+                         "probe fewer prompts, or one position (`at`) rather than every position")
+            loaded = {point.hook: store.load(point.hook).numpy()}
         acts = loaded[point.hook]
         features = acts if point.head is None else acts[:, point.head]
         for target, control, target_folds in zip(built, controls, folds):
@@ -416,6 +423,12 @@ def probe_activations(
                 )
             )
     return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def probe_bytes(n_rows: int, shape: Sequence[int]) -> int:
+    """Rough peak bytes of probing one hook of ``n_rows`` rows of ``shape``: its rows as float32, and the copies a
+    fit makes of one point's features (the selected rows, scaled)."""
+    return PROBE_COPIES * 4 * n_rows * math.prod(shape)
 
 
 def probe(

@@ -29,6 +29,14 @@ def attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
     return ATTENTION_COPIES * batch * model.cfg.n_heads * n_pos * n_pos * 4
 
 
+def kept_attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+    """Bytes of every layer's attention pattern and values for ``batch`` prompts, float32: what a shared clean run
+    keeps for a run's attention measures (:mod:`probes.evidence.attention`)."""
+    cfg = model.cfg
+    per_layer = cfg.n_heads * n_pos * n_pos + n_pos * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    return 4 * batch * cfg.n_layers * per_layer
+
+
 def n_kv_heads(model: HookedTransformer) -> int:
     """Key/value heads as the hooks see them: one per query head without grouped-query attention, and in
     TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them."""

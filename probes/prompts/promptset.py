@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
@@ -257,6 +258,9 @@ def model_fingerprint(model: HookedTransformer) -> str | None:
 # Text records -> tokens and role positions
 
 
+PROGRESS_FROM = 1000  # records from which matching roles shows a progress bar (on a terminal)
+
+
 def _from_records(model: HookedTransformer, records: list[dict], where: list[str], task: str) -> PromptSet:
     tokenizer = model.tokenizer
     if tokenizer is None:
@@ -274,7 +278,8 @@ def _from_records(model: HookedTransformer, records: list[dict], where: list[str
     n = len(records)
     clean_ids, corrupt_ids, answer, foil = [], [], [], []
     roles: dict[str, list[int]] = {name: [] for name in role_names}
-    for i, (record, loc) in enumerate(zip(records, where)):
+    lines = tqdm(zip(records, where), total=n, desc="prompts", unit="pair", disable=None if n >= PROGRESS_FROM else True)
+    for i, (record, loc) in enumerate(lines):
         clean, corrupt = encoded["input_ids"][i], encoded["input_ids"][n + i]
         if len(clean) != len(corrupt):
             raise ProbesError(

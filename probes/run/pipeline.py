@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from probes.models.loading import load_model
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
+from probes.run.estimate import estimate_run
 from probes.run.rundir import Example, ModelInfo, RunResults, write_run
 from probes.evidence.probing import TARGET_LABELS
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
@@ -109,12 +110,17 @@ def _probe_table(
 ) -> pd.DataFrame | None:
     if not names:
         return None
-    at = ALL_POSITIONS if names == ["previous_token"] else spec.src
+    at = ALL_POSITIONS if _every_position(names) else spec.src
     targets = [PROBE_TARGETS[t] for t in names]
     with tempfile.TemporaryDirectory(prefix="probes-acts-") as tmp:
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
         table = probing.probe_activations(store, targets, seed=spec.seed)
     return table[table["head"] >= 0].reset_index(drop=True)
+
+
+def _every_position(names: list[str]) -> bool:
+    """Whether the probes read every position (previous-token identity) rather than the src role's."""
+    return names == ["previous_token"]
 
 
 def _position_content_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
@@ -177,11 +183,14 @@ class StageTimer:
 
 
 def run_analysis(
-    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedTransformer | None = None
-) -> tuple[Path, RunResults]:
+    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedTransformer | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> tuple[Path, RunResults]:  # fmt: skip
     """Run ``spec`` end to end and write the run directory; returns (results.json path, what was written).
 
     ``model`` is ``spec.model`` already loaded (a sweep's worker loads it once for many runs); None loads it here.
+    Before the heavy work, a run that cannot fit the memory budget is refused (:mod:`probes.run.estimate`), and
+    ``announce`` (the CLI's ``print``) is given the estimate's lines.
     """
     stage = StageTimer()
     with stage("load model"):
@@ -199,6 +208,10 @@ def run_analysis(
             prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
         )
     targets, notes = probe_targets(spec, prompts)
+    plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets))
+    plan.require()
+    for line in plan.lines() if announce else []:
+        announce(line)
     with stage("probes"):
         probes_table = _probe_table(model, prompts, spec, targets)
     claim = Claim(None, spec.src, spec.dst, spec.foil)

@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
+from probes.core.memory import budget_bytes, require_fits
 from probes.evidence.metric import Metric, logit_diff_from_resid
 from probes.evidence.patching.checkpoint import Checkpoint
 from probes.evidence.patching.engine import (
@@ -61,8 +62,43 @@ from probes.prompts.roles import Role, src_dst_positions
 __all__ = [
     "DIRECTIONS", "HEAD_COMPONENTS", "INTERVENTIONS", "LOGITS", "RESID_COMPONENTS", "SITES", "Direction", "Edge",
     "PathsResult", "PatchingResult", "RunsResult", "Site", "edge_effects", "patch_activations", "patch_heads",
-    "patch_paths", "patch_resid", "patch_runs", "shared_runs",
+    "patch_paths", "patch_resid", "patch_runs", "reference_bytes", "shared_runs",
 ]  # fmt: skip
+
+BATCH_MB = 1024.0  # default cap on the patched runs in flight: larger batches are no faster on a CPU (engine.py)
+FIX = "shorten the prompts, patch fewer prompts at once, or raise PROBES_MEMORY_FRACTION"
+
+
+def reference_bytes(model: HookedTransformer, n_prompts: int, n_pos: int, components: Sequence[str]) -> int:
+    """Rough float32 bytes the two unpatched runs keep for a sweep of ``components`` over every layer: the
+    target's residual stream, both sides' keys and values, and the source's activation at each component's hook
+    (what :func:`_reference_runs` holds while the patched batches run)."""
+    cfg = model.cfg
+    kv, heads = cfg.n_key_value_heads or cfg.n_heads, cfg.n_heads
+    width = {"z": heads * cfg.d_head, "q": heads * cfg.d_head, "k": kv * cfg.d_head, "v": kv * cfg.d_head,
+             "pattern": heads * n_pos, "resid_pre": cfg.d_model, "attn_out": cfg.d_model, "mlp_out": cfg.d_model}
+    per_position = cfg.d_model + 2 * 2 * kv * cfg.d_head + sum(width[c] for c in components if c in width)
+    return 4 * n_prompts * n_pos * cfg.n_layers * per_position
+
+
+def batch_budget(memory_mb: float | None) -> float:
+    """Bytes the batches of patched runs in flight may take: ``memory_mb`` (default :data:`BATCH_MB`), lowered
+    to the kit's memory budget (:func:`probes.core.memory.budget_bytes`, a share of the memory free now, after
+    the reference runs are held) when that is smaller. One mechanism for every stage: this only caps it."""
+    return min((BATCH_MB if memory_mb is None else memory_mb) * 2**20, budget_bytes())
+
+
+def _require_reference_fits(model: HookedTransformer, prompts: PromptSet, components: Sequence[str]) -> None:
+    need = reference_bytes(model, len(prompts), int(prompts.end.max()) + 1, components)
+    require_fits(need, f"patching {len(prompts)} prompts (the clean and corrupt runs it keeps)", FIX)
+
+
+def _require_row_fits(buckets: list[Bucket], memory_mb: float | None) -> None:
+    """One patched run must fit: a batch is never smaller than one run."""
+    row = max(bucket.row_bytes for bucket in buckets)
+    require_fits(row, "one patched run", FIX)
+    if memory_mb is not None and row > memory_mb * 2**20:
+        raise ProbesError(f"one patched run needs about {row / 2**20:.0f} MB, more than memory_mb = {memory_mb:g}: raise memory_mb")
 
 
 def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
@@ -70,7 +106,7 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
         raise ProbesError(f"unknown component '{component}'; choose one of: {', '.join(SITES)}")
     if direction not in DIRECTIONS:
         raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
-    if memory_mb <= 0:
+    if memory_mb is not None and memory_mb <= 0:
         raise ProbesError(f"memory_mb must be positive, got {memory_mb}")
     if len(prompts) == 0:
         raise ProbesError("the prompt set is empty: there is nothing to patch")
@@ -97,7 +133,7 @@ def patch_activations(
     layers: Sequence[int] | None = None,
     cells: Sequence[tuple[int, int]] | None = None,
     checkpoint_dir: str | Path | None = None,
-    memory_mb: float = 1024.0,
+    memory_mb: float | None = None,
     progress: bool = True,
     onednn: bool = True,
     workers: int | None = None,
@@ -110,7 +146,8 @@ def patch_activations(
     (what a screen-then-verify pass re-checks); the rest of ``patched`` is NaN. Grouped-query models patch a
     key/value head for ``k``/``v``: the index axis then has ``n_key_value_heads`` entries and
     ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of the batches
-    of patched runs in flight (each worker's batches get an equal share); ``checkpoint_dir`` makes an interrupted
+    of patched runs in flight (each worker's batches get an equal share; default :data:`BATCH_MB`, lowered to the
+    kit's memory budget, :func:`batch_budget`); ``checkpoint_dir`` makes an interrupted
     sweep resume where it stopped. ``onednn=False`` keeps torch's default matrix-product kernel
     (:func:`probes.models.kernels.onednn_linear`). ``workers`` threads share the batches, each with an equal share of
     torch's threads (default on CPU: one per torch thread, at most 4; see :func:`.schedule.n_workers`).
@@ -134,7 +171,7 @@ def edge_effects(
     intervention: str = "knockout",
     direction: Direction = "denoising",
     checkpoint_dir: str | Path | None = None,
-    memory_mb: float = 1024.0,
+    memory_mb: float | None = None,
     progress: bool = True,
     onednn: bool = True,
     workers: int | None = None,
@@ -179,7 +216,7 @@ def _sweep(
     todo: dict[int, list[int]],
     direction: Direction,
     checkpoint_dir: str | Path | None,
-    memory_mb: float,
+    memory_mb: float | None,
     progress: bool,
     onednn: bool,
     workers: int | None,
@@ -200,12 +237,14 @@ def _sweep(
 
     sources = [] if edge is not None and edge.knockout else [site]  # a knockout edits the run's own pattern
     cap = None if edge is None else edge.src  # an edge is recomputed from its query position on
+    _require_reference_fits(model, prompts, [s.component for s in sources])
     buckets, clean, corrupt = _reference_runs(model, prompts, direction, sources, remaining, metric, onednn, cap)
 
     patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
     for layer, values in done.items():
         patched[:, layer, todo[layer]] = values
-    budget = memory_mb * 2**20 / workers  # each worker's batches
+    _require_row_fits(buckets, memory_mb)
+    budget = batch_budget(memory_mb) / workers  # each worker's batches
     windows = plan_windows(remaining, todo, buckets, budget)
     values = {layer: torch.empty(len(prompts), len(todo[layer])) for layer in remaining}
 
@@ -244,7 +283,7 @@ def patch_runs(
     runs: Sequence[Sequence[tuple[str, int, int]]],
     direction: Direction = "denoising",
     *,
-    memory_mb: float = 1024.0,
+    memory_mb: float | None = None,
     onednn: bool = True,
     metric: Metric = logit_diff_from_resid,
 ) -> RunsResult:
@@ -265,12 +304,14 @@ def patch_runs(
         for component, layer, head in run:
             cells_by_layer(model, component, n_variants_of(model, component), None, [(layer, head)])  # checks both
     layers = sorted({layer for run in runs for _, layer, _ in run})
+    _require_reference_fits(model, prompts, components)
     buckets, clean, corrupt = _reference_runs(model, prompts, direction, list(sites.values()), layers, metric, onednn)
     patched = torch.full((len(prompts), len(runs)), float("nan"))
     groups: dict[tuple[str, ...], list[int]] = {}  # runs patching the same components in the same order batch
     for r, run in enumerate(runs):
         groups.setdefault(tuple(component for component, _, _ in run), []).append(r)
-    budget = memory_mb * 2**20
+    _require_row_fits(buckets, memory_mb)
+    budget = batch_budget(memory_mb)
     with onednn_linear(onednn):
         for signature, members in groups.items():
             cells = torch.tensor([[(layer, head) for _, layer, head in runs[r]] for r in members])
