@@ -66,7 +66,7 @@ __all__ = [
 ]  # fmt: skip
 
 BATCH_MB = 1024.0  # default cap on the patched runs in flight: larger batches are no faster on a CPU (engine.py)
-FIX = "shorten the prompts, patch fewer prompts at once, or raise PROBES_MEMORY_FRACTION"
+FIX = "shorten the prompts, use fewer of them, or raise PROBES_MEMORY_FRACTION"
 
 
 def reference_bytes(model: HookedTransformer, n_prompts: int, n_pos: int, components: Sequence[str]) -> int:
