@@ -93,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from probes.core.io import atomic_dir, remove_stale_temps
     from probes.models.registry import model_source, require_hub
+    from probes.prompts.catalogue import require_records_fit
     from probes.prompts.records import RepeatedLines, read_records
     from probes.run.outdir import check_out_dir
     from probes.run.spec import AnalysisSpec
@@ -111,12 +112,18 @@ def cmd_run(args: argparse.Namespace) -> None:
         _, _, note = read_records(spec.prompts)
         if note is not None:
             print(f"note: {note}")
+    else:
+        require_records_fit(spec.n)
     if model_source(spec.model) == "hub":
         require_hub(spec.model)
     remove_stale_temps(out, older_than_s=STALE_RUN_S)
 
     from probes.report.render import render  # the heavy imports (torch, TransformerLens) start here
+    from probes.prompts.tasks import check_distinct
     from probes.run.pipeline import run_analysis
+
+    if spec.task is not None:  # before the model loads: an n no tokenizer could make distinct
+        check_distinct(spec.task, spec.n, spec.templates)
 
     start = time.perf_counter()
     with warnings.catch_warnings(), atomic_dir(out) as staging:

@@ -30,6 +30,7 @@ from probes.models import cache, loading
 from probes.models.loading import load_model_dir, save_model_dir
 from probes.models.toy import VOCAB
 from probes.prompts import tasks
+from probes.prompts.catalogue import TEMPLATED
 from probes.prompts.promptset import PromptSet
 from probes.prompts.records import RepeatedLines
 from probes.prompts.tasks.toy import pronoun_prompts
@@ -306,6 +307,21 @@ def test_n_beyond_memory_or_distinct_prompts_is_refused_before_generating(toy_mo
         tasks.generate(toy_model.model, "induction", 6)
 
 
+@pytest.mark.parametrize("task", sorted(TEMPLATED))
+def test_n_no_tokenizer_could_make_distinct_is_refused_before_the_model_loads(toy_dir, tmp_path, capsys, monkeypatch,
+                                                                              task):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("probes.run.pipeline.load_model", no_model)
+    monkeypatch.setattr("probes.core.memory.available_bytes", lambda: 10**18)  # memory is not what stops it here
+    bound = tasks.MAX_DISTINCT[task](None, None)  # every word counted as a single token
+    spec = spec_file(tmp_path / "a.toml", toy_dir, task=task)
+    assert cli.main(["run", str(spec), "--n", str(bound + 1), "--out", str(tmp_path / "run")]) == 2
+    assert f"task '{task}' can make {bound:,} distinct prompts for any tokenizer" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.real
 def test_gender_tag_refuses_more_prompts_than_it_can_make(smollm2):
     limit = tasks.MAX_DISTINCT["gender_tag"](smollm2)
@@ -449,7 +465,8 @@ def test_input_errors_come_before_torch_is_imported(toy_dir, tmp_path):
     good = spec_file(tmp_path / "b.toml", toy_dir)
     for args in (["run", str(spec)], ["run", str(good), "--out", str(tmp_path / "mine")],
                  ["run", str(good), "--prompts", str(bad_prompts), "--out", str(tmp_path / "x")],
-                 ["run", str(good), "--model", "gpt2", "--out", str(tmp_path / "y")]):
+                 ["run", str(good), "--model", "gpt2", "--out", str(tmp_path / "y")],
+                 ["run", str(good), "--n", str(10**12), "--out", str(tmp_path / "z")]):  # records alone: 4 PB
         code = ("import sys; from probes import cli; rc = cli.main(sys.argv[1:]); "
                 "print('torch' in sys.modules, 'transformer_lens' in sys.modules); sys.exit(rc)")
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,

@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.memory import require_fits
-from probes.prompts.catalogue import TEMPLATED
+from probes.prompts.catalogue import RECORD_BYTES, TEMPLATED
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.gender import gender_max_distinct, gender_tag
 from probes.prompts.tasks.ioi import IOI_CORRUPTIONS, ioi, ioi_max_distinct
@@ -30,7 +30,7 @@ from probes.prompts.tasks.toy import pronoun_prompts, repeated_prompts
 from probes.prompts.tasks.words import check_n, single_tokens
 
 __all__ = [
-    "GENERATORS", "IOI_CORRUPTIONS", "TEMPLATED", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
+    "GENERATORS", "IOI_CORRUPTIONS", "TEMPLATED", "check_distinct", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
     "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
 ]  # fmt: skip
 
@@ -52,23 +52,32 @@ MAX_DISTINCT: dict[str, Callable[[HookedTransformer, Sequence[int] | None], int]
     "previous_token": functools.partial(random_max_distinct, copies=1, default=32),
     "induction": functools.partial(random_max_distinct, copies=2, default=20),
 }
-# What a run keeps per prompt, beyond the model: text and token records, and per-prompt values of every measure
-# for every head (float64), counted generously.
-RECORD_BYTES = 4096
+# What a run keeps per prompt, beyond the model: text and token records (RECORD_BYTES), and per-prompt values of
+# every measure for every head (float64), counted generously.
 MEASURE_BYTES_PER_HEAD = 16 * 8
 
 
-def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None) -> PromptSet:
-    """The generator named ``task`` (restricted to a template subset when given); an ``n`` it cannot make distinct,
-    or whose run would not fit in memory, is refused before a single prompt is made."""
+def check_distinct(task: str, n: int, templates=None, model: HookedTransformer | None = None) -> None:
+    """Refuse an ``n`` the generator cannot make distinct. Without a model (before one is loaded), the bound of a
+    text task counts every word as a single token, an upper bound for any tokenizer; a random-token task's bound
+    needs the model's vocabulary, so it waits for the model."""
     if task not in GENERATORS:
         raise ProbesError(f"unknown task '{task}'; tasks: {', '.join(GENERATORS)}")
     if templates is not None and task not in TEMPLATED:
         raise ProbesError(f"task '{task}' has no templates; `templates` applies to {', '.join(sorted(TEMPLATED))}")
     check_n(n)
+    if model is None and task not in TEMPLATED:
+        return
     limit = MAX_DISTINCT[task](model, templates)
     if n > limit:
-        raise ProbesError(f"task '{task}' can make {limit:,} distinct prompts for this model's tokenizer, not n = {n:,}: lower n")
+        whose = "this model's tokenizer" if model is not None else "any tokenizer"
+        raise ProbesError(f"task '{task}' can make {limit:,} distinct prompts for {whose}, not n = {n:,}: lower n")
+
+
+def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None) -> PromptSet:
+    """The generator named ``task`` (restricted to a template subset when given); an ``n`` it cannot make distinct,
+    or whose run would not fit in memory, is refused before a single prompt is made."""
+    check_distinct(task, n, templates, model)
     per_prompt = RECORD_BYTES + MEASURE_BYTES_PER_HEAD * model.cfg.n_layers * model.cfg.n_heads
     require_fits(n * per_prompt, f"a run of {n:,} prompts", "lower n")
     return GENERATORS[task](model, n, seed=seed, **({} if templates is None else {"templates": templates}))

@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool, single_tokens,
-    template_cells, template_family,
+    ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool,
+    template_cells, template_family, words_kept,
 )
 
 GENDER_TEMPLATES = (
@@ -21,12 +21,12 @@ GENDER_TEMPLATES = (
     "You know, {name} is a truly {adj} teacher, isn't",
 )
 # Wang et al. (2022)'s BABA templates ({S} the subject, said twice; {IO} the indirect object), final name removed.
-def gender_max_distinct(model: HookedTransformer, templates=None) -> int:
+def gender_max_distinct(model: HookedTransformer | None, templates=None) -> int:
     """How many distinct clean prompts :func:`gender_tag` can write for this tokenizer: every template (of the
     subset), name and adjective."""
-    names = len(single_tokens(model, FEMALE_NAMES, "gender_tag")) + len(single_tokens(model, MALE_NAMES, "gender_tag"))
+    names = len(words_kept(model, FEMALE_NAMES, "gender_tag")) + len(words_kept(model, MALE_NAMES, "gender_tag"))
     family = template_family(templates, len(GENDER_TEMPLATES), "gender_tag")
-    return len(family) * names * len(single_tokens(model, ADJECTIVES, "gender_tag"))
+    return len(family) * names * len(words_kept(model, ADJECTIVES, "gender_tag"))
 
 
 def gender_tag(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:

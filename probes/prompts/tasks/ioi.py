@@ -9,8 +9,8 @@ from transformer_lens import HookedTransformer
 from probes.core.errors import ProbesError
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, single_tokens,
-    template_cells, template_family,
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool,
+    template_cells, template_family, words_kept,
 )
 
 IOI_TEMPLATES = (
@@ -34,11 +34,12 @@ IOI_TEMPLATES = (
 IOI_CORRUPTIONS = ("abc", "flip_s2")
 
 
-def ioi_max_distinct(model: HookedTransformer, templates=None) -> int:
-    """How many distinct clean prompts :func:`ioi` can write for this tokenizer: both name orders of every
-    template (of the subset), with every ordered pair of names and every place and object the template has."""
-    names = len(single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", "ioi", 5))
-    places, objects = len(single_tokens(model, PLACES, "ioi")), len(single_tokens(model, OBJECTS, "ioi"))
+def ioi_max_distinct(model: HookedTransformer | None, templates=None) -> int:
+    """How many distinct clean prompts :func:`ioi` can write for this tokenizer (no model: for any tokenizer):
+    both name orders of every template (of the subset), with every ordered pair of names and every place and
+    object the template has."""
+    names = len(words_kept(model, FEMALE_NAMES + MALE_NAMES, "ioi"))
+    places, objects = len(words_kept(model, PLACES, "ioi")), len(words_kept(model, OBJECTS, "ioi"))
     return sum(
         2 * names * (names - 1) * (places if "{place}" in t else 1) * (objects if "{object}" in t else 1)
         for t in (IOI_TEMPLATES[i] for i in template_family(templates, len(IOI_TEMPLATES), "ioi"))

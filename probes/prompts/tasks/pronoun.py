@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool, single_tokens,
-    template_cells, template_family,
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool,
+    template_cells, template_family, words_kept,
 )
 
 PRONOUN_TEMPLATES = (
@@ -26,12 +26,12 @@ PRONOUN_TEMPLATES = (
     "Yesterday {A} and {B} went to the {place}, where {p} gave the {object} to",
     "{A} and {B} had lunch at the {place}. Afterwards {p} gave the {object} to",
 )
-def pronoun_max_distinct(model: HookedTransformer, templates=None) -> int:
+def pronoun_max_distinct(model: HookedTransformer | None, templates=None) -> int:
     """How many distinct clean prompts :func:`pronoun_resolution` can write for this tokenizer: every template (of
     the subset), antecedent gender and name order, with every female-male name pair, place and object."""
     task = "pronoun_resolution"
-    females, males = len(single_tokens(model, FEMALE_NAMES, task)), len(single_tokens(model, MALE_NAMES, task))
-    places, objects = len(single_tokens(model, PLACES, task)), len(single_tokens(model, OBJECTS, task))
+    females, males = len(words_kept(model, FEMALE_NAMES, task)), len(words_kept(model, MALE_NAMES, task))
+    places, objects = len(words_kept(model, PLACES, task)), len(words_kept(model, OBJECTS, task))
     return len(template_family(templates, len(PRONOUN_TEMPLATES), task)) * 2 * 2 * females * males * places * objects
 
 

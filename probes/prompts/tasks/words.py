@@ -44,6 +44,12 @@ def single_tokens(model: HookedTransformer, words: list[str] | tuple[str, ...], 
     return [w for w, i in zip(words, ids) if len(i) == 1]
 
 
+def words_kept(model: HookedTransformer | None, words: list[str] | tuple[str, ...], task: str) -> list[str]:
+    """:func:`single_tokens`, or with no model every (distinct) word: the upper bound that lets a count of
+    distinct prompts refuse an impossible ``n`` before a model is loaded."""
+    return list(dict.fromkeys(words)) if model is None else single_tokens(model, words, task)
+
+
 def tokenizer_of(model: HookedTransformer, task: str):
     if model.tokenizer is None:
         raise ProbesError(
