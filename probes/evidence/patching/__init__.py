@@ -93,12 +93,10 @@ def _require_reference_fits(model: HookedTransformer, prompts: PromptSet, compon
     require_fits(need, f"patching {len(prompts)} prompts (the clean and corrupt runs it keeps)", FIX)
 
 
-def _require_row_fits(buckets: list[Bucket], memory_mb: float | None) -> None:
-    """One patched run must fit: a batch is never smaller than one run."""
-    row = max(bucket.row_bytes for bucket in buckets)
-    require_fits(row, "one patched run", FIX)
-    if memory_mb is not None and row > memory_mb * 2**20:
-        raise ProbesError(f"one patched run needs about {row / 2**20:.0f} MB, more than memory_mb = {memory_mb:g}: raise memory_mb")
+def _require_row_fits(buckets: list[Bucket]) -> None:
+    """One patched run must fit the kit's memory budget: a batch is never smaller than one run (a ``memory_mb``
+    below one run only means one run per batch)."""
+    require_fits(max(bucket.row_bytes for bucket in buckets), "one patched run", FIX)
 
 
 def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
@@ -243,7 +241,7 @@ def _sweep(
     patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
     for layer, values in done.items():
         patched[:, layer, todo[layer]] = values
-    _require_row_fits(buckets, memory_mb)
+    _require_row_fits(buckets)
     budget = batch_budget(memory_mb) / workers  # each worker's batches
     windows = plan_windows(remaining, todo, buckets, budget)
     values = {layer: torch.empty(len(prompts), len(todo[layer])) for layer in remaining}
@@ -310,7 +308,7 @@ def patch_runs(
     groups: dict[tuple[str, ...], list[int]] = {}  # runs patching the same components in the same order batch
     for r, run in enumerate(runs):
         groups.setdefault(tuple(component for component, _, _ in run), []).append(r)
-    _require_row_fits(buckets, memory_mb)
+    _require_row_fits(buckets)
     budget = batch_budget(memory_mb)
     with onednn_linear(onednn):
         for signature, members in groups.items():
