@@ -83,12 +83,11 @@ def estimate_run(
     n_pos = int(prompts.end.max()) + 1
     budget = budget_bytes()
     stages = []
-    for name, batch_size, need, kept in [
-        ("forward passes", FORWARD_BATCH, attention_bytes, 0),
-        ("attention", ATTENTION_BATCH, shared_attention_bytes, kept_attention_bytes(model, n, n_pos)),
-    ]:
-        batch = fitted_batch(min(batch_size, n), lambda b: need(model, b, n_pos), budget)
-        stages.append(Stage(name, need(model, batch, n_pos) + kept, batch))
+    batch = fitted_batch(min(FORWARD_BATCH, n), lambda b: attention_bytes(model, b, n_pos), budget)
+    stages.append(Stage("forward passes", attention_bytes(model, batch, n_pos), batch))
+    batch = fitted_batch(min(ATTENTION_BATCH, n), lambda b: shared_attention_bytes(model, b, n_pos), budget)
+    kept = kept_attention_bytes(model, n, n_pos)  # a run's shared clean pass keeps every prompt's patterns
+    stages.append(Stage("attention", attention_bytes(model, batch, n_pos) + kept, batch))
     in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * _row_bytes(model, 0, n_pos)  # a window's runs
     stages.append(Stage("patching", reference_bytes(model, n, n_pos, SWEPT) + int(min(batch_budget(None), in_flight))))
     if probe_kinds:
