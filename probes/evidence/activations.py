@@ -22,6 +22,7 @@ directory appears only once complete. :class:`Activations` reads it back one hoo
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -134,16 +135,21 @@ def _harvest_batch(
     return gathered
 
 
+def hook_shape(model: HookedTransformer, kind: str) -> list[int]:
+    """The shape of one stored row of a hook kind (as the module docstring lists them)."""
+    cfg = model.cfg
+    return {"resid_pre": [cfg.d_model], "resid_post": [cfg.d_model], "z": [cfg.n_heads, cfg.d_head],
+            "result": [cfg.n_heads, cfg.d_model]}[kind]
+
+
 def harvest_bytes(
     model: HookedTransformer, batch: int, n_pos: int, kinds: Sequence[str], n_layers: int, every_position: bool
 ) -> int:
     """Rough peak bytes of one harvest batch: one layer's attention scores, plus the rows it gathers (every real
     position, or one per prompt) of each kind at each layer, float32."""
-    cfg = model.cfg
-    width = {"resid_pre": cfg.d_model, "resid_post": cfg.d_model, "z": cfg.n_heads * cfg.d_head,
-             "result": cfg.n_heads * cfg.d_model}
     rows = batch * (n_pos if every_position else 1)
-    return attention_bytes(model, batch, n_pos) + 4 * rows * n_layers * sum(width[kind] for kind in kinds)
+    width = sum(math.prod(hook_shape(model, kind)) for kind in kinds)
+    return attention_bytes(model, batch, n_pos) + 4 * rows * n_layers * width
 
 
 def _json_value(value: object) -> object:

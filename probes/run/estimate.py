@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from transformer_lens import HookedTransformer
 
 from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_bytes, require_fits
-from probes.evidence.activations import harvest_bytes
+from probes.evidence.activations import harvest_bytes, hook_shape
 from probes.evidence.attention import shared_attention_bytes
 from probes.evidence.patching import FIX, batch_budget, reference_bytes
 from probes.evidence.patching.engine import WINDOW_LAYERS, _row_bytes
@@ -95,6 +95,6 @@ def estimate_run(
         batch = fitted_batch(min(HARVEST_BATCH, n), need, budget)
         stages.append(Stage("activations", need(batch), batch))
         rows = n * (n_pos if probe_every_position else 1)
-        stages.append(Stage("probing", probe_bytes(rows, [cfg.n_heads, cfg.d_head])))
+        stages.append(Stage("probing", max(probe_bytes(rows, hook_shape(model, kind)) for kind in probe_kinds)))
     units = n * n_pos * forward_flops(model, n_pos) * cfg.n_layers * cfg.n_heads
     return RunEstimate(stages, budget, SECONDS_PER_UNIT * units, n, n_pos)
