@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformer_lens import HookedTransformer
 
 from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_bytes, require_fits
@@ -23,11 +24,11 @@ from probes.prompts.promptset import PromptSet
 
 FORWARD_BATCH, ATTENTION_BATCH, HARVEST_BATCH = 16, 16, 32  # the stages' default batch sizes
 SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches (the edge knockout patches none)
-# Seconds per unit of work (prompt x token x forward FLOP per token x head swept), from the two `make demo` runs
-# measured on this 2-core CPU (README: 32 coreference pairs on Gemma-3-270m in 43 s, 24 induction sequences in
-# 166 s; 0.6e-11 and 1.2e-11): their geometric mean. A rough figure: the machine's speed and the share of a
-# prompt that patched runs can skip move it by 2x either way.
-SECONDS_PER_UNIT = 0.85e-11
+# Seconds per unit of work (patched position x forward FLOP per token x head swept), measured on this 2-core CPU
+# with the two `make demo` runs (Gemma-3-270m; seconds after the model load): 32 coreference pairs, 160 patched
+# positions, 37.8 s (1.63e-11); 24 induction sequences, ~960 patched positions, 163 s (1.13e-11). Their geometric
+# mean; a rough figure: the machine's speed drifts, and the stages that are not sweeps scale otherwise.
+SECONDS_PER_UNIT = 1.35e-11
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunEstimate:
         took = "under a second" if self.seconds < 1 else f"~{self.seconds:.0f} s" if minutes < 2 else f"~{minutes:.0f} min"
         return [
             f"memory: {stages}, of a {format_bytes(self.budget)} budget ({FRACTION_ENV} of the free memory)",
-            f"time: {took} for {self.n_prompts:,} prompts of {self.n_pos} tokens (a rough estimate from the "
+            f"time: {took} for {self.n_prompts:,} prompts of up to {self.n_pos} tokens (a rough estimate from the "
             "per-prompt cost measured on a 2-core CPU; it can be 2x off either way)",
         ]
 
@@ -71,6 +72,15 @@ def forward_flops(model: HookedTransformer, n_pos: int) -> float:
     per_layer = 2 * cfg.d_model * cfg.d_head * (cfg.n_heads + kv) + 3 * cfg.d_model * (cfg.d_mlp or 0)
     per_layer += 2 * cfg.n_heads * cfg.d_head * n_pos
     return 2.0 * cfg.n_layers * per_layer
+
+
+def patched_positions(prompts: PromptSet) -> int:
+    """Positions the patched runs compute, summed over prompts: from the first token where clean and corrupt
+    differ to the read-off (earlier ones are shared, :mod:`probes.evidence.patching.engine`)."""
+    positions = torch.arange(prompts.clean.shape[1])
+    differs = (prompts.clean != prompts.corrupt) & (positions <= prompts.end[:, None])
+    first = torch.where(differs.any(1), differs.int().argmax(1), prompts.end)
+    return int((prompts.end + 1 - first).sum())
 
 
 def estimate_run(
@@ -96,5 +106,5 @@ def estimate_run(
         stages.append(Stage("activations", need(batch), batch))
         rows = n * (n_pos if probe_every_position else 1)
         stages.append(Stage("probing", max(probe_bytes(rows, hook_shape(model, kind)) for kind in probe_kinds)))
-    units = n * n_pos * forward_flops(model, n_pos) * cfg.n_layers * cfg.n_heads
+    units = patched_positions(prompts) * forward_flops(model, n_pos) * cfg.n_layers * cfg.n_heads
     return RunEstimate(stages, budget, SECONDS_PER_UNIT * units, n, n_pos)
