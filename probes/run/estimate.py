@@ -23,12 +23,13 @@ from probes.models.architecture import attention_bytes, kept_attention_bytes
 from probes.prompts.promptset import PromptSet
 
 FORWARD_BATCH, ATTENTION_BATCH, HARVEST_BATCH = 16, 16, 32  # the stages' default batch sizes
-SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches (the edge knockout patches none)
-# Seconds per unit of work (patched position x forward FLOP per token x head swept), measured on this 2-core CPU
-# with the two `make demo` runs (Gemma-3-270m; seconds after the model load): 32 coreference pairs, 160 patched
-# positions, 37.8 s (1.63e-11); 24 induction sequences, ~960 patched positions, 163 s (1.13e-11). Their geometric
-# mean; a rough figure: the machine's speed drifts, and the stages that are not sweeps scale otherwise.
-SECONDS_PER_UNIT = 1.35e-11
+SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches by default (beside the edge knockout)
+# Seconds per unit of work (patched position x forward FLOP per token x head x sweep), measured on this 2-core CPU
+# with the two `make demo` runs, three sweeps each (z, pattern, edge knockout; Gemma-3-270m; seconds after the model
+# load): 32 coreference pairs, 160 patched positions, 37.8 s (0.54e-11); 24 induction sequences, ~960 patched
+# positions, 163 s (0.38e-11). Their geometric mean; a rough figure: the machine's speed drifts, and the stages
+# that are not sweeps scale otherwise.
+SECONDS_PER_UNIT = 0.45e-11
 
 
 @dataclass
@@ -85,10 +86,11 @@ def patched_positions(prompts: PromptSet) -> int:
 
 def estimate_run(
     model: HookedTransformer, prompts: PromptSet, probe_kinds: tuple[str, ...] = (), probe_every_position: bool = False,
+    swept: tuple[str, ...] = SWEPT,
 ) -> RunEstimate:  # fmt: skip
     """What a ``probes run`` of ``prompts`` on ``model`` will take: per stage, the batch its memory budget allows
     and the peak that batch needs (attention, patching and the forward passes always; activations and probing
-    when ``probe_kinds`` are harvested), and the time."""
+    when ``probe_kinds`` are harvested; ``swept``: the components patched head by head), and the time."""
     cfg, n = model.cfg, len(prompts)
     n_pos = int(prompts.end.max()) + 1
     budget = budget_bytes()
@@ -99,12 +101,13 @@ def estimate_run(
     kept = kept_attention_bytes(model, n, n_pos)  # a run's shared clean pass keeps every prompt's patterns
     stages.append(Stage("attention", attention_bytes(model, batch, n_pos) + kept, batch))
     in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * _row_bytes(model, 0, n_pos)  # a window's runs
-    stages.append(Stage("patching", reference_bytes(model, n, n_pos, SWEPT) + int(min(batch_budget(None), in_flight))))
+    stages.append(Stage("patching", reference_bytes(model, n, n_pos, swept) + int(min(batch_budget(None), in_flight))))
     if probe_kinds:
         need = lambda b: harvest_bytes(model, b, n_pos, probe_kinds, cfg.n_layers, probe_every_position)  # noqa: E731
         batch = fitted_batch(min(HARVEST_BATCH, n), need, budget)
         stages.append(Stage("activations", need(batch), batch))
         rows = n * (n_pos if probe_every_position else 1)
         stages.append(Stage("probing", max(probe_bytes(rows, hook_shape(model, kind)) for kind in probe_kinds)))
-    units = patched_positions(prompts) * forward_flops(model, n_pos) * cfg.n_layers * cfg.n_heads
+    sweeps = len(swept) + 1  # and the edge knockout
+    units = patched_positions(prompts) * forward_flops(model, n_pos) * cfg.n_layers * cfg.n_heads * sweeps
     return RunEstimate(stages, budget, SECONDS_PER_UNIT * units, n, n_pos)

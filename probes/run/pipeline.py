@@ -208,7 +208,8 @@ def run_analysis(
             prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
         )
     targets, notes = probe_targets(spec, prompts)
-    plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets))
+    swept = ("z", "pattern") if spec.pattern_patching else ("z",)
+    plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept)
     plan.require()
     for line in plan.lines() if announce else []:
         announce(line)
