@@ -17,7 +17,7 @@ from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_
 from probes.evidence.activations import harvest_bytes, hook_shape
 from probes.evidence.attention import shared_attention_bytes
 from probes.evidence.patching import FIX, batch_budget, reference_bytes
-from probes.evidence.patching.engine import WINDOW_LAYERS, _row_bytes
+from probes.evidence.patching.engine import WINDOW_LAYERS, row_bytes
 from probes.evidence.probing import probe_bytes
 from probes.models.architecture import attention_bytes, kept_attention_bytes
 from probes.prompts.promptset import PromptSet
@@ -100,7 +100,7 @@ def estimate_run(
     batch = fitted_batch(min(ATTENTION_BATCH, n), lambda b: shared_attention_bytes(model, b, n_pos), budget)
     kept = kept_attention_bytes(model, n, n_pos)  # a run's shared clean pass keeps every prompt's patterns
     stages.append(Stage("attention", attention_bytes(model, batch, n_pos) + kept, batch))
-    in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * _row_bytes(model, 0, n_pos)  # a window's runs
+    in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * row_bytes(model, 0, n_pos)  # a window's runs
     stages.append(Stage("patching", reference_bytes(model, n, n_pos, swept) + int(min(batch_budget(None), in_flight))))
     if probe_kinds:
         need = lambda b: harvest_bytes(model, b, n_pos, probe_kinds, cfg.n_layers, probe_every_position)  # noqa: E731

@@ -169,11 +169,11 @@ def prepare_bucket(
         target_metric=metric(model, target.final[rows], answer, foil).float(),
         source_metric=metric(model, source.final[rows], answer, foil).float(),
         metric=metric,
-        row_bytes=_row_bytes(model, split, n_suffix),
+        row_bytes=row_bytes(model, split, n_suffix),
     )
 
 
-def _row_bytes(model: HookedTransformer, split: int, n_suffix: int) -> int:
+def row_bytes(model: HookedTransformer, split: int, n_suffix: int) -> int:
     """Rough float32 footprint of one patched run through one block: residual, attention and MLP activations at
     the computed positions, attention scores, and its copy of one layer's prefix keys and values."""
     cfg = model.cfg
