@@ -146,6 +146,7 @@ def test_a_composition_claim_runs_into_the_report(toy_dir, toy_model, tmp_path, 
         direction="noising", claims=[list(sender)], compositions=[[list(sender), list(receiver), "k"]],
     )
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    assert "path patching ~" in capsys.readouterr().out  # its memory is estimated before the run, like each stage
     run = read_run(tmp_path / "run")
     composition = run.claims[-1]
     assert composition.claim == Composition(sender, receiver, "k") and composition.verdict == "supported"

@@ -374,6 +374,27 @@ def test_patching_batches_shrink_to_the_budget_with_the_same_numbers(toy_model, 
         patch_heads(model, prompts, workers=1, progress=False)
 
 
+def test_path_patching_batches_shrink_to_the_budget_with_the_same_numbers(toy_model, monkeypatch):
+    from probes.evidence.patching import patch_paths, paths
+    from probes.evidence.patching.engine import row_bytes
+
+    model, prompts = toy_model.model, pronoun_prompts(toy_model, 8)
+    senders, receivers = [(0, 0), (0, 1), (0, 2)], [(1, 2, "k"), (1, 0, "v")]
+    sizes: list[int] = []
+    original = paths._paths_batch
+    monkeypatch.setattr(paths, "_paths_batch", lambda m, batch, *rest: sizes.append(len(batch)) or original(m, batch, *rest))
+    expected = patch_paths(model, prompts, senders, receivers, progress=False)
+    assert sizes == [8]
+    one_prompt = (len(senders) + 2) * row_bytes(model, 0, int(prompts.end.max()) + 1)
+    _budget(monkeypatch, 2 * one_prompt)  # two prompts a batch instead of eight
+    result = patch_paths(model, prompts, senders, receivers, progress=False)
+    assert sizes[1:] == [2, 2, 2, 2]
+    torch.testing.assert_close(result.effect, expected.effect, atol=1e-5, rtol=0)
+    _budget(monkeypatch, one_prompt // 2)
+    with pytest.raises(ProbesError, match="path patching .* needs about .* use fewer senders"):
+        patch_paths(model, prompts, senders, receivers, progress=False)
+
+
 def test_harvest_batches_shrink_to_the_budget_and_probing_is_refused_in_one_line(toy_model, monkeypatch, tmp_path):
     model, prompts = toy_model.model, pronoun_prompts(toy_model, 8)
     expected = harvest(model, prompts, tmp_path / "all", kinds=("z",), at="pronoun")

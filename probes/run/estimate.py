@@ -22,7 +22,7 @@ from probes.evidence.probing import probe_bytes
 from probes.models.architecture import attention_bytes, kept_attention_bytes
 from probes.prompts.promptset import PromptSet
 
-FORWARD_BATCH, ATTENTION_BATCH, HARVEST_BATCH = 16, 16, 32  # the stages' default batch sizes
+FORWARD_BATCH, ATTENTION_BATCH, HARVEST_BATCH, PATHS_BATCH = 16, 16, 32, 8  # the stages' default batch sizes
 SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches by default (beside the edge knockout)
 # Seconds per unit of work (patched position x forward FLOP per token x head x sweep), measured on this 2-core CPU
 # with the two `make demo` runs, three sweeps each (z, pattern, edge knockout; Gemma-3-270m; seconds after the model
@@ -86,11 +86,12 @@ def patched_positions(prompts: PromptSet) -> int:
 
 def estimate_run(
     model: HookedTransformer, prompts: PromptSet, probe_kinds: tuple[str, ...] = (), probe_every_position: bool = False,
-    swept: tuple[str, ...] = SWEPT,
+    swept: tuple[str, ...] = SWEPT, compositions: int = 0,
 ) -> RunEstimate:  # fmt: skip
     """What a ``probes run`` of ``prompts`` on ``model`` will take: per stage, the batch its memory budget allows
     and the peak that batch needs (attention, patching and the forward passes always; activations and probing
-    when ``probe_kinds`` are harvested; ``swept``: the components patched head by head), and the time."""
+    when ``probe_kinds`` are harvested; path patching for ``compositions``; ``swept``: the components patched head by
+    head), and the time."""
     cfg, n = model.cfg, len(prompts)
     n_pos = int(prompts.end.max()) + 1
     budget = budget_bytes()
@@ -102,6 +103,10 @@ def estimate_run(
     stages.append(Stage("attention", attention_bytes(model, batch, n_pos) + kept, batch))
     in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * row_bytes(model, 0, n_pos)  # a window's runs
     stages.append(Stage("patching", reference_bytes(model, n, n_pos, swept) + int(min(batch_budget(None), in_flight))))
+    if compositions:  # each path is patched from one sender: a batch's prompts run three times (patch_paths)
+        need = lambda b: b * 3 * row_bytes(model, 0, n_pos)  # noqa: E731
+        batch = fitted_batch(min(PATHS_BATCH, n), need, budget)
+        stages.append(Stage("path patching", need(batch), batch))
     if probe_kinds:
         need = lambda b: harvest_bytes(model, b, n_pos, probe_kinds, cfg.n_layers, probe_every_position)  # noqa: E731
         batch = fitted_batch(min(HARVEST_BATCH, n), need, budget)

@@ -209,7 +209,8 @@ def run_analysis(
         )
     targets, notes = probe_targets(spec, prompts)
     swept = ("z", "pattern") if spec.pattern_patching else ("z",)
-    plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept)
+    plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept,
+                        len(spec.compositions))
     plan.require()
     for line in plan.lines() if announce else []:
         announce(line)

@@ -30,7 +30,9 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
+from probes.core.memory import batches
 from probes.evidence.metric import Metric, logit_diff_from_resid, resid_at
+from probes.evidence.patching.engine import row_bytes
 from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
 from probes.models.architecture import keys_values_separate, kv_head_of
 from probes.models.kernels import onednn_linear
@@ -108,7 +110,7 @@ def patch_paths(
     receivers: Sequence[Receiver],
     direction: Direction = "denoising",
     *,
-    batch_size: int = 8,
+    batch_size: int = 8,  # prompts a batch, lowered to fit the memory budget (probes.core.memory)
     progress: bool = True,
     onednn: bool = True,
     metric: Metric = logit_diff_from_resid,
@@ -128,16 +130,24 @@ def patch_paths(
     n = len(prompts)
     patched = torch.full((n, len(senders), len(receivers)), float("nan"))
     target_metric, source_metric = torch.empty(n), torch.empty(n)
-    batches = range(0, n, batch_size)
-    with torch.no_grad(), onednn_linear(onednn):
-        for start in tqdm(batches, desc="path patching", unit="batch", disable=None if progress else True):
-            index = slice(start, start + batch_size)
+    lengths = (prompts.end + 1).tolist()
+    rows = len(senders) + 2  # a batch's prompts run once per sender, plus the two unpatched runs
+
+    def need(batch: int, length: int) -> int:
+        return batch * rows * row_bytes(model, 0, length)
+
+    fix = "shorten the prompts, use fewer senders, or raise PROBES_MEMORY_FRACTION"
+    with torch.no_grad(), onednn_linear(onednn), tqdm(
+        total=n, desc="path patching", unit="prompt", disable=None if progress else True
+    ) as bar:
+        for index in batches(lengths, batch_size, need, "path patching", fix):
             batch = prompts.subset(index)
             length = int(batch.end.max()) + 1
             out = _paths_batch(
                 model, batch, target_tokens[index, :length], source_tokens[index, :length], senders, receivers, metric
             )
             patched[index], target_metric[index], source_metric[index] = out
+            bar.update(index.stop - index.start)
     clean, corrupt = (source_metric, target_metric) if direction == "denoising" else (target_metric, source_metric)
     return PathsResult(patched, clean, corrupt, direction, senders=senders, receivers=receivers)
 
