@@ -68,6 +68,24 @@ def test_toy_edges_equal_plain_hooks(toy_model: ToyModel, intervention: str, ech
             torch.testing.assert_close(result.effect[:, layer, head], expected.float(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("intervention", ["knockout", "pattern_row", "z_at"])
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_edges_on_prompts_that_differ_before_the_query_equal_plain_hooks(
+    toy_model: ToyModel, intervention: str, direction: str
+) -> None:
+    """``BOS r' r`` vs ``BOS r r`` differ from position 1; the edge at the induction target (second half) is
+    recomputed from its query position only, the earlier positions read from the run patched into."""
+    prompts = tasks.repeated_prompts(toy_model, 8, seed=1)
+    assert (prompts.clean[:, 1] != prompts.corrupt[:, 1]).all()
+    result = edge_effects(toy_model.model, prompts, "induction_target", "previous", intervention=intervention,
+                          direction=direction, progress=False)
+    for layer in range(2):
+        for head in range(4):
+            expected = plain_edge_effect(toy_model.model, prompts, "induction_target", "previous", layer, head,
+                                         intervention, direction)
+            torch.testing.assert_close(result.effect[:, layer, head], expected.float(), atol=1e-5, rtol=0)
+
+
 def test_knockout_finds_the_edge_the_antecedent_head_reads(toy_model: ToyModel) -> None:
     heads = toy_model.heads
     prompts = tasks.pronoun_prompts(toy_model, 8, seed=1)

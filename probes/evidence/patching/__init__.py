@@ -234,9 +234,9 @@ def _sweep(
     remaining = [layer for layer in todo if layer not in done]
 
     sources = [] if edge is not None and edge.knockout else [site]  # a knockout edits the run's own pattern
-    cap = None if edge is None else edge.src  # an edge is recomputed from its query position on
+    start = None if edge is None else edge.src  # an edge changes the run from its query position on
     _require_reference_fits(model, prompts, [s.component for s in sources])
-    buckets, clean, corrupt = _reference_runs(model, prompts, direction, sources, remaining, metric, onednn, cap)
+    buckets, clean, corrupt = _reference_runs(model, prompts, direction, sources, remaining, metric, onednn, start)
 
     patched = torch.full((len(prompts), model.cfg.n_layers, n_index), float("nan"))
     for layer, values in done.items():
@@ -328,16 +328,16 @@ def _reference_runs(
     layers: list[int],
     metric: Metric,
     onednn: bool,
-    cap: Tensor | None = None,
+    start: Tensor | None = None,
 ) -> tuple[list[Bucket], Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
     """Run both sides of every bucket once (caching what patched runs start from and patch in), and the
-    clean and corrupt metric of every prompt. ``cap``: positions from which each prompt must be recomputed."""
+    clean and corrupt metric of every prompt. ``start``: where an edge intervention changes each prompt's run."""
     target, source = (prompts.corrupt, prompts.clean) if direction == "denoising" else (prompts.clean, prompts.corrupt)
     resid_names = {get_act_name("resid_pre", layer) for layer in layers}
     site_names = {site.hook_name(layer) for site in sites for layer in layers}
     buckets = []
     with onednn_linear(onednn):
-        for members, end, split in bucket_keys(prompts, cap):
+        for members, end, split in bucket_keys(prompts, start):
             group = group_of(prompts, members, end)
             runs = [side_run(model, target, group, end, resid_names), side_run(model, source, group, end, site_names)]
             rows = torch.searchsorted(group, members)

@@ -118,16 +118,19 @@ class Bucket:
 
 
 def bucket_keys(
-    prompts: PromptSet, cap: Int[Tensor, " prompt"] | None = None
+    prompts: PromptSet, start: Int[Tensor, " prompt"] | None = None
 ) -> list[tuple[Int[Tensor, " member"], int, int]]:
-    """Prompt indices grouped by read-off position ``end`` and ``split``, the first position where clean and
-    corrupt differ (``end`` if they never do before it; at most ``cap``, where a run edits itself from there on),
-    as ``(members, end, split)``."""
+    """Prompt indices grouped by read-off position ``end`` and ``split``, as ``(members, end, split)``.
+
+    ``split`` is the first position where clean and corrupt differ (``end`` if they never do before it): a patch
+    copies activations across, so earlier positions are the same in both. An edge intervention (``start``: its
+    query position) changes the run patched into at that position only, so before it nothing differs whatever
+    the prompts: ``split = start``, which skips the positions between (half of an induction prompt)."""
     positions = torch.arange(prompts.n_pos)
     differs = (prompts.clean != prompts.corrupt) & (positions <= prompts.end[:, None])
     first = torch.where(differs.any(1), differs.int().argmax(1), prompts.end)
-    if cap is not None:
-        first = torch.minimum(first, cap)
+    if start is not None:
+        first = start
     keys = torch.stack([prompts.end, first], 1)
     return [(torch.nonzero((keys == key).all(1))[:, 0], int(key[0]), int(key[1])) for key in keys.unique(dim=0)]
 
