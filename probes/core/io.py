@@ -98,15 +98,13 @@ def write_table(df, path: str | os.PathLike, metadata: dict[str, str] | None = N
     with atomic_path(path) as tmp:
         if path.suffix == ".csv":
             df.to_csv(tmp, index=False)
-        elif metadata:
+        else:  # what DataFrame.to_parquet does, with the metadata added to the schema pandas writes
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             table = pa.Table.from_pandas(df, preserve_index=False)
-            merged = (table.schema.metadata or {}) | {k.encode(): v.encode() for k, v in metadata.items()}
+            merged = (table.schema.metadata or {}) | {k.encode(): v.encode() for k, v in (metadata or {}).items()}
             pq.write_table(table.replace_schema_metadata(merged), tmp)
-        else:
-            df.to_parquet(tmp, index=False)
 
 
 def read_table_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -53,6 +53,7 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 ROW_FIELDS = ("prompt", "position", "token", "previous_token")
 NO_PREVIOUS = -1  # ``previous_token`` of position 0
+HARVEST_BATCH = 32  # prompts a harvest pass batches (lowered to fit the memory budget)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def harvest(
     at: str = "end",
     *,
     side: str = "clean",
-    batch_size: int = 32,
+    batch_size: int = HARVEST_BATCH,
     overwrite: bool = False,
 ) -> Activations:
     """Gather ``kinds`` at ``layers`` (default: all) at role ``at`` (or every position) and stream them to ``out_dir``.

@@ -37,6 +37,7 @@ Reader = Callable[[Tensor, int], Float[Tensor, "batch head"]]
 
 KINDS = ("previous_token", "duplicate_token", "induction")
 SHARED = ("pattern", "v")  # what attention readers read: kept together inside a shared_runs scope
+ATTENTION_BATCH = 16  # prompts a pass batches (lowered to fit the memory budget)
 
 
 @torch.no_grad()
@@ -112,7 +113,7 @@ def _value_norm_reader(model: HookedTransformer, dst: Int[Tensor, " batch"]) -> 
 
 
 def role_attention(
-    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = 16
+    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
     """Attention weight from the ``src`` role's position to the ``dst`` role's position, on the clean prompts.
 
@@ -128,7 +129,7 @@ def role_attention(
 
 
 def norm_weighted_attention(
-    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = 16
+    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
     """``alpha[src, dst] * ||v_dst W_O^h||`` (Kobayashi et al. 2020), in residual-stream units, unnormalised.
 
@@ -193,7 +194,7 @@ def head_score_samples(
     n: int = 16,
     seed: int = 0,
     prompts: PromptSet | None = None,
-    batch_size: int = 16,
+    batch_size: int = ATTENTION_BATCH,
 ) -> Float[Tensor, "prompt layer head"]:
     """Per-prompt head-type scores: for each prompt, the attention a head puts on its targets, averaged over queries.
 

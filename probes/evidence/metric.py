@@ -22,6 +22,8 @@ from probes.prompts.promptset import PromptSet
 # run reports. The engine takes any such function; logit_diff_from_resid is the default.
 Metric = Callable[[HookedTransformer, Float[Tensor, "batch d_model"], Int[Tensor, " batch"], Int[Tensor, " batch"]], Float[Tensor, " batch"]]
 
+FORWARD_BATCH = 16  # prompts a forward pass batches (lowered to fit the memory budget)
+
 
 def resid_at(resid: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"]:
     """The residual vector of each batch row at its own position."""
@@ -56,7 +58,7 @@ def logit_diff_from_resid(
 
 @torch.no_grad()
 def read_off_resid(
-    model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = 16
+    model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = FORWARD_BATCH
 ) -> Float[Tensor, "prompt d_model"]:
     """The residual stream after the last block at each prompt's read-off position, on ``tokens`` (the clean or
     the corrupt side): all the metric and the answer's distribution need, from one pass."""
@@ -69,7 +71,7 @@ def read_off_resid(
 @torch.no_grad()
 def answer_distribution(
     model: HookedTransformer, resid: Float[Tensor, "prompt d_model"], answer: Int[Tensor, " prompt"],
-    batch_size: int = 16,
+    batch_size: int = FORWARD_BATCH,
 ) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:  # fmt: skip
     """The answer's probability and its rank (1 = the argmax) over the whole vocabulary, from the read-off
     residual (:func:`read_off_resid`): the output distribution beside the logit difference, which only compares

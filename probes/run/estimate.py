@@ -14,15 +14,16 @@ import torch
 from transformer_lens import HookedTransformer
 
 from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_bytes, require_fits
-from probes.evidence.activations import harvest_bytes, hook_shape
-from probes.evidence.attention import shared_attention_bytes
+from probes.evidence.activations import HARVEST_BATCH, harvest_bytes, hook_shape
+from probes.evidence.attention import ATTENTION_BATCH, shared_attention_bytes
 from probes.evidence.patching import FIX, batch_budget, reference_bytes
+from probes.evidence.metric import FORWARD_BATCH
 from probes.evidence.patching.engine import WINDOW_LAYERS, row_bytes
+from probes.evidence.patching.paths import PATHS_BATCH, paths_bytes
 from probes.evidence.probing import probe_bytes
 from probes.models.architecture import attention_bytes, kept_attention_bytes
 from probes.prompts.promptset import PromptSet
 
-FORWARD_BATCH, ATTENTION_BATCH, HARVEST_BATCH, PATHS_BATCH = 16, 16, 32, 8  # the stages' default batch sizes
 SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches by default (beside the edge knockout)
 # Seconds per unit of work (patched position x forward FLOP per token x head x sweep), measured on this 2-core CPU
 # with the two `make demo` runs, three sweeps each (z, pattern, edge knockout; Gemma-3-270m; seconds after the model
@@ -103,8 +104,8 @@ def estimate_run(
     stages.append(Stage("attention", attention_bytes(model, batch, n_pos) + kept, batch))
     in_flight = n * cfg.n_heads * min(WINDOW_LAYERS, cfg.n_layers) * row_bytes(model, 0, n_pos)  # a window's runs
     stages.append(Stage("patching", reference_bytes(model, n, n_pos, swept) + int(min(batch_budget(None), in_flight))))
-    if compositions:  # each path is patched from one sender: a batch's prompts run three times (patch_paths)
-        need = lambda b: b * 3 * row_bytes(model, 0, n_pos)  # noqa: E731
+    if compositions:  # each composition's path is patched from one sender
+        need = lambda b: paths_bytes(model, b, n_pos, 1)  # noqa: E731
         batch = fitted_batch(min(PATHS_BATCH, n), need, budget)
         stages.append(Stage("path patching", need(batch), batch))
     if probe_kinds:

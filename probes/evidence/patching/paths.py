@@ -40,6 +40,7 @@ from probes.prompts.promptset import PromptSet
 
 LOGITS = "logits"
 RECEIVER_INPUTS = ("q", "k", "v")
+PATHS_BATCH = 8  # prompts a batch (lowered to fit the memory budget)
 Receiver = tuple[int, int, str] | str  # (layer, head, "q" | "k" | "v"), or "logits" for the direct path
 
 
@@ -110,7 +111,7 @@ def patch_paths(
     receivers: Sequence[Receiver],
     direction: Direction = "denoising",
     *,
-    batch_size: int = 8,  # prompts a batch, lowered to fit the memory budget (probes.core.memory)
+    batch_size: int = PATHS_BATCH,
     progress: bool = True,
     onednn: bool = True,
     metric: Metric = logit_diff_from_resid,
@@ -131,10 +132,8 @@ def patch_paths(
     patched = torch.full((n, len(senders), len(receivers)), float("nan"))
     target_metric, source_metric = torch.empty(n), torch.empty(n)
     lengths = (prompts.end + 1).tolist()
-    rows = len(senders) + 2  # a batch's prompts run once per sender, plus the two unpatched runs
-
     def need(batch: int, length: int) -> int:
-        return batch * rows * row_bytes(model, 0, length)
+        return paths_bytes(model, batch, length, len(senders))
 
     fix = "shorten the prompts, use fewer senders, or raise PROBES_MEMORY_FRACTION"
     with torch.no_grad(), onednn_linear(onednn), tqdm(
@@ -150,6 +149,12 @@ def patch_paths(
             bar.update(index.stop - index.start)
     clean, corrupt = (source_metric, target_metric) if direction == "denoising" else (target_metric, source_metric)
     return PathsResult(patched, clean, corrupt, direction, senders=senders, receivers=receivers)
+
+
+def paths_bytes(model: HookedTransformer, batch: int, n_pos: int, n_senders: int) -> int:
+    """Rough peak bytes of one batch of :func:`patch_paths`: its prompts run once per sender, plus the two
+    unpatched runs, each as one patched run through one block (:func:`.engine.row_bytes`)."""
+    return batch * (n_senders + 2) * row_bytes(model, 0, n_pos)
 
 
 def _paths_batch(
