@@ -4,6 +4,7 @@ Structure is checked token by token against the tokenizer (decoding what sits at
 on the toy model, whose right answers are known by construction.
 """
 
+import random
 from collections import Counter
 
 import pytest
@@ -20,6 +21,7 @@ from probes.prompts.tasks.ioi import IOI_TEMPLATES
 from probes.prompts.tasks.pronoun import PRONOUN_TEMPLATES
 from probes.prompts.tasks.words import FEMALE_NAMES as FEMALE_WORDS
 from probes.prompts.tasks.words import MALE_NAMES as MALE_WORDS
+from probes.prompts.tasks.words import Deck, template_cells
 
 N = 16
 
@@ -189,9 +191,14 @@ def test_every_n_draws_the_same_population(smollm2: HookedTransformer, task: str
     """n changes precision, not what is measured: every template at every n; fewer prompts than templates is
     refused with the minimum; a template subset restricts the population; the seed changes the draw only."""
     make = getattr(tasks, task)
+    names = "antecedent" if task == "pronoun_resolution" else "IO"
     for n, seed in ((len(family), 0), (2 * len(family) + 3, 0), (2 * len(family) + 3, 5)):
         counts = Counter(make(smollm2, n, seed=seed).labels["template"])
         assert set(counts) == set(range(len(family))) and max(counts.values()) - min(counts.values()) <= 1
+    one, other = make(smollm2, 40, seed=0).labels, make(smollm2, 40, seed=1).labels
+    population = ["template", "order"] + (["antecedent_gender"] if task == "pronoun_resolution" else [])
+    assert [one[k] for k in population] == [other[k] for k in population]  # the seed deals other words only
+    assert one[names] != other[names]
     with pytest.raises(ProbesError, match=f"needs n >= {len(family)}"):
         make(smollm2, len(family) - 1)
     subset = make(smollm2, 6, templates=[1, 3])
@@ -200,3 +207,31 @@ def test_every_n_draws_the_same_population(smollm2: HookedTransformer, task: str
         make(smollm2, 6, templates=[len(family)])
     with pytest.raises(ProbesError, match="has no templates"):
         tasks.generate(smollm2, "induction", 6, templates=[0])
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_a_deck_deals_every_word_equally_often_for_every_n(k: int) -> None:
+    """Counts differ by at most one at every n (i.i.d. draws would not), each hand holds distinct words, even
+    across the end of a shuffle, and the seed changes the order."""
+    words = [f"w{i}" for i in range(7)]
+    deck, dealt = Deck(words, random.Random(0)), Counter()
+    for _ in range(40):
+        hand = deck.deal(k)
+        assert len(set(hand)) == k
+        dealt.update(hand)
+        assert set(dealt) <= set(words) and max(dealt.values()) - min(dealt[w] for w in words) <= 1
+    other = Deck(words, random.Random(1))
+    assert [deck.one() for _ in range(7)] != [other.one() for _ in range(7)]
+
+
+@pytest.mark.parametrize(("n_templates", "n_cells"), [(12, 4), (14, 2), (5, 2)])
+def test_template_cells_are_balanced_and_every_template_meets_every_cell(n_templates: int, n_cells: int) -> None:
+    for n in range(n_templates, 4 * n_templates * n_cells):
+        pairs = template_cells(n, n_templates, n_cells, "task")
+        templates, cells = Counter(t for t, _ in pairs), Counter(c for _, c in pairs)
+        assert max(templates.values()) - min(templates.values()) <= 1 and len(templates) == n_templates
+        assert max(cells.values()) - min(cells.values()) <= 1 + (n_templates % n_cells != 0)
+    pairs = template_cells(n_templates * n_cells, n_templates, n_cells, "task")
+    assert len(set(pairs)) == n_templates * n_cells
+    subset = template_cells(6, n_templates, n_cells, "task", templates=[1, 3])
+    assert Counter(t for t, _ in subset) == {1: 3, 3: 3} and len(set(subset)) == min(6, 2 * n_cells)

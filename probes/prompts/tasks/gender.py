@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    ADJECTIVES, FEMALE_NAMES, MALE_NAMES, check_n, single_token_pool,
-    template_cells, template_family, words_kept,
+    ADJECTIVES, FEMALE_NAMES, MALE_NAMES, Deck, check_n, single_token_pool, template_cells,
+    template_family, words_kept,
 )
 
 GENDER_TEMPLATES = (
@@ -39,14 +39,15 @@ def gender_tag(model: HookedTransformer, n: int, seed: int = 0, templates=None) 
     task = "gender_tag"
     check_n(n)
     rng = random.Random(seed)
-    females = single_token_pool(model, FEMALE_NAMES, "female names", task, 1)
-    males = single_token_pool(model, MALE_NAMES, "male names", task, 1)
-    adjectives = single_token_pool(model, ADJECTIVES, "adjectives", task, 1)
+    females = Deck(single_token_pool(model, FEMALE_NAMES, "female names", task, 1), rng)
+    males = Deck(single_token_pool(model, MALE_NAMES, "male names", task, 1), rng)
+    adjectives = Deck(single_token_pool(model, ADJECTIVES, "adjectives", task, 1), rng)
     records = []
-    for template, cell in template_cells(n, len(GENDER_TEMPLATES), 2, seed, task, templates):
+    for template, cell in template_cells(n, len(GENDER_TEMPLATES), 2, task, templates):
         female = cell == 0
-        name, swapped = (rng.choice(females), rng.choice(males)) if female else (rng.choice(males), rng.choice(females))
-        adj = rng.choice(adjectives)
+        she, he = females.one(), males.one()
+        name, swapped = (she, he) if female else (he, she)
+        adj = adjectives.one()
         answer, foil = (" she", " he") if female else (" he", " she")
         records.append(
             {

@@ -9,8 +9,8 @@ from transformer_lens import HookedTransformer
 from probes.core.errors import ProbesError
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool,
-    template_cells, template_family, words_kept,
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, Deck, check_n, single_token_pool, template_cells,
+    template_family, words_kept,
 )
 
 IOI_TEMPLATES = (
@@ -65,13 +65,14 @@ def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc"
     if corruption not in IOI_CORRUPTIONS:
         raise ProbesError(f"unknown IOI corruption '{corruption}'; choose one of: {', '.join(IOI_CORRUPTIONS)}")
     rng = random.Random(seed)
-    names = single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", task, 5)
-    places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
+    names = Deck(single_token_pool(model, FEMALE_NAMES + MALE_NAMES, "names", task, 5), rng)
+    places = Deck(single_token_pool(model, PLACES, "places", task, 1), rng)
+    objects = Deck(single_token_pool(model, OBJECTS, "objects", task, 1), rng)
     records = []
-    for template, cell in template_cells(n, len(IOI_TEMPLATES), 2, seed, task, templates):
+    for template, cell in template_cells(n, len(IOI_TEMPLATES), 2, task, templates):
         baba = cell == 0
-        s, io, c1, c2, c3 = rng.sample(names, 5)
-        place, obj = rng.choice(places), rng.choice(objects)
+        s, io, c1, c2, c3 = names.deal(5)
+        place, obj = places.one(), objects.one()
         text = IOI_TEMPLATES[template]
         if not baba:  # ABBA: the indirect object is named first
             text = text.replace("{S} and {IO}", "{IO} and {S}", 1)

@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer
 
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
-    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, check_n, single_token_pool,
-    template_cells, template_family, words_kept,
+    FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, Deck, check_n, single_token_pool, template_cells,
+    template_family, words_kept,
 )
 
 PRONOUN_TEMPLATES = (
@@ -47,16 +47,17 @@ def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0, template
     task = "pronoun_resolution"
     check_n(n)
     rng = random.Random(seed)
-    females = single_token_pool(model, FEMALE_NAMES, "female names", task, 2)
-    males = single_token_pool(model, MALE_NAMES, "male names", task, 2)
-    places, objects = single_token_pool(model, PLACES, "places", task, 1), single_token_pool(model, OBJECTS, "objects", task, 1)
+    females = Deck(single_token_pool(model, FEMALE_NAMES, "female names", task, 2), rng)
+    males = Deck(single_token_pool(model, MALE_NAMES, "male names", task, 2), rng)
+    places = Deck(single_token_pool(model, PLACES, "places", task, 1), rng)
+    objects = Deck(single_token_pool(model, OBJECTS, "objects", task, 1), rng)
     records = []
-    for template, cell in template_cells(n, len(PRONOUN_TEMPLATES), 4, seed, task, templates):
+    for template, cell in template_cells(n, len(PRONOUN_TEMPLATES), 4, task, templates):
         female, antecedent_first = cell % 2 == 0, cell < 2
-        she, he = rng.choice(females), rng.choice(males)
+        she, he = females.one(), males.one()
         antecedent, other = (she, he) if female else (he, she)
         a, b = (antecedent, other) if antecedent_first else (other, antecedent)
-        place, obj = rng.choice(places), rng.choice(objects)
+        place, obj = places.one(), objects.one()
 
         def fill(pronoun: str) -> str:
             return PRONOUN_TEMPLATES[template].format(

@@ -74,14 +74,15 @@ def check_n(n: int) -> None:
 
 
 def template_cells(
-    n: int, n_templates: int, n_cells: int, seed: int, task: str, templates=None
+    n: int, n_templates: int, n_cells: int, task: str, templates=None
 ) -> list[tuple[int, int]]:
-    """A fixed, balanced population: (template, cell) for each of ``n`` prompts.
+    """A fixed, balanced population: (template, cell) for each of ``n`` prompts, the same for every seed.
 
     Every template of the family (or of the subset ``templates``) is used equally often (counts differ by at most
     one), so ``n`` changes the precision, never the population; the cells that could otherwise explain a result
     (gender, name order) are balanced within each round of templates and rotate across rounds, so every template
-    meets every cell. The seed changes the draw (which templates come first, the names), not the population.
+    meets every cell. The seed only deals the words (:class:`Deck`): which template meets which cell is not
+    drawn, so two seeds measure the same population.
     """
     family = template_family(templates, n_templates, task)
     if n < len(family):
@@ -89,8 +90,30 @@ def template_cells(
             f"task '{task}' needs n >= {len(family)} (one prompt per template, so every run covers the same "
             f"population); got n={n}: raise n or pass a template subset (templates=[...])"
         )
-    order = random.Random(f"templates:{seed}").sample(family, len(family))
-    return [(order[i % len(family)], (i % len(family) + i // len(family)) % n_cells) for i in range(n)]
+    return [(family[i % len(family)], (i % len(family) + i // len(family)) % n_cells) for i in range(n)]
+
+
+class Deck:
+    """Deals words so that, for every ``n``, their counts differ by at most one: the pool is dealt in seeded
+    shuffles, each dealt to the end before the next begins. Independent draws would leave some names over- and
+    others under-represented at small ``n``, and which ones would change with the seed."""
+
+    def __init__(self, words: list[str], rng: random.Random) -> None:
+        self.words, self.rng, self.stack = list(words), rng, []
+
+    def deal(self, k: int = 1) -> list[str]:
+        """``k`` distinct words: a hand that runs past the end of a shuffle takes the rest from a fresh one, with
+        the words it already holds moved to that shuffle's back (so each shuffle still deals every word once)."""
+        hand, self.stack = self.stack[:k], self.stack[k:]
+        if len(hand) < k:
+            fresh = self.rng.sample(self.words, len(self.words))
+            fresh = [w for w in fresh if w not in hand] + [w for w in fresh if w in hand]
+            need = k - len(hand)
+            hand, self.stack = hand + fresh[:need], fresh[need:]
+        return hand
+
+    def one(self) -> str:
+        return self.deal(1)[0]
 
 
 def template_family(templates, n_templates: int, task: str) -> list[int]:
