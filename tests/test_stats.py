@@ -21,6 +21,9 @@ from probes.core.stats import (
     cluster_bootstrap_means,
     estimate_mean,
     family_p,
+    group_means,
+    level_text,
+    percentile_interval,
     ratio_estimate,
     resamples_for,
     signed_rank_p,
@@ -112,6 +115,32 @@ def test_family_adjustment_is_bonferroni_and_needs_only_the_family_size() -> Non
     assert resamples_for(1 - 0.05 / 270) == 20_000
 
 
+def test_high_confidence_intervals_draw_enough_resamples() -> None:
+    """A simultaneous interval at 99.95% draws ``resamples_for`` groups-resamples (16,000), not the 2,000 of a 95%
+    interval: recomputed by hand from the same seeded draws."""
+    rng = np.random.default_rng(4)
+    x, gap = rng.normal(size=30), rng.normal(2.0, 0.5, size=30)
+    groups = np.repeat(np.arange(15), 2)
+    confidence = 0.9995
+    assert resamples_for(confidence) == 16_000
+    draws = cluster_bootstrap_means(np.column_stack([x, gap]), groups, resamples_for(confidence), seed=2)
+    low, high = percentile_interval(draws[:, :1], confidence)
+    est = estimate_mean(x, seed=2, groups=groups, confidence=confidence)
+    assert (est.ci_low, est.ci_high) == pytest.approx((low[0], high[0]), abs=1e-12)
+    low, high = percentile_interval((draws[:, 0] / draws[:, 1])[:, None], confidence)
+    ratio = ratio_estimate(x, gap, groups, seed=2, confidence=confidence)
+    assert (ratio.ci_low, ratio.ci_high) == pytest.approx((low[0], high[0]), abs=1e-12)
+
+
+def test_level_text_never_rounds_a_simultaneous_level_to_100() -> None:
+    """By hand: 1 - 0.05/family, its shortfall from 100% kept to two significant digits."""
+    assert level_text(0.95) == "95%"
+    assert level_text(simultaneous_confidence(0.05, 2)) == "97.5%"
+    assert level_text(simultaneous_confidence(0.05, 6)) == "99.17%"
+    assert level_text(simultaneous_confidence(0.05, 150)) == "99.967%"
+    assert level_text(simultaneous_confidence(0.05, 270)) == "99.981%"
+
+
 def test_grouped_tests_use_group_means() -> None:
     rng = np.random.default_rng(3)
     means = rng.normal(0.4, 1, 12)
@@ -161,6 +190,24 @@ def test_bootstrap_spearman_point_value_is_scipys() -> None:
     assert est.p_value == pytest.approx(ref.pvalue, rel=1e-12)
     assert est.n == 30 and est.ci_low < est.value < est.ci_high
     assert bootstrap_spearman(x, y, seed=1) == est  # seeded
+
+
+def test_bootstrap_spearman_p_value_is_over_groups() -> None:
+    """Every row repeated three times in its own group: the same groups, so the same p-value (over prompts it
+    would shrink); it is scipy's Spearman test on the group means."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=12)
+    y = 0.3 * x + rng.normal(size=12)
+    once = bootstrap_spearman(x, y, seed=0, groups=np.arange(12))
+    tripled = bootstrap_spearman(np.repeat(x, 3), np.repeat(y, 3), seed=0, groups=np.repeat(np.arange(12), 3))
+    assert once.p_value == pytest.approx(stats.spearmanr(x, y).pvalue, rel=1e-12)
+    assert tripled.p_value == pytest.approx(once.p_value, rel=1e-12)
+    assert stats.spearmanr(np.repeat(x, 3), np.repeat(y, 3)).pvalue < 0.75 * once.p_value  # what prompts would say
+    groups = np.repeat(np.arange(12), 3)
+    xs, ys = np.repeat(x, 3) + rng.normal(size=36), np.repeat(y, 3) + rng.normal(size=36)
+    grouped = bootstrap_spearman(xs, ys, seed=0, groups=groups)
+    expected = stats.spearmanr(group_means(xs, groups), group_means(ys, groups)).pvalue
+    assert grouped.p_value == pytest.approx(expected, rel=1e-12) and grouped.n == 12
 
 
 def test_bootstrap_spearman_undefined_cases_are_nan() -> None:

@@ -3,7 +3,8 @@
 Everything resamples *groups*: prompts that share a group (a template filled with the same names, a duplicated
 line) are one independent unit, so duplicating prompts adds no precision. Without groups each prompt is its own
 unit. Everything is seeded, so a verdict is a deterministic function of the prompts and the seed. scipy does the
-work where it has the estimator (the percentile bootstrap of independent rows, Wilcoxon, Benjamini-Hochberg); this
+work where it has the estimator (the percentile bootstrap of independent rows, Wilcoxon, Spearman); the family of
+claims tested together is controlled by Bonferroni (:func:`family_p`, :func:`simultaneous_confidence`); this
 module fixes the conventions and adds the one resampler scipy lacks: a bootstrap over groups of rows
 (:func:`cluster_bootstrap_means`), which also carries ratios (numerator and denominator drawn together).
 """
@@ -69,13 +70,13 @@ def bootstrap_mean(
         return mean, mean.copy(), mean.copy()
     if not independent(groups, x.shape[0]):
         flat = x.reshape(x.shape[0], -1)
-        draws = cluster_bootstrap_means(flat, groups, seed=seed)
+        draws = cluster_bootstrap_means(flat, groups, resamples_for(confidence), seed)
         low, high = percentile_interval(draws, confidence)
         return mean, low.reshape(mean.shape), high.reshape(mean.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant columns: handled below
         res = stats.bootstrap(
-        (x,), np.mean, axis=0, vectorized=True, confidence_level=confidence, n_resamples=N_RESAMPLES,
+        (x,), np.mean, axis=0, vectorized=True, confidence_level=confidence, n_resamples=resamples_for(confidence),
         method="percentile", random_state=np.random.default_rng(seed),
         )
     low, high = res.confidence_interval
@@ -138,7 +139,7 @@ def ratio_estimate(
     An effect as a fraction of the clean-corrupt gap is such a ratio: dividing per-prompt effects by a fixed mean
     gap would ignore the gap's own uncertainty.
     """
-    value, draws = ratio_draws(numerator, denominator, groups, seed=seed)
+    value, draws = ratio_draws(numerator, denominator, groups, resamples_for(confidence), seed)
     low, high = percentile_interval(draws, confidence)
     return Estimate(float(value[0]), float(low[0]), float(high[0]), n=n_units(groups, len(numerator)), p_value=p_value)
 
@@ -184,6 +185,15 @@ def family_p(p_values: Float[np.ndarray, "..."], family: int) -> Float[np.ndarra
     return np.minimum(np.asarray(p_values, dtype=float) * max(int(family), 1), 1.0)
 
 
+def level_text(confidence: float) -> str:
+    """A confidence level as a percentage whose shortfall from 100% keeps two significant digits, so that a
+    simultaneous level never reads 100%: 95%, 97.5% (2 claims), 99.17% (6 claims), 99.967% (150 claims)."""
+    tail = 100 * (1.0 - confidence)
+    digits = max(0, 1 - math.floor(math.log10(tail))) if tail > 0 else 0
+    text = f"{100 * confidence:.{digits}f}"
+    return f"{text.rstrip('0').rstrip('.') if '.' in text else text}%"
+
+
 def resamples_for(confidence: float) -> int:
     """Enough bootstrap resamples that each tail of a ``confidence`` interval holds a few draws (at most 20,000)."""
     tail = (1.0 - confidence) / 2
@@ -192,21 +202,26 @@ def resamples_for(confidence: float) -> int:
 
 def bootstrap_spearman(
     x: Float[np.ndarray, "prompt *k"], y: Float[np.ndarray, "prompt *k"], seed: int = 0, groups=None,
-    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
 ) -> Estimate | list[Estimate]:
     """Spearman rank correlation of two per-prompt measures (per column), with an interval over resampled groups.
 
     Each resample draws whole groups and takes the weighted Pearson correlation of the full sample's ranks (a
     drawn row counts as often as its group was drawn): vectorised over resamples and columns, which a loop of
-    ``spearmanr`` calls is not. A 1-d input gives one :class:`Estimate`, a 2-d input one per column.
+    ``spearmanr`` calls is not. The p-value is Spearman's test on the group means, each group one observation:
+    over prompts, rows duplicated in their group would shrink it. A 1-d input gives one :class:`Estimate`, a 2-d
+    input one per column.
     """
     x2, y2 = (np.asarray(v, dtype=float).reshape(len(v), -1) for v in (x, y))
     n = n_units(groups, len(x2))
     rx, ry = stats.rankdata(x2, axis=0), stats.rankdata(y2, axis=0)
     _, index = np.unique(np.arange(len(x2)) if groups is None else np.asarray(groups), return_inverse=True)
     n_groups = index.max() + 1
-    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+    draws = np.random.default_rng(seed).multinomial(
+        n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples_for(confidence)
+    )
     w = draws[:, index].astype(float)  # [resample, row]
+    gx, gy = group_means(x2, groups), group_means(y2, groups)
     w /= w.sum(axis=1, keepdims=True)
     out = []
     for j in range(x2.shape[1]):
@@ -214,13 +229,15 @@ def bootstrap_spearman(
         if len(a) < 3 or np.ptp(x2[:, j]) == 0 or np.ptp(y2[:, j]) == 0:
             out.append(Estimate(math.nan, math.nan, math.nan, n=n))
             continue
-        rho = stats.spearmanr(x2[:, j], y2[:, j])
+        rho = stats.spearmanr(x2[:, j], y2[:, j]).statistic
+        defined = len(gx) >= 3 and np.ptp(gx[:, j]) > 0 and np.ptp(gy[:, j]) > 0
+        p = stats.spearmanr(gx[:, j], gy[:, j]).pvalue if defined else math.nan
         ma, mb = w @ a, w @ b
         cov = w @ (a * b) - ma * mb
         with np.errstate(divide="ignore", invalid="ignore"):
             r = cov / np.sqrt((w @ (a * a) - ma**2) * (w @ (b * b) - mb**2))
-        low, high = percentile_interval(r[:, None])
-        out.append(Estimate(float(rho.statistic), float(low[0]), float(high[0]), n=n, p_value=float(rho.pvalue)))
+        low, high = percentile_interval(r[:, None], confidence)
+        out.append(Estimate(float(rho), float(low[0]), float(high[0]), n=n, p_value=float(p)))
     return out[0] if np.ndim(x) == 1 else out
 
 
