@@ -331,3 +331,139 @@ def test_duplication_invariance_on_a_real_model(gemma):
         assert abs(width(tripled.evidence[name]) / width(base.evidence[name]) - 1) < 0.15, name
     assert tripled.evidence["attention"].n == base.evidence["attention"].n == 12
     assert np.mean([width(more.evidence[name]) / width(base.evidence[name]) for name in legs]) < 0.85
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic per-prompt values: every input of the rule is set by hand, so the right verdict is known by
+# construction (a mean of values that all lie in a range lies in that range, whatever the resample)
+
+CLAIMED = Claim((0, 0), src="pronoun", dst="antecedent", foil="distractor")
+
+
+def _synthetic(effect, attention, groups=None, clean=None, gap=2.0):
+    """A :class:`Gathered` for one head: ``effect`` as fractions of the gap (the edge knockout moves the same),
+    ``attention`` the margin per prompt, a clean-corrupt gap of ``gap`` logits and a clean logit difference of
+    ``clean`` (default: the gap) on every prompt."""
+    from probes.claims.evaluation import Gathered
+
+    effect, attention = np.asarray(effect, dtype=float), np.asarray(attention, dtype=float)
+    n = len(effect)
+    logits = (gap * effect)[:, None]
+    values = {"attention": attention[:, None], "attention_target": 0.5 + attention[:, None],
+              "edge_knockout": logits, "effect_z": logits, "effect_z_logits": logits}
+    return Gathered([(0, 0)], values, np.full(n, gap), np.full(n, gap) if clean is None else np.asarray(clean, float),
+                    np.arange(n) if groups is None else np.asarray(groups))
+
+
+def _judge_synthetic(g, family=1):
+    from probes.claims.evaluation import judge
+
+    return judge(CLAIMED, g, [(0, 0)], family=family)[0]
+
+
+def _spread(centre: float, n: int = 12, half_width: float = 0.005) -> np.ndarray:
+    """``n`` distinct values evenly spread over centre ± half_width."""
+    return centre + np.linspace(-half_width, half_width, n)
+
+
+@pytest.mark.parametrize(("effect", "verdict"), [
+    (_spread(0.10, half_width=0.01), "inconclusive"),  # the effect interval straddles the 0.1 threshold
+    (_spread(0.09), "refuted"),  # every value inside (-0.1, 0.1): so is the interval
+    (_spread(-0.09), "refuted"),
+    (_spread(0.11), "effect_only"),  # every value beyond 0.1 (and p = 2/4096 over 12 groups)
+    (_spread(-0.11), "effect_only"),
+])
+def test_refuted_needs_both_legs_to_fail(effect, verdict):
+    """The attention leg clearly fails (margin -0.3 on every prompt); the head leg then decides: refuted only
+    when the effect interval lies inside the threshold, effect_only beyond it, inconclusive when it straddles. A
+    rule that refutes on the attention leg alone would call the straddling head refuted."""
+    result = _judge_synthetic(_synthetic(effect, _spread(-0.3)))
+    est = result.evidence["effect_z"]
+    assert est.value == pytest.approx(effect.mean(), abs=1e-12)
+    if verdict == "inconclusive":
+        assert est.ci_low < 0.1 < est.ci_high  # the construction took
+    assert result.evidence["attention"].ci_high < 0
+    assert result.verdict == verdict
+    assert "attends to the distractor more than to the antecedent" in result.sentence
+
+
+def test_the_sentence_quotes_the_p_value_that_decided():
+    """12 groups all moving the answer by ~49%: raw signed-rank p = 2/4096; in a family of 150 the adjusted p is
+    0.073, so the head leg is undecided although its interval lies far beyond the threshold. The sentence must say
+    so; at a family of 50 (p = 0.024) the leg holds and the sentence has no p."""
+    effect = _spread(0.49, half_width=0.02)
+    adjusted = min(1.0, stats.wilcoxon(effect, zero_method="zsplit").pvalue * 150)
+    assert 0.05 < adjusted < 0.1
+    held = _judge_synthetic(_synthetic(effect, _spread(-0.3)), family=150)
+    assert held.evidence["effect_z"].ci_low > 0.4 and held.verdict == "inconclusive"
+    assert f"effect_z's interval clears its threshold but its adjusted p = {adjusted:.2g} is not below 0.05" in held.sentence
+    assert "“the head matters” is undecided" in held.sentence
+    assert "intervals 99.967% each" in held.sentence  # 1 - 0.05/150, not "100.0%"
+    decided = _judge_synthetic(_synthetic(effect, _spread(-0.3)), family=50)
+    assert decided.verdict == "effect_only" and "adjusted p" not in decided.sentence
+
+
+def test_attends_fraction_is_a_share_of_groups_and_never_contradicts_the_margin():
+    """Group 0 holds ten prompts with a small positive margin, nine one-prompt groups a large negative one: ten of
+    19 prompts, but one of 10 groups, put more on the antecedent."""
+    groups = np.array([0] * 10 + list(range(1, 10)))
+    attention = np.where(groups == 0, 0.05, -0.3)
+    result = _judge_synthetic(_synthetic(_spread(0.5, n=19), attention, groups=groups))
+    assert result.evidence["attends_fraction"].value == pytest.approx(1 / 10)
+    assert result.evidence["attends_fraction"].n == 10
+    assert result.evidence["attention"].ci_high < 0
+    assert "(more on the antecedent in 10% of groups)" in result.sentence
+    # seven groups a hair above 0, three far below: the mean is negative but 70% of groups are above it; quoting
+    # "more on the antecedent in 70% of groups" beside "attends to the distractor" would contradict it
+    attention = np.array([0.01] * 7 + [-0.5] * 3)
+    result = _judge_synthetic(_synthetic(_spread(0.5, n=10), attention))
+    assert result.evidence["attends_fraction"].value == pytest.approx(0.7)
+    assert result.evidence["attention"].value < 0
+    assert "more on the antecedent in" not in result.sentence
+
+
+def test_the_task_gate_counts_groups_not_prompts():
+    """A group counts as doing the task when its mean clean logit difference is above 0. Three groups of ten
+    correct prompts and nine one-prompt groups answering the foil: 77% of prompts, 25% of groups -- the model
+    does not do the task in most groups. The reverse (twelve correct one-prompt groups, one group of thirty
+    wrong prompts): 29% of prompts, 92% of groups -- it does."""
+    effect, attention = _spread(0.5, n=39), _spread(0.5, n=39)
+    groups = np.array([i // 10 for i in range(30)] + list(range(3, 12)))
+    clean = np.where(np.arange(39) < 30, 2.0, -2.0)
+    assert (clean > 0).mean() > 0.75  # the prompt share would pass
+    failed = _judge_synthetic(_synthetic(effect, attention, groups=groups, clean=clean))
+    assert failed.evidence["clean_accuracy"].value == pytest.approx(3 / 12) and failed.evidence["clean_accuracy"].n == 12
+    assert failed.verdict == "inconclusive" and "the answer beats the foil in 25% of the groups" in failed.sentence
+    effect, attention = _spread(0.5, n=42), _spread(0.5, n=42)
+    groups = np.array(list(range(12)) + [12] * 30)
+    clean = np.where(np.arange(42) < 12, 2.0, -2.0)
+    assert (clean > 0).mean() < 0.5  # the prompt share would fail
+    passed = _judge_synthetic(_synthetic(effect, attention, groups=groups, clean=clean))
+    assert passed.evidence["clean_accuracy"].value == pytest.approx(12 / 13)
+    assert passed.verdict == "supported"
+    # a group's mean decides, not its majority: +5, -1, -1 is a group whose answer beats the foil on average
+    groups = np.repeat(np.arange(12), 3)
+    clean = np.tile([5.0, -1.0, -1.0], 12)
+    mixed = _judge_synthetic(_synthetic(_spread(0.5, n=36), _spread(0.5, n=36), groups=groups, clean=clean))
+    assert mixed.evidence["clean_accuracy"].value == 1.0 and mixed.verdict == "supported"
+
+
+def test_sink_aware_attention_is_attention_over_the_non_sink_mass(toy_model, pronoun_prompts):
+    """attention_sink_aware, recomputed by hand from TransformerLens's cache: alpha(src -> dst) divided by the
+    attention not on the first token; the claim reports its mean over prompts."""
+    from probes.claims.evaluation import EvidenceContext
+    from probes.claims.measures import MEASURES
+
+    ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", "distractor", None)
+    got = MEASURES["attention_sink_aware"].gather(ctx)
+    _, cache = toy_model.model.run_with_cache(pronoun_prompts.clean)
+    i, src, dst = torch.arange(len(pronoun_prompts)), pronoun_prompts.role("pronoun"), pronoun_prompts.role("antecedent")
+    for layer in range(toy_model.model.cfg.n_layers):
+        row = cache["pattern", layer][i, :, src].double().numpy()  # [prompt, head, key]
+        expected = row[i, :, dst.numpy()] / (1 - row[:, :, 0])
+        assert (row[:, :, 0] > 0.05).any()  # there is a sink to leave out: the division changes something
+        np.testing.assert_allclose(got[:, layer], expected, rtol=1e-5)
+    layer, head = toy_model.heads.antecedent
+    result = evaluate(toy_model.model, pronoun_prompts, _claim((layer, head)))
+    row = cache["pattern", layer][i, head, src].double().numpy()
+    assert result.evidence["attention_sink_aware"].value == pytest.approx((row[i, dst] / (1 - row[:, 0])).mean(), rel=1e-5)

@@ -23,11 +23,14 @@ from transformer_lens import HookedTransformer
 
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Composition, Head, Thresholds
-from probes.claims.verdicts import HEAD, VERDICTS, decide, decide_composition, gate_failure, judge_legs
+from probes.claims.verdicts import (
+    HEAD, PATH, VERDICTS, Leg, decide, decide_composition, gate_failure, held_back_by_p, judge_legs,
+)
 from probes.core.errors import ProbesError
 from probes.core.stats import (
-    Estimate, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p, n_units,
-    percentile_interval, ratio_draws, ratio_estimate, resamples_for, signed_rank_p, simultaneous_confidence,
+    CONFIDENCE, Estimate, bootstrap_mean, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p,
+    group_means, level_text, n_units, percentile_interval, ratio_draws, ratio_estimate, resamples_for,
+    signed_rank_p, simultaneous_confidence,
 )
 from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import (
@@ -196,21 +199,35 @@ def estimates(
         for j, est in enumerate(out):
             est[name] = Estimate(float(value[j]), float(low[j]), float(high[j]), n=units,
                                  p_value=None if p is None else float(p[j]))
-    context = _task_estimates(g, rows, seed)
+    context = _task_estimates(g.gap[rows], g.clean[rows], groups, seed)
     correlations = bootstrap_spearman(g.values["attention_target"][np.ix_(rows, cols)],
-                                      g.values["effect_z"][np.ix_(rows, cols)], seed=seed, groups=groups)
-    for est, correlation in zip(out, correlations):
-        est |= context | {"attention_effect_correlation": correlation}
+                                      g.values["effect_z"][np.ix_(rows, cols)], seed=seed, groups=groups,
+                                      confidence=confidence)
+    attends = _share_of_groups_above_zero(g.values["attention"][np.ix_(rows, cols)], groups, confidence, seed)
+    for est, correlation, share in zip(out, correlations, attends):
+        est |= context | {"attention_effect_correlation": correlation, "attends_fraction": share}
     return out
 
 
-def _task_estimates(g: Gathered, rows: Rows, seed: int) -> dict[str, Estimate]:
-    """What the task gate reads: the clean-corrupt gap and the clean accuracy, with 95% intervals over groups."""
-    groups = g.groups[rows]
-    return {
-        "gap_logits": estimate_mean(g.gap[rows], seed=seed, groups=groups),
-        "clean_accuracy": estimate_mean((g.clean[rows] > 0).astype(float), seed=seed, groups=groups),
-    }
+def _share_of_groups_above_zero(
+    values: Float[np.ndarray, "prompt k"], groups: Int[np.ndarray, " prompt"], confidence: float, seed: int
+) -> list[Estimate]:
+    """Per column, the share of groups whose mean value is above 0, each group one unit: a share of prompts would
+    let a large group outvote the rest, and could contradict the sign of the mean over groups' margins."""
+    above = (group_means(values, groups) > 0).astype(float)
+    value, low, high = bootstrap_mean(above, confidence, seed)
+    return [Estimate(float(v), float(lo), float(hi), n=len(above)) for v, lo, hi in zip(value, low, high)]
+
+
+def _task_estimates(
+    gap: Float[np.ndarray, " prompt"], clean: Float[np.ndarray, " prompt"], groups: Int[np.ndarray, " prompt"],
+    seed: int,
+) -> dict[str, Estimate]:
+    """What the task gate reads, with 95% intervals over groups: the clean-corrupt gap, and the share of groups
+    where the answer beats the foil (a group counts when its mean clean logit difference is above 0: the gate
+    asks whether the model does the task in most groups, "answer beats foil in 75% of groups")."""
+    (accuracy,) = _share_of_groups_above_zero(clean[:, None], groups, CONFIDENCE, seed)
+    return {"gap_logits": estimate_mean(gap, seed=seed, groups=groups), "clean_accuracy": accuracy}
 
 
 def rank_heads(g: Gathered, rows: Rows, by: str) -> list[Head]:
@@ -288,24 +305,38 @@ def _sentence(result: ClaimResult, direction: Direction) -> str:
         opening = f"{claim.head_name} attends to {foil} more than to the {claim.dst} (from the {claim.src})"
     else:
         opening = str(claim)
+    # the share of groups is quoted only where it agrees with the margin's sign: a mean margin below 0 with most
+    # groups above it (a few groups far below) would read as a contradiction
+    agrees = (attends.value > 0.5) == (margin.value > 0)
+    share = f" (more on the {claim.dst} in {attends.value:.0%} of groups)" if agrees else ""
     text = (
-        f"{opening}: attention margin over {foil} {margin.value:+.2f} [{margin.ci_low:+.2f}, {margin.ci_high:+.2f}] "
-        f"(more on the {claim.dst} in {attends.value:.0%} of prompts); knocking out that edge in the clean run (is "
-        f"it necessary?) moves the answer by {edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, "
+        f"{opening}: attention margin over {foil} {margin.value:+.2f} [{margin.ci_low:+.2f}, {margin.ci_high:+.2f}]"
+        f"{share}; knocking out that edge in the clean run (is it necessary?) moves the answer by {edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, "
         f"{edge.ci_high:+.0%}]; {whole} moves it by {effect.value:+.0%} [{effect.ci_low:+.0%}, "
         f"{effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
     )
     if result.verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
         text += "; the head matters, but its effect runs through other positions than this edge"
+    text += _why_not_decided(ev, t, held_back_by_p(ev, t))
+    return f"{text} [{_scope(result)}]: {result.verdict}"
+
+
+def _why_not_decided(ev: dict[str, Estimate], t: Thresholds, held_back: list[Leg]) -> str:
+    """The gate's reason when it stops the claim; otherwise each leg the verdict waits on whose interval clears
+    its threshold but whose adjusted p does not (without it "+49% [+48%, +51%] ...: inconclusive" has no reason)."""
     reason = gate_failure(ev, t)
     if reason is not None:
-        text += f" ({reason})"
-    return f"{text} [{_scope(result)}]: {result.verdict}"
+        return f" ({reason})"
+    return "".join(
+        f"; {leg.measure}'s interval clears its threshold but its adjusted p = {ev[leg.measure].p_value:.2g} is not "
+        f"below {t.alpha}, so “{leg.name}” is undecided"
+        for leg in held_back
+    )
 
 
 def _scope(result: ClaimResult) -> str:
     level = simultaneous_confidence(result.thresholds.alpha, result.family)
-    return f"{result.provenance_note}; intervals {level:.1%} each, over groups of prompts"
+    return f"{result.provenance_note}; intervals {level_text(level)} each, over groups of prompts"
 
 
 def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate | None:
@@ -344,9 +375,7 @@ def evaluate_composition(
     evidence = {
         "path_effect": ratio_estimate(effect, gap_rows, groups, seed=seed, p_value=p_value, confidence=confidence),
         "path_effect_logits": estimate_mean(effect, seed=seed, groups=groups, confidence=confidence),
-        "gap_logits": estimate_mean(gap_rows, seed=seed, groups=groups),
-        "clean_accuracy": estimate_mean((paths.clean > 0).double().numpy(), seed=seed, groups=groups),
-    }
+    } | _task_estimates(gap_rows, paths.clean.double().numpy(), groups, seed)
     verdict = decide_composition(evidence, thresholds)
     path = evidence["path_effect"]
     patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
@@ -356,9 +385,8 @@ def evaluate_composition(
         f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
         f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {path.n} groups of prompts"
     )
-    reason = gate_failure(evidence, thresholds)
-    if reason is not None:
-        sentence += f" ({reason})"
+    held_back = [PATH] if PATH.held_back_by_p(path, thresholds) else []
+    sentence += _why_not_decided(evidence, thresholds, held_back)
     result.sentence = f"{sentence} [{_scope(result)}]: {verdict}"
     return result
 

@@ -9,8 +9,8 @@ this registry; adding a measure is one :func:`register` call plus its gather fun
 
 A measure with ``of_gap=True`` gathers logits and is estimated as a fraction of the clean-corrupt gap: a ratio
 of means whose numerator and denominator are resampled together. Head-level measures that are not a mean over
-prompts (a correlation, the task gap, a probe's selectivity) have ``gather=None``: :mod:`probes.claims.evaluation`
-computes them.
+prompts (a correlation, a share of groups, the task gap, a probe's selectivity) have ``gather=None``:
+:mod:`probes.claims.evaluation` computes them.
 
 Light on purpose (numpy only): the report reads the registry without loading torch.
 """
@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Float
 
 from probes.claims.types import Thresholds
+from probes.core.stats import CONFIDENCE, simultaneous_confidence
 
 Leg = Literal["attention", "causal", "representational", "context"]
 LEGS: tuple[Leg, ...] = ("attention", "causal", "representational", "context")
@@ -41,7 +42,7 @@ class Measure:
     description: str
     unit: str
     gather: Gather | None = None  # per prompt and head; None for head-level measures computed by evaluate
-    test: Test | None = None  # Wilcoxon signed-rank alternative, BH-adjusted over the heads tested together
+    test: Test | None = None  # Wilcoxon signed-rank alternative over group means, Bonferroni over the family
     threshold: str | None = None  # the Thresholds field this measure is judged against
     panel: bool = False  # shown as a per-head heatmap in the report (the first of each leg is its headline)
     of_gap: bool = False  # gathered in logits, estimated as a fraction of the mean clean-corrupt gap
@@ -58,6 +59,17 @@ def register(measure: Measure) -> Measure:
         raise ValueError(f"measure '{measure.name}' has leg '{measure.leg}'; legs: {', '.join(LEGS)}")
     MEASURES[measure.name] = measure
     return measure
+
+
+# measures whose intervals are at CONFIDENCE whatever the family: the task gate's (one question per run, not per
+# claim) and a probe's selectivity (from probing)
+FIXED_LEVEL = ("gap_logits", "clean_accuracy", "probe_selectivity")
+
+
+def interval_level(name: str, alpha: float, family: int) -> float:
+    """The confidence of measure ``name``'s interval for a claim tested among ``family``: simultaneous
+    (``1 - alpha/family``) except the fixed-level measures; the report prints it instead of assuming 95%."""
+    return CONFIDENCE if name in FIXED_LEVEL else simultaneous_confidence(alpha, family)
 
 
 def thresholds_by_measure(thresholds: Thresholds) -> dict[str, float]:
@@ -88,8 +100,9 @@ register(Measure(
     gather=lambda ctx: ctx.attention_sink,
 ))
 register(Measure(
-    "attends_fraction", "context", "share of prompts where the head attends more to dst than to the foil",
-    "fraction of prompts", gather=lambda ctx: (ctx.attention_target - ctx.attention_foil > 0).astype(float),
+    "attends_fraction", "context",
+    "share of groups of prompts whose mean attention margin is above 0 (more on dst than on the foil)",
+    "fraction of groups",
 ))
 register(Measure(
     "norm_attention", "attention",
@@ -132,7 +145,8 @@ register(Measure(
 ))
 register(Measure(
     "clean_accuracy", "context",
-    "share of clean prompts where the answer beats the foil (the task gate needs it high)", "fraction of prompts",
+    "share of groups of clean prompts whose mean logit difference is above 0: the answer beats the foil there "
+    "(the task gate needs it high)", "fraction of groups",
 ))
 register(Measure(
     "gap_logits", "context", "clean minus corrupt logit difference: the gap every effect is a fraction of",

@@ -93,9 +93,9 @@ class Thresholds:
 
     attention_margin: float = 0.1  # mean alpha(target) - alpha(foil)
     effect: float = 0.1  # fraction of the clean-corrupt gap moved by patching the head's output
-    alpha: float = 0.05  # family-wise: BH-adjusted p-values and simultaneous intervals over the claims tested together
+    alpha: float = 0.05  # family-wise: Bonferroni-adjusted p-values and simultaneous intervals over the family
     min_prompts: int = 10  # independent units (groups of prompts); below this, bootstrap intervals are not trustworthy
-    min_accuracy: float = 0.75  # the task gate: the answer must beat the foil on this share of clean prompts
+    min_accuracy: float = 0.75  # the task gate: the answer must beat the foil in this share of groups of clean prompts
     min_gap: float = 1.0  # the task gate: the mean clean - corrupt logit difference every effect is a fraction of
     confirm_fraction: float = 0.5  # share of groups held out to confirm a head chosen from data
 

@@ -14,8 +14,9 @@ verdict is as protected as a positive one.
 
 The claim is about the edge, so the verdict reads the edge leg when the head attends and the head leg when it does
 not. Before any leg, a gate: too few independent groups of prompts, or a model that does not do the task (the
-answer must beat the foil on most clean prompts, and the clean-corrupt gap every effect is a fraction of must be
-large), makes every verdict ``inconclusive``.
+answer must beat the foil in most groups of clean prompts, and the clean-corrupt gap every effect is a fraction of
+must be large), makes every verdict ``inconclusive``. A leg whose interval clears its threshold but whose adjusted p
+does not leaves the verdict waiting: the sentence then quotes that p (:func:`held_back_by_p`).
 """
 
 from __future__ import annotations
@@ -56,14 +57,22 @@ class Leg:
 
     def judge(self, estimate: Estimate, t: Thresholds) -> bool | None:
         """True (holds), False (fails) or None (undecided)."""
-        bound = getattr(t, self.threshold)
-        if self.side == "above":
-            clears, misses = estimate.ci_low > bound, estimate.ci_high < bound
-        else:
-            clears, misses = estimate.excludes(-bound, bound), estimate.within(-bound, bound)
+        clears, misses = self._sides(estimate, t)
         if clears and estimate.p_value < t.alpha:
             return True
         return False if misses else None
+
+    def held_back_by_p(self, estimate: Estimate, t: Thresholds) -> bool:
+        """The interval clears the threshold but the adjusted p is not below alpha: the test alone leaves the leg
+        undecided (a sentence must then quote p, or the verdict has no visible reason)."""
+        return self._sides(estimate, t)[0] and not estimate.p_value < t.alpha
+
+    def _sides(self, estimate: Estimate, t: Thresholds) -> tuple[bool, bool]:
+        """(the interval clears the threshold on the claimed side, it lies wholly on the other side)."""
+        bound = getattr(t, self.threshold)
+        if self.side == "above":
+            return estimate.ci_low > bound, estimate.ci_high < bound
+        return estimate.excludes(-bound, bound), estimate.within(-bound, bound)
 
 
 ATTENDS = Leg(
@@ -95,9 +104,9 @@ OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], str], ...] = (
     (((ATTENDS, False), (HEAD, False)), "refuted"),
 )
 GATE = (
-    "fewer than {min_prompts} independent groups of prompts, the answer beating the foil on less than "
-    "{min_accuracy:.0%} of clean prompts (or that share's interval reaching 50%), or a mean clean-corrupt gap below "
-    "{min_gap} logits (or its interval reaching 0)"
+    "fewer than {min_prompts} independent groups of prompts, the answer beating the foil in less than "
+    "{min_accuracy:.0%} of the groups (a group counts when its mean clean logit difference is above 0; or that "
+    "share's interval reaching 50%), or a mean clean-corrupt gap below {min_gap} logits (or its interval reaching 0)"
 )
 
 
@@ -107,7 +116,7 @@ def gate_failure(evidence: dict[str, Estimate], t: Thresholds) -> str | None:
     if gap.n is not None and gap.n < t.min_prompts:
         return f"only {gap.n} independent groups of prompts; at least {t.min_prompts} are needed"
     if accuracy is not None and not (accuracy.value >= t.min_accuracy and accuracy.ci_low > 0.5):
-        return (f"the model does not do the task: the answer beats the foil on {accuracy.value:.0%} of clean prompts "
+        return (f"the model does not do the task: the answer beats the foil in {accuracy.value:.0%} of the groups "
                 f"[{accuracy.ci_low:.0%}, {accuracy.ci_high:.0%}]; the gate needs {t.min_accuracy:.0%} and a lower "
                 "bound above 50%")
     if not (gap.value >= t.min_gap and gap.ci_low > 0):
@@ -135,6 +144,14 @@ def decide_legs(evidence: dict[str, Estimate], t: Thresholds) -> str:
         if all(legs[leg.name] is wanted for leg, wanted in conditions):
             return verdict
     return "inconclusive"
+
+
+def held_back_by_p(evidence: dict[str, Estimate], t: Thresholds) -> list[Leg]:
+    """The legs the verdict waits on that only their adjusted p leaves undecided: the attention leg, and once it
+    is decided the leg its outcome reads next (the edge when the head attends, the head when it does not)."""
+    attends = ATTENDS.judge(evidence[ATTENDS.measure], t)
+    needed = [ATTENDS] if attends is None else [ATTENDS, EDGE if attends else HEAD]
+    return [leg for leg in needed if leg.held_back_by_p(evidence[leg.measure], t)]
 
 
 def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> str:
