@@ -57,6 +57,11 @@ def test_run_writes_results_tables_and_report(toy_dir, toy_model, tmp_path, caps
     html = (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
     assert all(str(escape(line)) in html for line in run.verdict_rule)
     assert len(html.encode()) > len(get_plotlyjs())  # the page inlines plotly
+    # intervals are printed at their own level: each claim's simultaneous over the 2 claims (1 - 0.05/2), the
+    # heatmaps' over the 8 heads screened (1 - 0.05/8), the task gate's at 95%; never a blanket "95% CI"
+    assert "95% CI" not in html
+    assert '<td class="num">97.5%</td>' in html and '<td class="num">95%</td>' in html
+    assert f"{100 * (1 - 0.05 / 8):.2f}% interval [" in html and "(97.5% each; the task gate's at 95%)" in html
     for name in ("heads.csv", "heads.parquet", "per_prompt.parquet", "prompts.jsonl"):
         assert (tmp_path / "run" / name).is_file()
     assert cli.main(["report", str(tmp_path / "run")]) == 0
@@ -256,3 +261,32 @@ def test_only_measures_no_verdict_reads_can_be_skipped(toy_model):
     ctx = EvidenceContext(toy_model.model, pronoun_prompts(toy_model, 4), "pronoun", "antecedent", None, None)
     with pytest.raises(ProbesError, match="cannot skip edge_knockout"):
         gather(ctx, [(0, 0)], skip=("edge_knockout",))
+
+
+@pytest.mark.parametrize("group", [1.5, [1], True])
+def test_a_group_of_the_wrong_type_is_one_line_and_exit_2(toy_dir, tmp_path, capsys, group):
+    """A prompt file whose group is neither a string nor an integer: refused before any model work, naming the
+    file and line, and no run directory is left behind."""
+    good = {"clean": "a b c", "corrupt": "a b d", "answer": " x", "foil": " y", "roles": {"src": "b"}}
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(json.dumps(good) + "\n" + json.dumps({**good, "group": group}) + "\n")
+    spec = _spec(tmp_path / "g.toml", model=str(toy_dir), prompts=str(jsonl), src="src", dst="previous", claims=[[0, 0]])
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{jsonl} line 2" in err
+    assert "'group' must be a string or an integer" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("fields", "sides"), [
+    ({"n": 12, "claims": ["top_effect:1"]}, "give 6 and 6"),  # half of 12 groups: 6 a side, 10 needed
+    ({"n": 24, "claims": ["top_attention:1"], "thresholds": {"confirm_fraction": 0.2}}, "give 19 and 5"),
+])
+def test_a_discovery_split_too_small_is_one_line_and_exit_2(toy_dir, tmp_path, capsys, fields, sides):
+    spec = _spec(tmp_path / "split.toml", model=str(toy_dir), task="induction", src="induction_target",
+                 dst="previous", direction="noising", **fields)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at least 10 groups of prompts on each side" in err and sides in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()

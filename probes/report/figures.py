@@ -12,9 +12,10 @@ import plotly.io as pio
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 
-from probes.claims.measures import LEGS
+from probes.claims.measures import LEGS, interval_level
 from probes.claims.types import ClaimResult
 from probes.claims.verdicts import VERDICTS
+from probes.core.stats import level_text
 from probes.run.rundir import Example, RunResults, ci_columns
 
 FONT = "-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -53,6 +54,7 @@ class Panel:
     ci_low: Float[np.ndarray, "layer head"]
     ci_high: Float[np.ndarray, "layer head"]
     extra: dict[str, Float[np.ndarray, "layer head"]]
+    level: str  # the intervals' confidence, e.g. "99.98%" (simultaneous over every head screened)
 
 
 def _grid(df: pd.DataFrame, column: str, n_layers: int, n_heads: int) -> Float[np.ndarray, "layer head"]:
@@ -62,11 +64,16 @@ def _grid(df: pd.DataFrame, column: str, n_layers: int, n_heads: int) -> Float[n
     return grid
 
 
-def evidence_panels(run: RunResults) -> list[Panel]:
-    """Every per-head measure, then probe selectivity per target, ordered attention -> causal -> representational."""
+def evidence_panels(run: RunResults, alpha: float) -> list[Panel]:
+    """Every per-head measure, then probe selectivity per target, ordered attention -> causal -> representational;
+    the screening of every head is one family (``alpha`` over all of them)."""
     shape = (run.model.n_layers, run.model.n_heads)
+
+    def level(name: str) -> str:
+        return level_text(interval_level(name, alpha, len(run.heads)))
+
     panels = [
-        Panel(name, m.leg, m.description, *(_grid(run.heads, c, *shape) for c in ci_columns([name])), {})
+        Panel(name, m.leg, m.description, *(_grid(run.heads, c, *shape) for c in ci_columns([name])), {}, level(name))
         for name, m in run.evidence.items()
         if m.panel
     ]
@@ -79,6 +86,7 @@ def evidence_panels(run: RunResults) -> list[Panel]:
                     f"linear-probe accuracy for '{target}' from the head's output, minus a control task's accuracy",
                     *(_grid(df, c, *shape) for c in ci_columns(["selectivity"])),
                     {"accuracy": _grid(df, "accuracy", *shape), "control": _grid(df, "control_accuracy", *shape)},
+                    level("probe_selectivity"),
                 )
             )
     return sorted(panels, key=lambda p: LEGS.index(p.leg))
@@ -112,7 +120,7 @@ def heatmap_figure(panel: Panel, claimed: dict[str, list[tuple[int, int]]]) -> g
             colorbar={"thickness": 12, "len": 0.9},
             hovertemplate="head %{y}.%{x}<br>"
             + plot_text(panel.title)
-            + " %{z:.3f}<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+            + f" %{{z:.3f}}<br>{panel.level} interval [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
             + extra_hover
             + "<extra></extra>",
             hoverongaps=False,

@@ -18,13 +18,13 @@ import jinja2
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from probes.claims.measures import MEASURES, thresholds_by_measure
-from probes.claims.types import ClaimResult, Composition
+from probes.claims.measures import MEASURES, interval_level, thresholds_by_measure
+from probes.claims.types import ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import LEGS, PATH, VERDICTS
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
 from probes.core.notebook import number as fmt
-from probes.core.stats import Estimate
+from probes.core.stats import Estimate, level_text, simultaneous_confidence
 from probes.report.figures import (
     VERDICT_COLOURS,
     claimed_heads,
@@ -98,6 +98,17 @@ def _thresholds_shown(result: ClaimResult) -> dict[str, float]:
     }
 
 
+def interval_levels(result: ClaimResult) -> dict[str, str]:
+    """The confidence of each of a claim's intervals, as printed beside it (simultaneous over its family)."""
+    return {name: level_text(interval_level(name, result.thresholds.alpha, result.family)) for name in result.evidence}
+
+
+def screening_alpha(run: RunResults) -> float:
+    """The alpha the screening of every head used: the run's thresholds travel with its claims (a run without
+    claims used the default thresholds)."""
+    return run.claims[0].thresholds.alpha if run.claims else Thresholds().alpha
+
+
 @dataclass
 class Row:
     """One claim in the answer table: who, the verdict, each leg's estimate (None where the claim has no such
@@ -159,7 +170,7 @@ def environment(*packages: str) -> jinja2.Environment:
 def render_html(run: RunResults) -> str:
     """The report page for ``run`` as a string."""
     claimed = claimed_heads(run.claims)
-    panels = evidence_panels(run)
+    panels = evidence_panels(run, screening_alpha(run))
     figures = [figure_spec(f"fig-heatmap-{i}", heatmap_figure(p, claimed)) for i, p in enumerate(panels)]
     attention, effect = _headline(run, "attention"), _headline(run, "causal")
     scatter = attention is not None and effect is not None
@@ -178,6 +189,11 @@ def render_html(run: RunResults) -> str:
         verdicts=VERDICTS,
         verdict_colours=VERDICT_COLOURS,
         claim_thresholds=[_thresholds_shown(result) for result in run.claims],
+        claim_levels=[interval_levels(result) for result in run.claims],
+        claims_level=level_text(simultaneous_confidence(screening_alpha(run), run.claims[0].family))
+        if run.claims else None,
+        gate_level=level_text(interval_level("gap_logits", screening_alpha(run), len(run.heads))),
+        screening_level=level_text(interval_level("attention", screening_alpha(run), len(run.heads))),
         answer=answer_rows(run.claims),
         leg_names=[name for name, _ in leg_columns()],
         patched_in=PATCHED_IN[run.direction],
