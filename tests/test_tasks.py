@@ -7,6 +7,7 @@ on the toy model, whose right answers are known by construction.
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer
@@ -171,6 +172,32 @@ def test_baseline_agrees_with_plain_logits(toy_model: ToyModel) -> None:
         frame = result.to_frame()
         assert list(frame["measure"]) == list(result.estimates())
         assert frame.set_index("measure").loc["clean_logit_diff", "value"] == clean_ld.value
+
+
+def test_answer_probability_and_rank_are_the_plain_softmax_and_rank(toy_model: ToyModel) -> None:
+    """Recomputed from the model's own full logits at the read-off position: a plain softmax, and 1 + the number of
+    tokens with a higher logit (scipy's min-rank of the negated logits). Read for the answer (the model's first
+    choice: rank 1) and for the foil (not its first choice), so a rank stuck at 1 cannot pass."""
+    from scipy import stats
+
+    from probes.evidence.metric import answer_distribution, read_off_resid
+
+    prompts = pronoun_prompts(toy_model, N, seed=1)
+    idx = torch.arange(N)
+    with torch.no_grad():
+        logits = toy_model.model(prompts.clean)[idx, prompts.end].double()
+    resid = read_off_resid(toy_model.model, prompts.clean, prompts)
+    for target in (prompts.answer, prompts.foil):
+        probability, rank = answer_distribution(toy_model.model, resid, target)
+        expected = logits.softmax(-1)[idx, target]
+        ranks = [int(stats.rankdata(-row, method="min")[t]) for row, t in zip(logits.numpy(), target.tolist())]
+        assert probability.double().numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+        assert rank.tolist() == ranks
+    assert max(answer_distribution(toy_model.model, resid, prompts.foil)[1].tolist()) > 1
+    result = behaviour(toy_model.model, prompts)
+    assert result.answer_probability.value == pytest.approx(logits.softmax(-1)[idx, prompts.answer].mean().item(), abs=1e-5)
+    ranks = [int(stats.rankdata(-row, method="min")[t]) for row, t in zip(logits.numpy(), prompts.answer.tolist())]
+    assert result.answer_rank.value == pytest.approx(np.mean(ranks))
 
 
 @pytest.mark.real
