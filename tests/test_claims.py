@@ -467,3 +467,15 @@ def test_sink_aware_attention_is_attention_over_the_non_sink_mass(toy_model, pro
     result = evaluate(toy_model.model, pronoun_prompts, _claim((layer, head)))
     row = cache["pattern", layer][i, head, src].double().numpy()
     assert result.evidence["attention_sink_aware"].value == pytest.approx((row[i, dst] / (1 - row[:, 0])).mean(), rel=1e-5)
+
+
+@pytest.mark.real
+def test_the_gate_stops_claims_on_a_model_that_does_not_do_the_task(smollm2):
+    """Acceptance of the task gate: SmolLM2 does not resolve the pronoun (about chance), so a claim about its
+    coreference heads is inconclusive, with the reason, whatever the head's own numbers."""
+    prompts = tasks.pronoun_resolution(smollm2, 48)
+    result = evaluate(smollm2, prompts, Claim.parse("9.4: pronoun -> antecedent vs distractor"))
+    accuracy = result.evidence["clean_accuracy"]
+    assert accuracy.n == prompts.n_groups and not (accuracy.value >= 0.75 and accuracy.ci_low > 0.5)
+    assert result.verdict == "inconclusive"
+    assert "the model does not do the task: the answer beats the foil in" in result.sentence
