@@ -311,9 +311,9 @@ def _sentence(result: ClaimResult, direction: Direction) -> str:
     share = f" (more on the {claim.dst} in {attends.value:.0%} of groups)" if agrees else ""
     text = (
         f"{opening}: attention margin over {foil} {margin.value:+.2f} [{margin.ci_low:+.2f}, {margin.ci_high:+.2f}]"
-        f"{share}; knocking out that edge in the clean run (is it necessary?) moves the answer by {edge.value:+.0%} of the clean-corrupt gap [{edge.ci_low:+.0%}, "
-        f"{edge.ci_high:+.0%}]; {whole} moves it by {effect.value:+.0%} [{effect.ci_low:+.0%}, "
-        f"{effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
+        f"{share}; knocking out that edge in the clean run (is it necessary?) moves the answer by {edge.value:+.0%} "
+        f"of the clean-corrupt gap [{edge.ci_low:+.0%}, {edge.ci_high:+.0%}]; {whole} moves it by "
+        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
     )
     if result.verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
         text += "; the head matters, but its effect runs through other positions than this edge"

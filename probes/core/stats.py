@@ -76,8 +76,8 @@ def bootstrap_mean(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant columns: handled below
         res = stats.bootstrap(
-        (x,), np.mean, axis=0, vectorized=True, confidence_level=confidence, n_resamples=resamples_for(confidence),
-        method="percentile", random_state=np.random.default_rng(seed),
+        (x,), np.mean, axis=0, vectorized=True, confidence_level=confidence,
+        n_resamples=resamples_for(confidence), method="percentile", random_state=np.random.default_rng(seed),
         )
     low, high = res.confidence_interval
     # zero spread: every resample equals the mean, scipy reports NaN
@@ -221,8 +221,8 @@ def bootstrap_spearman(
         n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples_for(confidence)
     )
     w = draws[:, index].astype(float)  # [resample, row]
-    gx, gy = group_means(x2, groups), group_means(y2, groups)
     w /= w.sum(axis=1, keepdims=True)
+    gx, gy = group_means(x2, groups), group_means(y2, groups)  # what the p-value is computed on
     out = []
     for j in range(x2.shape[1]):
         a, b = rx[:, j], ry[:, j]
