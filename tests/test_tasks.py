@@ -4,6 +4,7 @@ Structure is checked token by token against the tokenizer (decoding what sits at
 on the toy model, whose right answers are known by construction.
 """
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -262,3 +263,18 @@ def test_template_cells_are_balanced_and_every_template_meets_every_cell(n_templ
     assert len(set(pairs)) == n_templates * n_cells
     subset = template_cells(6, n_templates, n_cells, "task", templates=[1, 3])
     assert Counter(t for t, _ in subset) == {1: 3, 3: 3} and len(set(subset)) == min(6, 2 * n_cells)
+
+
+def test_accuracy_vs_foil_is_a_share_of_groups(toy_model: ToyModel) -> None:
+    """As the claims' task gate counts it: six right prompts in one group and two wrong ones in their own groups
+    are 1 right group of 3 (a share of prompts would say 75%)."""
+    prompts = pronoun_prompts(toy_model, 8, seed=1)
+    wrong = torch.arange(8) >= 6
+    swapped = dataclasses.replace(
+        prompts,
+        answer=torch.where(wrong, prompts.foil, prompts.answer),
+        foil=torch.where(wrong, prompts.answer, prompts.foil),
+        groups=["one"] * 6 + ["two", "three"],
+    )
+    accuracy = behaviour(toy_model.model, swapped).accuracy_vs_foil
+    assert (accuracy.value, accuracy.n) == (pytest.approx(1 / 3), 3)

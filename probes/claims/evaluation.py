@@ -30,7 +30,7 @@ from probes.core.errors import ProbesError
 from probes.core.stats import (
     CONFIDENCE, Estimate, bootstrap_mean, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p,
     group_means, level_text, n_units, percentile_interval, ratio_draws, ratio_estimate, resamples_for,
-    signed_rank_p, simultaneous_confidence,
+    share_of_groups_above_zero, signed_rank_p, simultaneous_confidence,
 )
 from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import (
@@ -203,20 +203,10 @@ def estimates(
     correlations = bootstrap_spearman(g.values["attention_target"][np.ix_(rows, cols)],
                                       g.values["effect_z"][np.ix_(rows, cols)], seed=seed, groups=groups,
                                       confidence=confidence)
-    attends = _share_of_groups_above_zero(g.values["attention"][np.ix_(rows, cols)], groups, confidence, seed)
+    attends = share_of_groups_above_zero(g.values["attention"][np.ix_(rows, cols)], groups, confidence, seed)
     for est, correlation, share in zip(out, correlations, attends):
         est |= context | {"attention_effect_correlation": correlation, "attends_fraction": share}
     return out
-
-
-def _share_of_groups_above_zero(
-    values: Float[np.ndarray, "prompt k"], groups: Int[np.ndarray, " prompt"], confidence: float, seed: int
-) -> list[Estimate]:
-    """Per column, the share of groups whose mean value is above 0, each group one unit: a share of prompts would
-    let a large group outvote the rest, and could contradict the sign of the mean over groups' margins."""
-    above = (group_means(values, groups) > 0).astype(float)
-    value, low, high = bootstrap_mean(above, confidence, seed)
-    return [Estimate(float(v), float(lo), float(hi), n=len(above)) for v, lo, hi in zip(value, low, high)]
 
 
 def _task_estimates(
@@ -226,7 +216,7 @@ def _task_estimates(
     """What the task gate reads, with 95% intervals over groups: the clean-corrupt gap, and the share of groups
     where the answer beats the foil (a group counts when its mean clean logit difference is above 0: the gate
     asks whether the model does the task in most groups, "answer beats foil in 75% of groups")."""
-    (accuracy,) = _share_of_groups_above_zero(clean[:, None], groups, CONFIDENCE, seed)
+    (accuracy,) = share_of_groups_above_zero(clean[:, None], groups, CONFIDENCE, seed)
     return {"gap_logits": estimate_mean(gap, seed=seed, groups=groups), "clean_accuracy": accuracy}
 
 

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from scipy import stats
 
 CONFIDENCE = 0.95
@@ -153,6 +153,16 @@ def group_means(values: Float[np.ndarray, "prompt *rest"], groups=None) -> Float
     flat = x.reshape(x.shape[0], -1)
     sums = np.stack([np.bincount(index, weights=flat[:, j]) for j in range(flat.shape[1])], axis=1)
     return (sums / np.bincount(index)[:, None]).reshape((-1, *x.shape[1:]))
+
+
+def share_of_groups_above_zero(
+    values: Float[np.ndarray, "prompt k"], groups: Int[np.ndarray, " prompt"], confidence: float, seed: int
+) -> list[Estimate]:
+    """Per column, the share of groups whose mean value is above 0, each group one unit: a share of prompts would
+    let a large group outvote the rest, and could contradict the sign of the mean over groups' margins."""
+    above = (group_means(values, groups) > 0).astype(float)
+    value, low, high = bootstrap_mean(above, confidence, seed)
+    return [Estimate(float(v), float(lo), float(hi), n=len(above)) for v, lo, hi in zip(value, low, high)]
 
 
 def signed_rank_p(

@@ -8,7 +8,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from probes.core.notebook import result_html
-from probes.core.stats import CONFIDENCE, Estimate, estimate_mean
+from probes.core.stats import CONFIDENCE, Estimate, estimate_mean, share_of_groups_above_zero
 from probes.evidence.metric import answer_distribution, logit_diff_from_resid, read_off_resid
 from probes.prompts.promptset import PromptSet
 
@@ -18,7 +18,8 @@ class Behaviour:
     """The task baseline: logit differences (answer minus foil), accuracies and the answer's place in the output
     distribution, each with a bootstrap interval over groups of prompts.
 
-    ``accuracy_vs_foil``: the answer beats the foil (logit difference > 0; 50% is chance); ``accuracy_top1``: the
+    ``accuracy_vs_foil``: the share of groups where the answer beats the foil (a group's mean logit difference
+    > 0, as the claims' task gate counts them; 50% is chance); ``accuracy_top1``: the
     answer is the argmax over the whole vocabulary; ``answer_probability`` and ``answer_rank`` (1 = top) read the
     whole distribution, which a logit difference between two tokens cannot.
     """
@@ -51,7 +52,7 @@ class Behaviour:
         )
 
     def _repr_html_(self) -> str:
-        sentence = (f"the answer beats the foil in {self.accuracy_vs_foil.value:.0%} of {self.n} prompts "
+        sentence = (f"the answer beats the foil in {self.accuracy_vs_foil.value:.0%} of {self.accuracy_vs_foil.n} groups "
                     f"(50% is chance) and is the model's first choice in {self.accuracy_top1.value:.0%}")
         numbers = {name.replace("_", " "): est for name, est in self.estimates().items()}
         return result_html(f"{self.task}: how the model does the task", sentence, numbers)
@@ -76,7 +77,9 @@ def behaviour(
         n=len(prompts),
         clean_logit_diff=estimate(clean),
         corrupt_logit_diff=estimate(corrupt),
-        accuracy_vs_foil=estimate((clean > 0).double()),
+        accuracy_vs_foil=share_of_groups_above_zero(
+            clean.double().numpy()[:, None], prompts.group_index, confidence, seed
+        )[0],
         accuracy_top1=estimate((rank == 1).double()),
         answer_probability=estimate(probability),
         answer_rank=estimate(rank.double()),
