@@ -72,6 +72,27 @@ def test_patching_result_names_the_head_that_moves_the_answer(toy_model, prompts
     assert len(frame) == len(prompts) * toy_model.model.cfg.n_layers * toy_model.model.cfg.n_heads
 
 
+def test_patching_display_resamples_groups_so_duplicated_prompts_add_nothing(toy_model):
+    """The gap and the largest effect (a ratio of means over the prompts' groups) keep their intervals when every
+    prompt is duplicated within its group; the same copies as groups of their own would narrow them. Induction
+    prompts: their gaps and effects vary from prompt to prompt, so an interval has a width to lose."""
+    prompts = tasks.induction(toy_model.model, 16, seed=2)
+    prompts.groups = [i // 2 for i in range(len(prompts))]  # 8 groups of two
+
+    def shown(prompt_set) -> str:
+        html = patch_activations(toy_model.model, prompt_set, "z", progress=False)._repr_html_()
+        return html.replace(f", {len(prompt_set)} prompts", "")  # the title counts rows; the numbers must not move
+
+    twice = [i for i in range(len(prompts)) for _ in range(2)]
+    doubled = prompts.subset(twice)
+    assert doubled.n_groups == prompts.n_groups and len(doubled) == 2 * len(prompts)
+    once = shown(prompts)
+    assert "(picked on these prompts, not held out)" in once and f"over {prompts.n_groups} groups" in once
+    assert shown(doubled) == once
+    doubled.groups = list(range(len(doubled)))  # each copy its own unit: the intervals narrow
+    assert shown(doubled) != once.replace(f"over {prompts.n_groups} groups", f"over {len(doubled)} groups")
+
+
 def test_paths_result_names_its_strongest_path(toy_model, prompts):
     layer, head = toy_model.heads.antecedent
     result = patch_paths(toy_model.model, prompts, [(layer, head)], ["logits"], progress=False)

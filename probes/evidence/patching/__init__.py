@@ -269,6 +269,7 @@ def _sweep(
         clean,
         corrupt,
         direction,
+        groups=prompts.group_index,
         component=component,
         index="pos" if site.per_position else ("kv_head" if n_index != model.cfg.n_heads else "head"),
         kv_groups=kv_groups(model) if site.component in ("k", "v") else None,
@@ -317,7 +318,7 @@ def patch_runs(
                 rows = runs_rows(bucket, [sites[c] for c in signature], cells)
                 values = run_rows(model, bucket, rows, budget)
                 patched[bucket.members[rows.member], torch.as_tensor(members)[rows.column]] = values
-    return RunsResult(patched, clean, corrupt, direction, runs=[list(run) for run in runs])
+    return RunsResult(patched, clean, corrupt, direction, prompts.group_index, runs=[list(run) for run in runs])
 
 
 def _reference_runs(

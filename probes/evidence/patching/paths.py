@@ -148,7 +148,7 @@ def patch_paths(
             patched[index], target_metric[index], source_metric[index] = out
             bar.update(index.stop - index.start)
     clean, corrupt = (source_metric, target_metric) if direction == "denoising" else (target_metric, source_metric)
-    return PathsResult(patched, clean, corrupt, direction, senders=senders, receivers=receivers)
+    return PathsResult(patched, clean, corrupt, direction, prompts.group_index, senders=senders, receivers=receivers)
 
 
 def paths_bytes(model: HookedTransformer, batch: int, n_pos: int, n_senders: int) -> int:

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from probes.core.notebook import grid_html, result_html
-from probes.core.stats import estimate_mean
+from probes.core.stats import estimate_mean, n_units, ratio_estimate
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
@@ -78,12 +78,14 @@ class Edge:
 
 @dataclass
 class PatchedMetric:
-    """Per-prompt metric of patched runs, with the two unpatched runs it is read against."""
+    """Per-prompt metric of patched runs, with the two unpatched runs it is read against, and each prompt's group
+    (the prompt set's ``group_index``: the unit the displayed intervals resample; None: each prompt its own)."""
 
     patched: Float[Tensor, "prompt *variant"]  # NaN where no run was made
     clean: Float[Tensor, " prompt"]
     corrupt: Float[Tensor, " prompt"]
     direction: Direction
+    groups: Int[np.ndarray, " prompt"] | None = None
 
     def _per_prompt(self, values: Float[Tensor, " prompt"]) -> Tensor:
         return values.reshape(-1, *[1] * (self.patched.ndim - 1))
@@ -117,23 +119,29 @@ class PatchedMetric:
         return ".".join(map(str, index))
 
     def _repr_html_(self) -> str:
-        """In a notebook: the clean-corrupt gap, the variant that moves the answer most (mean effect as a fraction
-        of the gap, with its interval) and, for a grid of variants, a heatmap of every mean effect."""
-        gap = estimate_mean((self.clean - self.corrupt).double().numpy())
-        effect = self.effect.double().numpy() / (gap.value or np.nan)
-        mean = np.nanmean(effect, axis=0) if np.isfinite(effect).any() else np.full(effect.shape[1:], np.nan)
+        """In a notebook: the clean-corrupt gap, the variant that moves the answer most (its mean effect as a
+        fraction of the mean gap, a ratio whose interval redraws effect and gap together) and, for a grid of
+        variants, a heatmap of every such effect. Intervals resample the prompts' groups. The largest effect is
+        picked on these same prompts, so its interval is not that of a held-out estimate: the label says so."""
+        gaps = (self.clean - self.corrupt).double().numpy()
+        gap = estimate_mean(gaps, groups=self.groups)
+        effect = self.effect.double().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = effect.mean(axis=0) / (gaps.mean() or np.nan)
         numbers = {"clean - corrupt gap (logits)": gap}
         if np.isfinite(mean).any():
             best = np.unravel_index(np.nanargmax(np.abs(mean)), mean.shape)
-            numbers[f"largest effect: {self._cell_name(tuple(int(i) for i in best))}"] = estimate_mean(
-                effect[(slice(None), *best)]
+            name = self._cell_name(tuple(int(i) for i in best))
+            numbers[f"largest effect: {name} (picked on these prompts, not held out)"] = ratio_estimate(
+                effect[(slice(None), *best)], gaps, self.groups
             )
         axes = self._axes()
         extra = grid_html(mean, "mean effect, fraction of the gap", *axes) if mean.ndim == 2 else ""
         into = "clean into corrupt" if self.direction == "denoising" else "corrupt into clean"
         title = f"{type(self).__name__}: {self.direction} ({into}), {self.patched.shape[0]} prompts"
         sentence = f"{int(np.isfinite(mean).sum())} patched variants ({' x '.join(axes)}); effects are patched minus " \
-                   "the run patched into, divided by the mean clean - corrupt gap"
+                   "the run patched into, their mean divided by the mean clean - corrupt gap; intervals over " \
+                   f"{n_units(self.groups, len(gaps))} groups of prompts"
         return result_html(title, sentence, numbers, extra)
 
 
