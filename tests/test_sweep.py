@@ -21,7 +21,7 @@ import pytest
 
 from probes import cli
 from probes.claims.types import Claim, ClaimResult, Thresholds
-from probes.core.stats import Estimate
+from probes.core.stats import Estimate, estimate_mean, ratio_estimate, simultaneous_confidence
 from probes.models.loading import save_model_dir
 from probes.run.rundir import read_run
 from probes.sweep.stability import NOT_SELECTED, CellClaim, ClaimStability
@@ -95,6 +95,35 @@ def test_sweep_runs_cells_records_failures_and_aggregates(swept, toy_model, caps
     assert 'href="cells/seed0-dstprevious/index.html"' in html and 'href="cells/seed1-dstprevious/index.html"' in html
     assert "href=\"cells/seed0-dstantecedent" not in html and "unknown role" in html
     assert html.count('id="fig-claim-') == len(table)
+
+
+def test_pooled_effects_are_ratios_of_the_cells_raw_effects_and_gaps(swept, toy_model):
+    """A pooled effect is mean(effect) / mean(gap) over every cell's prompts, both in logits from per_prompt.parquet,
+    redrawn together over groups: recomputed here from the cells' raw values with the kit's ratio estimate. Dividing
+    by a fixed mean gap (each prompt's effect / that cell's mean gap, then a plain mean) gives other intervals."""
+    folder, _ = swept
+    out = folder / "out"
+    table = pd.read_parquet(out / "stability.parquet")
+    (planted,) = table[(table["layer"] == toy_model.heads.previous_token[0])
+                       & (table["head"] == toy_model.heads.previous_token[1])].to_dict("records")
+    runs = [read_run(out / "cells" / name) for name in ("seed0-dstprevious", "seed1-dstprevious")]
+    confidence = simultaneous_confidence(runs[0].claims[0].thresholds.alpha, len(table))
+    for measure in ("effect_z", "edge_knockout"):
+        effect, gap, groups, fixed = [], [], [], []
+        for run in runs:  # the planted head is named: judged on every prompt of each cell
+            pp = run.per_prompt
+            rows = pp[(pp["layer"] == planted["layer"]) & (pp["head"] == planted["head"]) & (pp["path"] == "")
+                      & (pp["measure"] == measure)]
+            effect += rows["value"].tolist()
+            gap += rows["gap"].tolist()
+            groups += [run.prompts[i]["clean"] for i in rows["prompt"]]  # one group per prompt: its text
+            fixed += (rows["value"] / rows["gap"].mean()).tolist()
+        assert len(effect) == sum(run.n_prompts for run in runs) and np.ptp(gap) > 0
+        expected = ratio_estimate(np.array(effect), np.array(gap), np.array(groups), confidence=confidence)
+        pooled = [planted[f"pooled_{measure}"], planted[f"pooled_{measure}_ci_low"], planted[f"pooled_{measure}_ci_high"]]
+        np.testing.assert_allclose(pooled, [expected.value, expected.ci_low, expected.ci_high], rtol=1e-12)
+        old = estimate_mean(np.array(fixed), groups=np.array(groups), confidence=confidence)
+        assert (old.ci_low, old.ci_high) != pytest.approx((expected.ci_low, expected.ci_high), rel=1e-6)
 
 
 def test_cell_equals_probes_run(swept, tmp_path):

@@ -274,10 +274,10 @@ def judge(
 
 
 def _per_prompt(g: Gathered, head: Head, rows: Rows) -> dict[str, Float[np.ndarray, " prompt"]]:
-    """The values behind each estimate, one per prompt of ``rows``; effects as fractions of the mean gap."""
-    j, gap = g.column(head), g.gap[rows].mean()
-    return {name: values[rows, j] / (gap if MEASURES[name].of_gap and gap != 0 else 1.0)
-            for name, values in g.values.items()}
+    """The values behind each estimate, one per prompt of ``rows``, as gathered (effects in logits), and each
+    prompt's clean-corrupt gap (``gap_logits``): an effect's share of the gap is the ratio of their means."""
+    j = g.column(head)
+    return {name: values[rows, j] for name, values in g.values.items()} | {"gap_logits": g.gap[rows]}
 
 
 def _sentence(result: ClaimResult, direction: Direction) -> str:
@@ -370,7 +370,7 @@ def evaluate_composition(
     path = evidence["path_effect"]
     patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
     result = ClaimResult(claim, verdict, "", evidence, thresholds, family=family,
-                         per_prompt={"path_effect": effect / (gap_rows.mean() or 1.0), "path_effect_logits": effect})
+                         per_prompt={"path_effect": effect, "path_effect_logits": effect, "gap_logits": gap_rows})
     sentence = (
         f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
         f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {path.n} groups of prompts"
@@ -397,7 +397,8 @@ def evaluate(
 
     ``claim.head=None`` ("some head does this"): every head is screened on every prompt (``.heads``, a family of
     all heads), the best-supported head is chosen on a discovery split of the groups, and its verdict comes from
-    the held-out confirmation groups only (``thresholds.confirm_fraction`` of them). A :class:`Composition` is
+    the held-out confirmation groups only (``thresholds.confirm_fraction`` of them; ``probe_table`` then serves
+    the screening only, as it was not fitted on the confirmation prompts alone). A :class:`Composition` is
     settled by path patching (:func:`evaluate_composition`).
 
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
@@ -426,7 +427,8 @@ def evaluate(
     on_discovery = judge(claim, g, heads, discovery, family=len(heads), **options)
     order = {v: i for i, v in enumerate(VERDICTS)}
     best = min(on_discovery, key=lambda r: (order[r.verdict], -abs(np.nan_to_num(r.evidence["effect_z"].value))))
-    confirmed = judge(claim, g, [best.claim.head], confirmation, family=family, discovery=discovery, **options)[0]
+    held_out = options | {"probe_table": None}  # the table's folds were not the confirmation prompts alone
+    confirmed = judge(claim, g, [best.claim.head], confirmation, family=family, discovery=discovery, **held_out)[0]
     confirmed.claim, confirmed.heads = claim, screened
     return confirmed
 

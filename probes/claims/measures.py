@@ -133,6 +133,7 @@ register(Measure(
     "path_effect", "causal",
     "path patching: the sender's output from the other run reaching only the receiver's q, k or v input, as a "
     "fraction of the clean-corrupt gap", "fraction of the mean gap", test="two-sided", threshold="effect",
+    of_gap=True,
 ))
 register(Measure(
     "attention_effect_correlation", "context",

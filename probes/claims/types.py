@@ -104,7 +104,8 @@ class Thresholds:
 class ClaimResult:
     """The verdict on one claim, the numbers behind it, and (for ``head=None``) the verdict on every head.
 
-    ``per_prompt`` holds the per-prompt values behind each estimate (empty when read back from a run directory).
+    ``per_prompt`` holds the per-prompt values behind each estimate (empty when read back from a run directory):
+    a measure ``of_gap`` in logits, beside each prompt's gap (``gap_logits``) it is a ratio of means with.
     A head chosen from data (``selected``) was ranked on the ``discovery`` prompts and every number of its verdict
     comes from the disjoint ``confirmation`` prompts. ``family``: how many claims were tested together; every
     interval is simultaneous over them (confidence ``1 - alpha / family`` each) and p-values are adjusted for them.

@@ -134,8 +134,9 @@ def _position_content_table(model: HookedTransformer, prompts: PromptSet, spec: 
 
 def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
     """The per-prompt values behind the claims' headline measures (the registry's panel measures; a composition's
-    path effect), so a sweep can pool them across cells. A composition's rows sit at its receiver and name the
-    path in ``path`` (two paths may share a receiver); a head claim's ``path`` is empty."""
+    path effect), so a sweep can pool them across cells: each in logits for a measure of the gap, beside the
+    prompt's clean-corrupt ``gap`` (a sweep redraws the two together). A composition's rows sit at its receiver
+    and name the path in ``path`` (two paths may share a receiver); a head claim's ``path`` is empty."""
     frames = []
     for r in results:
         if isinstance(r.claim, Composition):
@@ -145,7 +146,8 @@ def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
         for measure, values in r.per_prompt.items():
             if measure in kept:
                 frames.append(pd.DataFrame({"prompt": range(len(values)), "layer": layer, "head": head,
-                                            "measure": measure, "value": values, "path": path}))
+                                            "measure": measure, "value": values, "gap": r.per_prompt["gap_logits"],
+                                            "path": path}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 

@@ -7,7 +7,7 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
 ``results.json`` (written last: a reader that finds it finds every table it names)::
 
     {
-      "format": 4,                                # bumped on incompatible changes; read_run refuses others
+      "format": 5,                                # bumped on incompatible changes; read_run refuses others
       "run_id": "3f2a...",                        # also in the marker file and inside every file that has metadata
       "kit_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
       "model": {"name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "weights_sha256": "ab12..."},
@@ -55,8 +55,10 @@ Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets 
   ``layer``, ``head``, ``target``, and ``accuracy``, ``control_accuracy``, ``selectivity`` each with ``_ci_low`` /
   ``_ci_high`` (selectivity = accuracy - control accuracy, Hewitt & Liang 2019).
 - ``per_prompt.parquet`` (optional): long table ``prompt``, ``layer``, ``head``, ``measure``, ``value`` -- the
-  per-prompt numbers behind every head-level estimate -- and ``path``: empty for a head claim's rows, the path's
-  name for a composition's (``path_effect`` rows at its receiver; older runs lack the column and these rows).
+  per-prompt numbers behind every head-level estimate, a measure of the gap (``of_gap``) in logits -- ``gap`` (that
+  prompt's clean-corrupt gap in logits: such a measure's estimate is mean(value) / mean(gap) over the same
+  prompts), and ``path``: empty for a head claim's rows, the path's name for a composition's (``path_effect`` rows
+  at its receiver).
 - ``position_content.parquet`` / ``.csv`` (optional): one row per head, ``probes.evidence.position``'s table
   (``attention``, ``positional_share``, ``content_share``, ``offset_share`` with ``_ci_low`` / ``_ci_high``, ``sink``,
   ``self``, ``lift``, ``label``).
@@ -89,7 +91,7 @@ from probes.core.provenance import file_sha256, kit_version, package_versions, u
 from probes.core.stats import Estimate
 from probes.run.outdir import MARKER, RESULTS, check_out_dir, require_run_dir
 
-FORMAT = 4  # 4: parquet tables and index.html carry the run id
+FORMAT = 5  # 4: parquet tables and index.html carry the run id; 5: per_prompt values in logits, with their gap
 RUN_ID_KEY = "probes_run_id"  # a parquet table's schema metadata key for the run that wrote it
 INDEX = "index.html"  # the report page (probes.report.render writes it); its <meta name="probes-run-id"> names the run
 _HTML_RUN_ID = re.compile(r'<meta name="probes-run-id" content="([^"]*)">')
@@ -104,7 +106,7 @@ POSITION_CONTENT_CSV = "position_content.csv"
 POSITION_CONTENT_COLUMNS = ("layer", "head", "attention", "positional_share", "content_share", "label")
 
 PROBE_MEASURES = ("accuracy", "control_accuracy", "selectivity")
-PER_PROMPT_COLUMNS = ("prompt", "layer", "head", "measure", "value")
+PER_PROMPT_COLUMNS = ("prompt", "layer", "head", "measure", "value", "gap", "path")
 
 
 @dataclass

@@ -20,7 +20,9 @@ import pandas as pd
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import ATTENDS, EDGE, HEAD, PATH, VERDICTS, decide_legs, decide_path, gate_failure
-from probes.core.stats import Estimate, estimate_mean, family_p, signed_rank_p, simultaneous_confidence
+from probes.core.stats import (
+    Estimate, estimate_mean, family_p, ratio_estimate, signed_rank_p, simultaneous_confidence,
+)
 from probes.run.rundir import RunResults
 from probes.sweep.spec import Cell
 
@@ -104,19 +106,20 @@ def _groups(run: RunResults) -> list[str]:
 
 def _rows(pp: pd.DataFrame, claim: Claim | Composition) -> pd.DataFrame:
     """The claim's rows of a per-prompt table: a head's by layer and head, a composition's by its ``path``."""
-    path = pp["path"] if "path" in pp else pd.Series("", index=pp.index)  # runs before compositions stored theirs
     if isinstance(claim, Composition):
-        return pp[path == claim.head_name]
-    return pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (path.fillna("") == "")]
+        return pp[pp["path"] == claim.head_name]
+    return pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (pp["path"].fillna("") == "")]
 
 
 def _pooled(claim: Claim | Composition, results: list[tuple[RunResults, ClaimResult]], family: int,
             seed: int) -> dict[str, Estimate]:
-    """Each leg's measure over every prompt each cell judged the claim on, pooled across the cells."""
+    """Each leg's measure over every prompt each cell judged the claim on, pooled across the cells; an effect as a
+    fraction of the gap is the ratio of the pooled means of the effect and of each prompt's gap, both in logits,
+    redrawn together over groups (so the gap's own uncertainty is in the interval)."""
     out = {}
     alpha = results[0][1].thresholds.alpha
     for measure in LEG_MEASURES if isinstance(claim, Claim) else (PATH.measure,):
-        values, groups = [], []
+        values, gaps, groups = [], [], []
         for run, result in results:
             if run.per_prompt is None:
                 return {}
@@ -124,14 +127,19 @@ def _pooled(claim: Claim | Composition, results: list[tuple[RunResults, ClaimRes
             rows = rows[rows["measure"] == measure]
             judged = result.confirmation or range(run.n_prompts)  # a selected head's rows are its confirmation prompts
             values += rows["value"].tolist()
+            gaps += rows["gap"].tolist()
             units = _groups(run)
             groups += [units[judged[i]] for i in rows["prompt"]]
         if not values:
             return {}
         x, ids = np.array(values, dtype=float), np.array(groups)
         p = float(family_p(signed_rank_p(x, alternative=MEASURES[measure].test, groups=ids), family))
-        out[measure] = estimate_mean(x, p_value=p, seed=seed, groups=ids,
-                                     confidence=simultaneous_confidence(alpha, family))
+        confidence = simultaneous_confidence(alpha, family)
+        if MEASURES[measure].of_gap:
+            out[measure] = ratio_estimate(x, np.array(gaps, dtype=float), ids, seed=seed, p_value=p,
+                                          confidence=confidence)
+        else:
+            out[measure] = estimate_mean(x, p_value=p, seed=seed, groups=ids, confidence=confidence)
     return out
 
 
