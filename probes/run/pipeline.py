@@ -41,15 +41,21 @@ from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 from probes.run.estimate import estimate_run
 from probes.run.rundir import Example, ModelInfo, RunResults, write_run
-from probes.evidence.probing import TARGET_LABELS
+from probes.evidence.probing import MIN_CLASS_ROWS, TARGET_LABELS
 from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 
 
 def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
+    """The spec's prompts. A random-token task whose previous-token identity is probed draws its tokens from a
+    bounded pool (:func:`probes.prompts.tasks.class_pool`): from a whole vocabulary almost no token recurs often
+    enough to be a class."""
+    vocab = None
+    if spec.prompts is None and spec.task in tasks.RANDOM_SHAPES and "previous_token" in spec.probe_targets:
+        vocab = tasks.class_pool(model, spec.task, spec.n, MIN_CLASS_ROWS, seed=spec.seed)
     prompts = (
         PromptSet.from_jsonl(spec.prompts, model) if spec.prompts is not None
-        else tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates)
+        else tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates, vocab=vocab)
     )
     prompts.check_model(model)
     return prompts

@@ -25,13 +25,15 @@ from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.gender import gender_max_distinct, gender_tag
 from probes.prompts.tasks.ioi import IOI_CORRUPTIONS, ioi, ioi_max_distinct
 from probes.prompts.tasks.pronoun import pronoun_max_distinct, pronoun_resolution
-from probes.prompts.tasks.random_tokens import induction, ordinary_token_ids, previous_token, random_max_distinct
+from probes.prompts.tasks.random_tokens import (
+    RANDOM_SHAPES, class_pool, induction, ordinary_token_ids, previous_token, random_max_distinct,
+)
 from probes.prompts.tasks.toy import pronoun_prompts, repeated_prompts
 from probes.prompts.tasks.words import check_n, single_tokens
 
 __all__ = [
-    "GENERATORS", "IOI_CORRUPTIONS", "TEMPLATED", "check_distinct", "gender_tag", "generate", "induction", "ioi", "ordinary_token_ids",
-    "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
+    "GENERATORS", "IOI_CORRUPTIONS", "RANDOM_SHAPES", "TEMPLATED", "check_distinct", "class_pool", "gender_tag", "generate",
+    "induction", "ioi", "ordinary_token_ids", "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
 ]  # fmt: skip
 
 GENERATORS = {
@@ -49,9 +51,8 @@ MAX_DISTINCT: dict[str, Callable[[HookedTransformer, Sequence[int] | None], int]
     "ioi": ioi_max_distinct,
     "pronoun_resolution": pronoun_max_distinct,
     "gender_tag": gender_max_distinct,
-    "previous_token": functools.partial(random_max_distinct, copies=1, default=32),
-    "induction": functools.partial(random_max_distinct, copies=2, default=20),
-}
+} | {task: functools.partial(random_max_distinct, copies=copies, default=default)
+     for task, (copies, default) in RANDOM_SHAPES.items()}
 # What a run keeps per prompt, beyond the model: text and token records (RECORD_BYTES), and per-prompt values of
 # every measure for every head (float64), counted generously.
 MEASURE_BYTES_PER_HEAD = 16 * 8
@@ -74,10 +75,12 @@ def check_distinct(task: str, n: int, templates=None, model: HookedTransformer |
         raise ProbesError(f"task '{task}' can make {limit:,} distinct prompts for {whose}, not n = {n:,}: lower n")
 
 
-def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None) -> PromptSet:
-    """The generator named ``task`` (restricted to a template subset when given); an ``n`` it cannot make distinct,
-    or whose run would not fit in memory, is refused before a single prompt is made."""
+def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None, vocab=None) -> PromptSet:
+    """The generator named ``task`` (restricted to a template subset, or for a random-token task to the token ids
+    ``vocab``, when given); an ``n`` it cannot make distinct, or whose run would not fit in memory, is refused before
+    a single prompt is made."""
     check_distinct(task, n, templates, model)
     per_prompt = RECORD_BYTES + MEASURE_BYTES_PER_HEAD * model.cfg.n_layers * model.cfg.n_heads
     require_fits(n * per_prompt, f"a run of {n:,} prompts", "lower n")
-    return GENERATORS[task](model, n, seed=seed, **({} if templates is None else {"templates": templates}))
+    options = ({} if templates is None else {"templates": templates}) | ({} if vocab is None else {"vocab": vocab})
+    return GENERATORS[task](model, n, seed=seed, **options)

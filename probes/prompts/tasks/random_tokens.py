@@ -65,10 +65,30 @@ def _length(model: HookedTransformer, length: int | None, default: int, copies: 
     return length
 
 
+RANDOM_SHAPES = {"previous_token": (1, 32), "induction": (2, 20)}  # task -> (copies of the sequence, default length)
+
+
 def random_max_distinct(model: HookedTransformer, templates=None, *, copies: int, default: int) -> int:
     """How many distinct sequences of distinct ordinary tokens fit the default length: astronomically many for
     a real vocabulary, fewer for a toy one (random tasks have no templates: ``templates`` is None)."""
     return math.perm(len(ordinary_token_ids(model)), _length(model, None, default, copies))
+
+
+def class_pool(
+    model: HookedTransformer, task: str, n: int, rows_per_class: int, seed: int = 0
+) -> Int[Tensor, " token"]:
+    """A bounded pool of ordinary tokens for a random-token ``task`` whose previous-token identity will be probed.
+
+    A probe can only name tokens it was trained on, so each token must be the previous token of many rows: drawn
+    from a whole vocabulary (49k-262k ids) almost none recurs. The pool holds about one token per
+    ``2 * rows_per_class`` rows the ``n`` prompts give (each prompt's tokens are distinct, so never fewer than one
+    prompt needs), so a token is expected to be the previous token of about twice ``rows_per_class`` rows.
+    """
+    copies, default = RANDOM_SHAPES[task]
+    length = _length(model, None, default, copies)
+    ordinary = ordinary_token_ids(model)
+    size = min(len(ordinary), max(copies * length + 1, n * copies * length // (2 * rows_per_class)))
+    return ordinary[torch.randperm(len(ordinary), generator=torch.Generator().manual_seed(seed))[:size]].sort().values
 
 
 def previous_token(
