@@ -12,6 +12,9 @@ from probes import cli
 from probes.claims.types import Composition, Thresholds
 from probes.claims.verdicts import rule_lines
 from probes.models.loading import save_model_dir
+from probes.evidence import probing
+from probes.evidence.activations import ALL_POSITIONS, harvest
+from probes.report.figures import claimed_heads, evidence_panels, scatter_figure
 from probes.run.rundir import read_run
 
 from conftest import IOI_PROMPTS
@@ -290,3 +293,97 @@ def test_a_discovery_split_too_small_is_one_line_and_exit_2(toy_dir, tmp_path, c
     assert len(err.splitlines()) == 1 and "at least 10 groups of prompts on each side" in err and sides in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def _random_model_dir(path, d_vocab: int, n_ctx: int):
+    """An untrained one-layer model without a tokenizer: random tokens are then drawn from all ``d_vocab - 1`` ids."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, d_head=8, n_heads=2, n_ctx=n_ctx, d_vocab=d_vocab,
+                                  attn_only=True, seed=0)
+    return save_model_dir(HookedTransformer(cfg), path)
+
+
+@pytest.fixture(scope="module")
+def selected_run(tmp_path_factory):
+    """Heads chosen from data on an untrained model (its heads' numbers vary from prompt to prompt, unlike the
+    planted toy's), with previous-token probes over a 2,999-token vocabulary."""
+    folder = tmp_path_factory.mktemp("selected")
+    model = _random_model_dir(folder / "wide", d_vocab=3000, n_ctx=34)
+    spec = _spec(folder / "select.toml", model=str(model), task="previous_token", n=24, src="end", dst="previous",
+                 claims=["top_attention:1", "top_effect:1"], probe_targets=["previous_token"], pattern_patching=False)
+    assert cli.main(["run", str(spec), "--out", str(folder / "run")]) == 0
+    return spec, read_run(folder / "run")
+
+
+def test_the_scatter_draws_a_selected_head_from_its_claims_evidence(selected_run):
+    """A head chosen from data is plotted with its claim's numbers (confirmation prompts, the claims' family), not
+    with the screening table's (every prompt, a family of every head)."""
+    _, run = selected_run
+    selected = [c for c in run.claims if c.selected]
+    assert selected
+    fig = scatter_figure(run, "attention", "effect_z", claimed_heads(run.claims))
+    screening = run.heads.set_index(["layer", "head"])
+    for result in selected:
+        name = f"{result.claim.head[0]}.{result.claim.head[1]}"
+        (trace,) = [t for t in fig.data if t.text is not None and name in t.text]
+        i = list(trace.text).index(name)
+        for axis, measure in (("x", "attention"), ("y", "effect_z")):
+            value, bars = getattr(trace, axis)[i], getattr(trace, f"error_{axis}")
+            shown = [value, value - bars.arrayminus[i], value + bars.array[i]]
+            est = result.evidence[measure]
+            np.testing.assert_allclose(shown, [est.value, est.ci_low, est.ci_high], rtol=1e-9, atol=1e-12)
+            table = screening.loc[result.claim.head, [measure, f"{measure}_ci_low", f"{measure}_ci_high"]]
+            assert not np.allclose(shown, table.to_numpy(float)), (name, measure)
+
+
+def test_a_selected_heads_probe_evidence_comes_from_its_confirmation_prompts(selected_run, tmp_path):
+    """The probe selectivity attached to a head chosen from data is a probe fitted and scored on its held-out
+    prompts alone (recomputed here on them), not the run's probe table over every prompt."""
+    from probes.models.loading import load_model
+    from probes.run.pipeline import build_prompts
+    from probes.run.spec import AnalysisSpec
+
+    spec_path, run = selected_run
+    result = next(c for c in run.claims if c.selected)
+    spec = AnalysisSpec.from_toml(spec_path)
+    model = load_model(spec.model)
+    held_out = build_prompts(model, spec).subset(result.confirmation)
+    store = harvest(model, held_out, tmp_path / "acts", kinds=("z",), at=ALL_POSITIONS)
+    table = probing.probe_activations(store, [probing.previous_token_identity], seed=0)
+    layer, head = result.claim.head
+    mine = table[(table["layer"] == layer) & (table["head"] == head) & table["attachable"]]
+    best = mine.sort_values("selectivity", ascending=False).iloc[0]
+    est = result.evidence["probe_selectivity"]
+    assert [est.value, est.ci_low, est.ci_high, est.n] == [
+        best["selectivity"], best["selectivity_ci_low"], best["selectivity_ci_high"], best["n"]]
+    every = run.probes[(run.probes["layer"] == layer) & (run.probes["head"] == head)]
+    assert est.n < every["n"].min()  # fewer rows than the probe on every prompt had
+
+
+def test_a_refused_probe_target_is_a_note_and_named_in_the_probe_section(tmp_path, capsys):
+    """Eight token types (a nine-token vocabulary) are too few for a control task: the run says so in one note
+    line, the report's probe panel gives the reason, and no claim carries the probe."""
+    model = _random_model_dir(tmp_path / "tiny", d_vocab=9, n_ctx=8)
+    spec = _spec(tmp_path / "tiny.toml", model=str(model), task="previous_token", n=24, src="end", dst="previous",
+                 claims=[[0, 0]], probe_targets=["previous_token"], pattern_patching=False)
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    run = read_run(tmp_path / "run")
+    (reason,) = set(run.probes["reason"])
+    assert not run.probes["attachable"].any() and "only 8 token type(s)" in reason
+    note = f"probe target previous_token not attached to head verdicts: {reason}"
+    assert run.notes == [note] and out.count(note) == 1
+    (panel,) = [p for p in evidence_panels(run) if p.title == "probe selectivity: previous_token"]
+    assert panel.description.endswith(f"not attached to head verdicts: {reason}")
+    assert str(escape(panel.description)) in (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
+    assert all("probe_selectivity" not in c.evidence for c in run.claims)
+
+
+def test_a_previous_token_probe_on_a_large_vocabulary_draws_from_a_bounded_pool(selected_run):
+    """From 2,999 token ids, 24 random sequences repeat almost no token 10 times: the run draws them from a pool
+    sized so each token is the previous token of about 20 rows, and the probe has classes to learn."""
+    _, run = selected_run
+    assert run.probes["attachable"].all() and (run.probes["n_classes"] >= 10).all()
+    tokens = {t for p in run.prompts for t in json.loads(p["clean"])[1:]}
+    assert len(tokens) <= 24 * 32 // 20

@@ -233,6 +233,12 @@ def refusal(target: Target) -> str:
     return ""
 
 
+def refusals(table: pd.DataFrame) -> list[str]:
+    """One line per target of a probe table that may not be evidence for a head: what, and why (its ``reason``)."""
+    refused = table[~table["attachable"].astype(bool)].drop_duplicates("target")
+    return [f"probe target {t} not attached to head verdicts: {r}" for t, r in zip(refused["target"], refused["reason"])]
+
+
 def control_labels(target: Target, seed: int = 0) -> Int[np.ndarray, " row"]:
     """Hewitt & Liang's control task: a fixed label per word type, the types split between classes in proportion
     to the real labels (a seeded shuffle decides which type gets which), and at least two classes."""

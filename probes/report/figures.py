@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from probes.claims.measures import LEGS, interval_level
 from probes.claims.types import ClaimResult
 from probes.claims.verdicts import VERDICTS
-from probes.core.stats import level_text
+from probes.core.stats import Estimate, level_text
 from probes.run.rundir import Example, RunResults, ci_columns
 
 FONT = "-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -79,11 +79,13 @@ def evidence_panels(run: RunResults, alpha: float) -> list[Panel]:
     ]
     if run.probes is not None:
         for target, df in run.probes.groupby("target", sort=False):
+            refused = df.loc[~df["attachable"].astype(bool), "reason"] if "attachable" in df else df["target"][:0]
             panels.append(
                 Panel(
                     f"probe selectivity: {target}",
                     "representational",
-                    f"linear-probe accuracy for '{target}' from the head's output, minus a control task's accuracy",
+                    f"linear-probe accuracy for '{target}' from the head's output, minus a control task's accuracy"
+                    + (f"; not attached to head verdicts: {refused.iloc[0]}" if len(refused) else ""),
                     *(_grid(df, c, *shape) for c in ci_columns(["selectivity"])),
                     {"accuracy": _grid(df, "accuracy", *shape), "control": _grid(df, "control_accuracy", *shape)},
                     level("probe_selectivity"),
@@ -149,13 +151,17 @@ def heatmap_figure(panel: Panel, claimed: dict[str, list[tuple[int, int]]]) -> g
 def scatter_figure(
     run: RunResults, attention: str, effect: str, claimed: dict[str, list[tuple[int, int]]]
 ) -> go.Figure:
-    """Attention against effect, one point per head: heads where the two kinds of evidence disagree stand out."""
+    """Attention against effect, one point per head: heads where the two kinds of evidence disagree stand out.
+
+    A claimed head is drawn from its claim's evidence (for a head chosen from data: its confirmation prompts, at the
+    claims' family), not from the screening table of every head on every prompt."""
     df = run.heads.dropna(subset=[attention, effect]).set_index(["layer", "head"], drop=False)
     fig = go.Figure()
     is_claimed = df.index.isin([h for heads in claimed.values() for h in heads])
     groups = [("other heads", df[~is_claimed], "rgba(90,100,115,0.45)", False)]
+    evidence = _claimed_evidence(run.claims, [attention, effect])
     for verdict, heads in claimed.items():
-        groups.append((verdict, df[df.index.isin(heads)], VERDICT_COLOURS[verdict], True))
+        groups.append((verdict, evidence[evidence.index.isin(heads)], VERDICT_COLOURS[verdict], True))
     for name, subset, colour, highlight in groups:
         if subset.empty:
             continue
@@ -183,6 +189,24 @@ def scatter_figure(
     fig.update_yaxes(title=plot_text(effect), zeroline=True)
     fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 20, "b": 50}, legend={"orientation": "h", "y": 1.08})
     return fig
+
+
+def _claimed_evidence(claims: list[ClaimResult], measures: list[str]) -> pd.DataFrame:
+    """Each claimed head's ``measures`` with their intervals from its first claim's evidence, indexed by head."""
+    first: dict[tuple[int, int], ClaimResult] = {}
+    for result in claims:
+        head = getattr(result.claim, "head", None)
+        if head is not None and all(m in result.evidence for m in measures):
+            first.setdefault(head, result)
+    rows = [{"layer": layer, "head": head} | {
+        column: number for m in measures for column, number in zip(ci_columns([m]), _interval(result.evidence[m]))
+    } for (layer, head), result in first.items()]
+    frame = pd.DataFrame(rows, columns=["layer", "head", *ci_columns(measures)])
+    return frame.dropna(subset=measures).set_index(["layer", "head"], drop=False)
+
+
+def _interval(est: Estimate) -> tuple[float, float, float]:
+    return est.value, est.ci_low, est.ci_high
 
 
 def _error_bars(df: pd.DataFrame, measure: str, colour: str, visible: bool) -> dict:

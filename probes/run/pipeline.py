@@ -124,6 +124,19 @@ def _probe_table(
     return table[table["head"] >= 0].reset_index(drop=True)
 
 
+def _held_out_probes(
+    model: HookedTransformer, confirmation: PromptSet, spec: AnalysisSpec, names: list[str], notes: list[str]
+) -> pd.DataFrame | None:
+    """Probes on the confirmation prompts alone: the only probe evidence a head chosen from data may carry (the
+    full table's folds include the prompts it was chosen on). Too few prompts to probe: none, and a note says so."""
+    try:
+        return _probe_table(model, confirmation, spec, names)
+    except ProbesError as err:
+        notes.append(f"probe evidence left off the heads chosen from data: their {len(confirmation)} confirmation "
+                     f"prompts are too few to probe ({err})")
+        return None
+
+
 def _every_position(names: list[str]) -> bool:
     """Whether the probes read every position (previous-token identity) rather than the src role's."""
     return names == ["previous_token"]
@@ -224,6 +237,8 @@ def run_analysis(
         announce(line)
     with stage("probes"):
         probes_table = _probe_table(model, prompts, spec, targets)
+        held_out_probes = _held_out_probes(model, prompts.subset(confirmation), spec, targets, notes) if selectors else None
+    notes += [] if probes_table is None else probing.refusals(probes_table)
     claim = Claim(None, spec.src, spec.dst, spec.foil)
     every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
     options = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
@@ -239,7 +254,8 @@ def run_analysis(
         family = len(named) + len(selected) + len(own) + len(spec.compositions)
         claimed = judge(claim, gathered, named, family=family, **options)
         if selected:
-            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **options)
+            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery,
+                             **options | {"probe_table": held_out_probes})
         chosen = named + selected
         with stage("claims with their own roles, compositions"):
             claimed += [evaluate(model, prompts, c, family=family, **options) for c in own]
