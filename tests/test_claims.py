@@ -1,6 +1,7 @@
 """Verdicts on the planted toy model, where which head does what is known by construction."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -253,6 +254,20 @@ def test_the_task_gate(share, sign, reason):
             toy_model.model.blocks[ld].attn.W_O[hd] = 0.0
     result = evaluate(toy_model.model, prompts, _claim(toy_model.heads.antecedent))
     assert result.verdict == "inconclusive" and reason in result.sentence
+
+
+def test_a_probe_table_given_to_evaluate_never_joins_the_head_it_confirms(toy_model, pronoun_prompts):
+    """A table fitted on every prompt may inform the screening of all heads, but the head chosen from data is
+    judged on its confirmation prompts alone: that table was not, so it is left off."""
+    n_layers, n_heads = toy_model.model.cfg.n_layers, toy_model.model.cfg.n_heads
+    table = pd.DataFrame([{"layer": layer, "head": head, "attachable": True, "n": len(pronoun_prompts),
+                           "selectivity": 0.5, "selectivity_ci_low": 0.4, "selectivity_ci_high": 0.6}
+                          for layer in range(n_layers) for head in range(n_heads)])
+    grouped = pronoun_prompts.subset(list(range(24)))
+    grouped.groups = [i // 2 for i in range(24)]
+    result = evaluate(toy_model.model, grouped, _claim(None), Thresholds(min_prompts=5), probe_table=table)
+    assert all("probe_selectivity" in r.evidence for r in result.heads)
+    assert result.selected and "probe_selectivity" not in result.evidence
 
 
 def test_a_selected_head_is_confirmed_on_held_out_groups(toy_model, pronoun_prompts):
