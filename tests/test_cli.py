@@ -374,7 +374,7 @@ def test_a_refused_probe_target_is_a_note_and_named_in_the_probe_section(tmp_pat
     assert not run.probes["attachable"].any() and "only 8 token type(s)" in reason
     note = f"probe target previous_token not attached to head verdicts: {reason}"
     assert run.notes == [note] and out.count(note) == 1
-    (panel,) = [p for p in evidence_panels(run) if p.title == "probe selectivity: previous_token"]
+    (panel,) = [p for p in evidence_panels(run, run.claims[0].thresholds.alpha) if p.title == "probe selectivity: previous_token"]
     assert panel.description.endswith(f"not attached to head verdicts: {reason}")
     assert str(escape(panel.description)) in (tmp_path / "run" / "index.html").read_text(encoding="utf-8")
     assert all("probe_selectivity" not in c.evidence for c in run.claims)
