@@ -107,7 +107,7 @@ def test_behaviour_and_screening_show_themselves(toy_model, prompts):
 
     base = behaviour(toy_model.model, prompts)
     html = base._repr_html_()
-    assert f"in {base.accuracy_vs_foil.value:.0%} of {len(prompts)} prompts" in html
+    assert f"in {base.accuracy_vs_foil.value:.0%} of {base.accuracy_vs_foil.n} groups" in html
     assert escape(estimate_text(base.clean_logit_diff)) in html
     screening = screen_then_verify(toy_model.model, prompts, top_k=2, progress=False)
     html = screening._repr_html_()
