@@ -11,7 +11,8 @@ any positional scheme (learned, rotary, none), because they change only the inpu
   **content share**; the share that stays at the old distance (now a filler) is the **offset share**.
 
 Shares are ratios of means over prompts (``mean(counterfactual) / mean(clean)``), with intervals from resampling
-whole groups (prompts sharing a template move together). Labels, on the point estimates:
+whole groups (prompts sharing a template move together). Labels, on the point estimates (``LABEL_THRESHOLDS``,
+which a run stores with its results):
 
 - ``positional``: positional share >= ``SHARE_HIGH`` and content share <= ``SHARE_LOW``;
 - ``content``: the reverse;
@@ -19,7 +20,9 @@ whole groups (prompts sharing a template move together). Labels, on the point es
   is below ``MIN_LIFT`` times uniform attention over the keys ``src`` sees (nothing to split);
 - ``mixed``: anything else.
 
-Each counterfactual is one batched forward pass that stops after the last layer asked for and keeps only the
+Every check of the input (roles, shifts, filler and replacement tokens, the context length, re-tokenisation) runs
+in :func:`counterfactuals`, before any forward pass, so a run can refuse bad input before its heavy stages. Each
+counterfactual is then one batched forward pass that stops after the last layer asked for and keeps only the
 query row at ``src`` of each needed attention pattern: no logits, no cache.
 """
 
@@ -47,6 +50,7 @@ from probes.prompts.roles import Role, src_dst_positions
 SHARE_HIGH = 0.7
 SHARE_LOW = 0.3
 MIN_LIFT = 2.0
+LABEL_THRESHOLDS = {"share_high": SHARE_HIGH, "share_low": SHARE_LOW, "min_lift": MIN_LIFT}  # what a run stores
 LABELS = ("positional", "content", "mixed", "neither")
 # Text defaults. Fillers: adverbs that read as an aside after a word ("Alice really really and Bob"); replacements:
 # common nouns that are neither names nor the tasks' answers. Each must be one token for the model's tokenizer.
@@ -243,30 +247,30 @@ def check_heads(model: HookedTransformer, heads: Sequence[Head] | None) -> list[
     return heads
 
 
-def position_content(
+@dataclass
+class Counterfactuals:
+    """Checked counterfactual prompt sets for one ``src -> dst`` question (see :func:`counterfactuals`): ``base``
+    is the prompts with roles ``SRC``/``DST`` added, ``swapped`` has the token at ``dst`` replaced, ``moved`` one
+    set per shift with fillers inserted after ``dst``."""
+
+    base: PromptSet
+    swapped: PromptSet
+    moved: list[PromptSet]
+    shifts: tuple[int, ...]
+
+
+def counterfactuals(
     model: HookedTransformer,
     prompts: PromptSet,
     src: Role,
     dst: Role,
     *,
-    heads: Sequence[Head] | None = None,
     filler: Sequence[str | int] | None = None,
     replacements: Sequence[str | int] | None = None,
     shifts: Sequence[int] = (1, 2, 4),
-    seed: int = 0,
-    batch_size: int = 32,
-) -> PositionContent:
-    """Split each head's ``src -> dst`` attention into what survives a content swap at ``dst`` (positional share)
-    and what follows ``dst`` when fillers push it ``s`` tokens away, for each ``s`` in ``shifts`` (content share).
-
-    ``filler``/``replacements``: words (one token each) or token ids. Text prompt sets default to
-    ``DEFAULT_FILLER`` (cycled to length ``s``) and ``DEFAULT_REPLACEMENTS`` (cycled over prompts, never the token
-    already there); token-id sets must pass both.
-    ``table`` columns: layer, head, attention (mean clean ``src -> dst`` attention), positional_share,
-    content_share, offset_share (each with ``_ci_low``/``_ci_high``), sink (attention on position 0, the BOS),
-    self (on ``src`` itself), lift (attention over uniform attention ``1 / (src + 1)``), label.
-    """
-    heads = check_heads(model, heads)
+) -> Counterfactuals:
+    """Every check of :func:`position_content`'s input, and the counterfactual prompt sets it runs. No forward
+    pass: a run calls it right after building its prompts, so bad input is refused before the heavy stages."""
     shifts = tuple(shifts)
     if not shifts or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shifts):
         raise ProbesError(f"shifts must be positive whole numbers of tokens, got {shifts!r}")
@@ -289,21 +293,67 @@ def position_content(
         )
     base = dataclasses.replace(prompts, roles=prompts.roles | {SRC: src_pos, DST: dst_pos})
     rows = torch.arange(len(base))
-    swapped_set = swap_tokens(base, dst_pos, _replacement_per_prompt(base.clean[rows, dst_pos], candidates))
-    moved_sets = [insert_tokens(base, dst_pos, filler_ids[torch.arange(s) % len(filler_ids)]) for s in shifts]
+    swapped = swap_tokens(base, dst_pos, _replacement_per_prompt(base.clean[rows, dst_pos], candidates))
+    moved = [insert_tokens(base, dst_pos, filler_ids[torch.arange(s) % len(filler_ids)]) for s in shifts]
     if text:
-        _check_retokenises(model, base, swapped_set, "replacement")
-        for variant in moved_sets:
+        _check_retokenises(model, base, swapped, "replacement")
+        for variant in moved:
             _check_retokenises(model, base, variant, "filler")
+    return Counterfactuals(base, swapped, moved, shifts)
 
+
+def position_content(
+    model: HookedTransformer,
+    prompts: PromptSet,
+    src: Role,
+    dst: Role,
+    *,
+    heads: Sequence[Head] | None = None,
+    filler: Sequence[str | int] | None = None,
+    replacements: Sequence[str | int] | None = None,
+    shifts: Sequence[int] = (1, 2, 4),
+    seed: int = 0,
+    batch_size: int = 32,
+) -> PositionContent:
+    """Split each head's ``src -> dst`` attention into what survives a content swap at ``dst`` (positional share)
+    and what follows ``dst`` when fillers push it ``s`` tokens away, for each ``s`` in ``shifts`` (content share).
+
+    ``filler``/``replacements``: words (one token each) or token ids. Text prompt sets default to
+    ``DEFAULT_FILLER`` (cycled to length ``s``) and ``DEFAULT_REPLACEMENTS`` (cycled over prompts, never the token
+    already there); token-id sets must pass both.
+    ``table`` columns: layer, head, attention (mean clean ``src -> dst`` attention), positional_share,
+    content_share, offset_share (each with ``_ci_low``/``_ci_high``), sink (attention on position 0, the BOS),
+    self (on ``src`` itself), lift (attention over uniform attention ``1 / (src + 1)``), label.
+    ``content_share`` and ``offset_share`` are each the mean over all shifts of that shift's share (one clean
+    denominator); each shift's per-prompt attention is in ``.moved`` / ``.offset``.
+    ``label`` (on the point estimates): ``positional`` if positional share >= ``SHARE_HIGH`` = 0.7 and content
+    share <= ``SHARE_LOW`` = 0.3; ``content`` the reverse; ``neither`` if both are <= 0.3 or lift < ``MIN_LIFT``
+    = 2; else ``mixed``.
+    """
+    plan = counterfactuals(model, prompts, src, dst, filler=filler, replacements=replacements, shifts=shifts)
+    return measure_shares(model, plan, heads=heads, seed=seed, batch_size=batch_size)
+
+
+def measure_shares(
+    model: HookedTransformer,
+    plan: Counterfactuals,
+    *,
+    heads: Sequence[Head] | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> PositionContent:
+    """The forward passes of :func:`position_content` on counterfactuals already checked."""
+    heads = check_heads(model, heads)
+    base = plan.base
+    src_pos, dst_pos = base.roles[SRC], base.roles[DST]
     layers = sorted({layer for layer, _ in heads})
     clean_rows = src_rows(model, base, src_pos, layers, batch_size)
     attention = _at(clean_rows, dst_pos)
     sink = clean_rows[:, :, :, 0]
     self_mass = _at(clean_rows, src_pos)
-    swapped = _at(src_rows(model, swapped_set, src_pos, layers, batch_size), dst_pos)
+    swapped = _at(src_rows(model, plan.swapped, src_pos, layers, batch_size), dst_pos)
     moved, offset = [], []
-    for variant in moved_sets:
+    for variant in plan.moved:
         variant_rows = src_rows(model, variant, variant.roles[SRC], layers, batch_size)
         moved.append(_at(variant_rows, variant.roles[DST]))  # dst's token, at its new distance
         offset.append(_at(variant_rows, variant.roles[SRC] - (src_pos - dst_pos)))  # the old distance: a filler
@@ -315,8 +365,8 @@ def position_content(
     for tensor in (attention, swapped, moved, offset, sink, self_mass):
         tensor[..., ~mask] = torch.nan
     uniform = float((1.0 / (src_pos + 1)).mean())
-    table = _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, prompts.group_index, seed)
-    return PositionContent(table, attention, swapped, moved, offset, sink, self_mass, shifts)
+    table = _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, base.group_index, seed)
+    return PositionContent(table, attention, swapped, moved, offset, sink, self_mass, plan.shifts)
 
 
 def _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, groups, seed) -> pd.DataFrame:

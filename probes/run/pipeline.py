@@ -33,7 +33,7 @@ from probes.evidence import probing
 from probes.evidence.activations import ALL_POSITIONS, harvest
 from probes.evidence.attention import attention_patterns
 from probes.evidence.behaviour import behaviour
-from probes.evidence.position import position_content
+from probes.evidence.position import LABEL_THRESHOLDS, Counterfactuals, counterfactuals, measure_shares
 from probes.evidence.patching import shared_runs
 from probes.models.loading import load_model
 from probes.prompts import tasks
@@ -142,13 +142,14 @@ def _every_position(names: list[str]) -> bool:
     return names == ["previous_token"]
 
 
-def _position_content_table(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> pd.DataFrame | None:
-    """Every head's positional and content shares of its src -> dst attention, where the spec asks for them."""
+def _position_content_plan(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> Counterfactuals | None:
+    """The counterfactual prompts of the spec's ``[position_content]``, checked (tokens, lengths, context) as soon
+    as the prompts exist: bad input is refused before the heavy stages, not after them."""
     if spec.position_content is None:
         return None
     options = dict(spec.position_content)
     src, dst = options.pop("src", spec.src), options.pop("dst", spec.dst)
-    return position_content(model, prompts, src, dst, seed=spec.seed, **options).table
+    return counterfactuals(model, prompts, src, dst, **options)
 
 
 def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
@@ -224,6 +225,7 @@ def run_analysis(
     for role in (spec.src, spec.dst, spec.foil):
         if role is not None and role != PREVIOUS:
             prompts.role(role)
+    position_plan = _position_content_plan(model, prompts, spec)
     if selectors:  # before any model work: a split that cannot confirm anything is an input error
         discovery, confirmation = split_groups(
             prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
@@ -262,8 +264,10 @@ def run_analysis(
             for item in spec.compositions:
                 claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
                                         direction=spec.direction, seed=spec.seed, family=family))
-    with stage("position and content"):
-        position_table = _position_content_table(model, prompts, spec)
+    position_table = None
+    if position_plan is not None:
+        with stage("position and content"):
+            position_table = measure_shares(model, position_plan, seed=spec.seed).table
     with stage("baseline and examples"):
         baseline = behaviour(model, prompts, seed=spec.seed).estimates()
         examples = [Example(**e) for e in attention_patterns(model, prompts, chosen, spec.examples)]
@@ -285,6 +289,7 @@ def run_analysis(
         per_prompt=_per_prompt_table(claimed),
         prompts=_prompt_records(model, prompts),
         position_content=position_table,
+        position_content_thresholds=LABEL_THRESHOLDS if position_table is not None else {},
         title=spec.title,
         direction=spec.direction,
         stage_times=stage.times,

@@ -28,6 +28,8 @@ loaded into pandas long after the model is gone. Layout of ``OUT/``:
                   "evidence": {"attention": ESTIMATE, "effect_z": ESTIMATE, ...},
                   "thresholds": {"attention_margin": 0.1, "effect": 0.1, "alpha": 0.05, "min_prompts": 10}}],
       "verdict_rule": ["gate ...", "attends: ...", ...],    # probes.claims.verdicts.rule_lines, this run's thresholds
+      "position_content_thresholds": {"share_high": 0.7, "share_low": 0.3, "min_lift": 2.0},  # the labels' rule
+                                                  # (probes.evidence.position.LABEL_THRESHOLDS); {} without the table
       "examples": [{"tokens": ["<bos>", "Alice", ...], "patterns": {"5.8": [[...query row...], ...]},
                     "prompt": 0, "roles": {"pronoun": 7, "antecedent": 1}}]
     }
@@ -146,6 +148,7 @@ class RunResults:
     per_prompt: pd.DataFrame | None = None
     prompts: list[dict] = field(default_factory=list)
     position_content: pd.DataFrame | None = None
+    position_content_thresholds: dict[str, float] = field(default_factory=dict)
     title: str = ""
     direction: str = "denoising"
     stage_times: dict[str, float] = field(default_factory=dict)
@@ -304,6 +307,7 @@ def write_run(out_dir: str | os.PathLike, run: RunResults, *, overwrite: bool = 
         "evidence": {k: measure_to_dict(v) for k, v in run.evidence.items()},
         "claims": [claim_to_dict(c) for c in run.claims],
         "verdict_rule": run.verdict_rule,
+        "position_content_thresholds": run.position_content_thresholds,
         "examples": [asdict(e) for e in run.examples],
     }
     jsonable(summary)  # fails here, before anything is written, on a value JSON cannot hold
@@ -404,6 +408,7 @@ RESULTS_SCHEMA = {
             },
         },
         "verdict_rule": {"type": "array", "items": {"type": "string"}},
+        "position_content_thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
         "examples": {
             "type": "array",
             "items": {
@@ -516,6 +521,7 @@ def _run_from(out: Path, d: dict) -> RunResults:
         per_prompt=tables.get(PER_PROMPT),
         prompts=prompts,
         position_content=tables.get(POSITION_CONTENT),
+        position_content_thresholds=d.get("position_content_thresholds", {}),
         title=d.get("title", ""),
         direction=d.get("direction", "denoising"),
         stage_times=d.get("stage_times", {}),
