@@ -5,12 +5,14 @@ With rotary embeddings a head's query-key logit is a sum over rotary pairs ``f``
 (``theta_f`` near 1 radian a token) can single out a distance such as "the previous token"; slow pairs are nearly
 constant over a prompt and carry content. Grouping pairs into bands, fastest first, this module reports
 
-- each band's share of the ``src -> dst`` logit and of the margin over a foil (which bands make ``dst`` win), and
-- the causal test: the band zeroed in the head's rotated query, and the head's ``src -> dst`` attention after it.
-  Zeroing query dims removes exactly that band's terms from that head's scores (keys are left alone: under
-  grouped-query attention a key head serves several query heads). Only this head's scores at this layer change,
-  so the ablated pattern is computed in closed form from the recorded scores (checked against a hooked rerun in
-  the tests).
+- each band's share of the ``src -> dst`` logit and of the margin over a foil (which bands make ``dst`` win: the
+  margin's interval, simultaneous over every (head, band) tested together, lies above 0), and
+- the causal test: the band ablated in the head's rotated query and key, and the head's ``src -> dst`` attention
+  after it. Each band term is a product ``q_d k_d``, so zeroing the band in the query, in the key, or in both
+  removes the same terms from that head's scores, and only those (under grouped-query attention a key head serves
+  several query heads; only this head's scores are read). Only this head's scores at this layer change, so the
+  ablated pattern is computed in closed form from the recorded scores (the tests check it against hooked reruns
+  that zero the band in q, in k and in both).
 
 Frequencies come from each layer's own rotary tables (``rotary_sin``/``rotary_cos``, built by TransformerLens from
 ``rotary_base``, or ``rotary_base_local`` in Gemma-3's sliding-window layers, and any scaling), so local and
@@ -32,7 +34,10 @@ from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.evidence.position import Head, check_heads
-from probes.core.stats import bootstrap_mean
+from probes.core.stats import (
+    CONFIDENCE, bootstrap_mean, cluster_bootstrap_means, percentile_interval, resamples_for,
+    simultaneous_confidence,
+)
 from probes.models.architecture import kv_head_of
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, positions, src_dst_positions
@@ -103,12 +108,16 @@ def rotary_bands(
     n_bands: int = N_BANDS,
     seed: int = 0,
     batch_size: int = 32,
+    alpha: float = 1 - CONFIDENCE,
 ) -> RotaryBands:
     """Band decomposition of each head's ``src -> dst`` logit (and margin over ``foil``; without a foil, over the
     mean of the other keys after position 0, the sink), and the attention change when a band is ablated.
 
     ``table`` columns: layer, head, band, wavelength_min/max (tokens), dst_logit, foil_logit, margin and
-    attention_change (each with ``_ci_low``/``_ci_high``), wins (the margin's interval lies above 0).
+    attention_change (each with a 95% interval, ``_ci_low``/``_ci_high``), margin_family_ci_low and wins: the
+    lower bound of the margin's interval simultaneous over the family of every (head, band) in the table (each at
+    confidence ``1 - alpha / family``, :func:`probes.core.stats.simultaneous_confidence`), and whether it lies
+    above 0, so a band wins whatever else was tested beside it only if the data say so for all of them together.
     """
     if model.cfg.positional_embedding_type != "rotary":
         raise ProbesError(
@@ -146,7 +155,8 @@ def rotary_bands(
             attention[idx, layer], dst_logit[idx, layer], foil_logit[idx, layer], ablated[idx, layer] = out
     bands = [f"band {b}" for b in range(n_bands)] + ([UNROTATED] if n_band > n_bands else [])
     wavelengths = {layer: masks[layer][1] for layer in layers}
-    table = _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, prompts.group_index, seed)
+    table = _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, prompts.group_index, seed,
+                   alpha)
     return RotaryBands(table, attention, dst_logit, foil_logit, ablated, bands, wavelengths)
 
 
@@ -192,7 +202,7 @@ def _layer_bands(
     return pattern[rows, :, dst], dst_terms, foil_terms, ablated
 
 
-def _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, groups, seed) -> pd.DataFrame:
+def _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, groups, seed, alpha) -> pd.DataFrame:
     records = []
     for layer, head in heads:
         for b, band in enumerate(bands):
@@ -206,6 +216,20 @@ def _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated,
             ):
                 value, low, high = bootstrap_mean(values.numpy(), seed=seed, groups=groups)
                 row |= {name: float(value), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
-            row["wins"] = row["margin_ci_low"] > 0
             records.append(row)
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    layer_idx, head_idx = torch.tensor([h[0] for h in heads]), torch.tensor([h[1] for h in heads])
+    margins = (dst_logit - foil_logit)[:, layer_idx, head_idx].reshape(len(dst_logit), -1)  # [prompt, head * band]
+    table["margin_family_ci_low"] = family_lower_bound(margins.numpy(), groups, alpha, seed)
+    table["wins"] = table["margin_family_ci_low"] > 0
+    return table
+
+
+def family_lower_bound(
+    values: Float[np.ndarray, "prompt k"], groups: Int[np.ndarray, " prompt"], alpha: float, seed: int = 0
+) -> Float[np.ndarray, " k"]:
+    """Each column's mean's lower bound, the intervals simultaneous over the ``k`` columns (Bonferroni), from one
+    set of resampled groups."""
+    confidence = simultaneous_confidence(alpha, values.shape[1])
+    draws = cluster_bootstrap_means(values, groups, resamples_for(confidence), seed)
+    return percentile_interval(draws, confidence)[0]
