@@ -303,18 +303,26 @@ def composition_figure(compositions: list[ClaimResult]) -> go.Figure:
 LABEL_SYMBOLS = {"positional": "square", "content": "diamond", "mixed": "circle", "neither": "circle-open"}
 
 
-def position_content_figure(run: RunResults) -> go.Figure:
-    """Every head on a positional-share vs content-share map, coloured by its verdict, shaped by its label: where
-    the "positional pathway / content pathway" story puts a head, next to what the claim's evidence says of it."""
+def position_content_heads(run: RunResults) -> tuple[pd.DataFrame, int]:
+    """The heads the position/content map can place, each with its verdict on the run's claim, and how many it
+    leaves out: a head whose shares are undefined (no clean ``src -> dst`` attention to divide by)."""
     verdicts = run.heads.set_index(["layer", "head"])["verdict"] if "verdict" in run.heads else None
-    df = run.position_content.dropna(subset=["positional_share", "content_share"]).copy()
+    table = run.position_content
+    df = table.dropna(subset=["positional_share", "content_share"]).copy()
     df["verdict"] = [
         verdicts.get((layer, head), "inconclusive") if verdicts is not None else "inconclusive"
         for layer, head in zip(df["layer"], df["head"])
     ]
+    return df, len(table) - len(df)
+
+
+def position_content_figure(heads: pd.DataFrame) -> go.Figure:
+    """Every head of :func:`position_content_heads` on a positional-share vs content-share map, coloured by its
+    verdict, shaped by its label: where the "positional pathway / content pathway" story puts a head, next to what
+    the claim's evidence says of it."""
     fig = go.Figure()
     for verdict in VERDICTS:
-        subset = df[df["verdict"] == verdict]
+        subset = heads[heads["verdict"] == verdict]
         if subset.empty:
             continue
         labels = [f"{layer}.{head}" for layer, head in zip(subset["layer"], subset["head"])]

@@ -34,6 +34,7 @@ from probes.report.figures import (
     heatmap_figure,
     pattern_figure,
     position_content_figure,
+    position_content_heads,
     scatter_figure,
 )
 from probes.run.rundir import INDEX, Example, RunResults, read_run
@@ -181,8 +182,12 @@ def render_html(run: RunResults) -> str:
     compositions = [result for result in run.claims if isinstance(result.claim, Composition)]
     if compositions:
         figures.append(figure_spec("fig-compositions", composition_figure(compositions)))
+    position_content = None
     if run.position_content is not None:
-        figures.append(figure_spec("fig-position-content", position_content_figure(run)))
+        mapped, left_out = position_content_heads(run)
+        figures.append(figure_spec("fig-position-content", position_content_figure(mapped)))
+        position_content = {"mapped": len(mapped), "left_out": left_out,
+                            "thresholds": run.position_content_thresholds}
     columns, rows = prompt_table(run.prompts)
     return environment().get_template("report.html.j2").render(
         run=run,
@@ -201,7 +206,7 @@ def render_html(run: RunResults) -> str:
         scatter={"attention": attention, "effect": effect} if scatter else None,
         examples=[(f"fig-example-{i}", example_caption(run, e)) for i, e in enumerate(examples)],
         compositions=bool(compositions),
-        position_content=run.position_content is not None,
+        position_content=position_content,
         prompt_columns=columns,
         prompt_rows=rows,
         plotly_js=Markup(get_plotlyjs()),
