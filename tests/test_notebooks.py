@@ -26,6 +26,9 @@ CELL_TIMEOUT_S = 600  # the slowest cell (two claim evaluations) took up to ~130
 KERNEL = "probes-notebook-test"
 VERDICT_TAG = "verdict"  # cells with this tag print verdict sentences
 VERDICT_WORD = re.compile(rf"\b({'|'.join(VERDICTS)})\b")
+LABELS_TAG = "labels"  # cells with this tag print "KIND head L.H: LABEL ..." for the heads a notebook walks through
+WALKED_LABEL = re.compile(r"^(\w+) head (\d+\.\d+): (\w+)", re.MULTILINE)
+WALKED = {"04_position_content.ipynb": {"positional", "content"}}  # the kinds of head each notebook walks through
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,22 @@ def printed(cell) -> str:
     return "".join(o.get("text", "") for o in outputs(cell) if o.output_type == "stream" and o.name == "stdout")
 
 
+def label_mismatches(text: str, kinds: set[str]) -> list[str]:
+    """What is wrong with a labels cell's printout: a walked-through head of each kind, labelled as that kind."""
+    found = {kind: (head, label) for kind, head, label in WALKED_LABEL.findall(text)}
+    missing = [f"no {kind} head printed" for kind in sorted(kinds - set(found))]
+    return missing + [f"{kind} head {head} is labelled {label}" for kind, (head, label) in found.items() if label != kind]
+
+
+def test_the_labels_check_catches_a_head_labelled_otherwise():
+    walked = WALKED["04_position_content.ipynb"]
+    good = "positional head 2.3: positional on the held-out prompts\ncontent head 7.0: content on the held-out prompts\n"
+    assert label_mismatches(good, walked) == []
+    assert label_mismatches(good.replace(": positional", ": mixed"), walked) == ["positional head 2.3 is labelled mixed"]
+    assert label_mismatches(good.replace(": content", ": neither"), walked) == ["content head 7.0 is labelled neither"]
+    assert label_mismatches(good.splitlines()[0], walked) == ["no content head printed"]
+
+
 def test_notebooks_are_committed_without_outputs():
     for name in NOTEBOOK_FILES:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -91,3 +110,7 @@ def test_notebook_runs_shows_figures_and_reaches_verdicts(name, kernel_specs, re
     for cell in verdict_cells:
         text = printed(cell)
         assert VERDICT_WORD.search(text), f"{name}: a verdict cell printed no verdict: {text!r}"
+
+    if name in WALKED:
+        labels = "".join(printed(cell) for cell in nb.cells if LABELS_TAG in cell.metadata.get("tags", []))
+        assert not label_mismatches(labels, WALKED[name]), f"{name}: {label_mismatches(labels, WALKED[name])}"
