@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers test test-fast demo bench clean
+.PHONY: setup browser layers test test-fast demo position-content bench clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,14 @@ test-fast: setup layers
 demo: setup
 	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference --overwrite
 	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 24 --out reports/demo-previous-token --overwrite
+
+# Position or content on both packaged models: pronoun -> antecedent heads and previous-token heads, each run's
+# report mapping every head on positional vs content share (README "Position or content").
+position-content: setup
+	$(VENV)/bin/probes run analyses/position_content_gemma.toml --out reports/position-content-gemma --overwrite
+	$(VENV)/bin/probes run analyses/position_content_smollm2.toml --out reports/position-content-smollm2 --overwrite
+	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --out reports/previous-token-gemma --overwrite
+	$(VENV)/bin/probes run analyses/previous_token_smollm2.toml --out reports/previous-token-smollm2 --overwrite
 
 # Each benchmark times TransformerLens and the kit in the same run and prints the ratio (~12 min in all).
 bench: setup
