@@ -156,7 +156,8 @@ POSITION_CONTENT_KEYS = ("src", "dst", "shifts", "filler", "replacements")
 
 
 def check_position_content(section, where: str) -> None:
-    """The ``[position_content]`` table: known keys, positive whole shifts, word or token-id lists."""
+    """The ``[position_content]`` table: known keys, positive whole shifts, word or token-id lists (what needs the
+    model, each word one token, the context, re-tokenisation, is checked as soon as the run has its prompts)."""
     if not isinstance(section, dict):
         raise ProbesError(f"{where}: position_content must be a table ([position_content]), got {section!r}")
     unknown = sorted(set(section) - set(POSITION_CONTENT_KEYS))
