@@ -115,6 +115,11 @@ def screen_then_verify(
 ) -> Screening:
     """Rank all heads by attribution patching, then patch the ``top_k`` exactly (denoising, head outputs).
 
+    The exact effects are measured on the prompts that ranked the heads: they check the linear approximation, not
+    a head's role (a head picked as the largest of many is flattered on the data that picked it). To judge a
+    chosen head, use ``evaluate(model, prompts, Claim(None, ...))``, which ranks on a discovery split and judges
+    on held-out groups.
+
     Costs about three passes plus ``top_k`` patched runs per prompt, instead of one per head; keyword arguments
     go to :func:`probes.patching.patch_activations` (``memory_mb``, ``progress``...).
     """
