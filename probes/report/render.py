@@ -171,7 +171,8 @@ def environment(*packages: str) -> jinja2.Environment:
 def render_html(run: RunResults) -> str:
     """The report page for ``run`` as a string."""
     claimed = claimed_heads(run.claims)
-    panels = evidence_panels(run, screening_alpha(run))
+    alpha = screening_alpha(run)
+    panels = evidence_panels(run, alpha)
     figures = [figure_spec(f"fig-heatmap-{i}", heatmap_figure(p, claimed)) for i, p in enumerate(panels)]
     attention, effect = _headline(run, "attention"), _headline(run, "causal")
     scatter = attention is not None and effect is not None
@@ -195,10 +196,9 @@ def render_html(run: RunResults) -> str:
         verdict_colours=VERDICT_COLOURS,
         claim_thresholds=[_thresholds_shown(result) for result in run.claims],
         claim_levels=[interval_levels(result) for result in run.claims],
-        claims_level=level_text(simultaneous_confidence(screening_alpha(run), run.claims[0].family))
-        if run.claims else None,
-        gate_level=level_text(interval_level("gap_logits", screening_alpha(run), len(run.heads))),
-        screening_level=level_text(interval_level("attention", screening_alpha(run), len(run.heads))),
+        claims_level=level_text(simultaneous_confidence(alpha, run.claims[0].family)) if run.claims else None,
+        gate_level=level_text(interval_level("gap_logits", alpha, len(run.heads))),
+        screening_level=level_text(interval_level("attention", alpha, len(run.heads))),
         answer=answer_rows(run.claims),
         leg_names=[name for name, _ in leg_columns()],
         patched_in=PATCHED_IN[run.direction],
