@@ -30,7 +30,7 @@ layers: setup
 	$(VENV)/bin/lint-imports
 
 test: setup browser layers
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup layers
 	$(PY) -m pytest -q -m "not real"

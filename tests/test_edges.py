@@ -139,7 +139,21 @@ def test_knockout_equals_plain_hooks_on_real_models(name: str, request) -> None:
 def test_knocking_out_the_only_visible_key_leaves_the_head_reading_nothing(toy_model: ToyModel) -> None:
     """At position 0 a head can only look at itself: with that weight knocked out there is nothing left to
     renormalise, and the head's output there is zero (finite effects, no NaN)."""
-    prompts = tasks.pronoun_prompts(toy_model, 4)
+    model, prompts = toy_model.model, tasks.pronoun_prompts(toy_model, 4)
     first = torch.zeros(len(prompts), dtype=torch.long)
-    result = edge_effects(toy_model.model, prompts, first, first, progress=False)
+    result = edge_effects(model, prompts, first, first, progress=False)
     assert torch.isfinite(result.patched).all()
+    rows = torch.arange(len(prompts))
+
+    def logit_diff(logits):
+        return logits[rows, prompts.end, prompts.answer] - logits[rows, prompts.end, prompts.foil]
+
+    base = logit_diff(model(prompts.clean))
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            def zero_first(z, hook, head=head):  # reference: the head's output at position 0 set to zero
+                z[:, 0, head] = 0
+                return z
+
+            silenced = logit_diff(model.run_with_hooks(prompts.clean, fwd_hooks=[(get_act_name("z", layer), zero_first)]))
+            torch.testing.assert_close(result.effect[:, layer, head], (silenced - base).float(), atol=1e-5, rtol=0)

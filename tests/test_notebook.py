@@ -79,18 +79,20 @@ def test_patching_display_resamples_groups_so_duplicated_prompts_add_nothing(toy
     prompts = tasks.induction(toy_model.model, 16, seed=2)
     prompts.groups = [i // 2 for i in range(len(prompts))]  # 8 groups of two
 
-    def shown(prompt_set) -> str:
-        html = patch_activations(toy_model.model, prompt_set, "z", progress=False)._repr_html_()
-        return html.replace(f", {len(prompt_set)} prompts", "")  # the title counts rows; the numbers must not move
+    def shown(prompt_set):
+        result = patch_activations(toy_model.model, prompt_set, "z", progress=False)
+        html = result._repr_html_().replace(f", {len(prompt_set)} prompts", "")  # the title counts rows
+        return html, list(result.headline().values())
 
     twice = [i for i in range(len(prompts)) for _ in range(2)]
     doubled = prompts.subset(twice)
     assert doubled.n_groups == prompts.n_groups and len(doubled) == 2 * len(prompts)
-    once = shown(prompts)
+    once, once_numbers = shown(prompts)
     assert "(picked on these prompts, not held out)" in once and f"over {prompts.n_groups} groups" in once
-    assert shown(doubled) == once
-    doubled.groups = list(range(len(doubled)))  # each copy its own unit: the intervals narrow
-    assert shown(doubled) != once.replace(f"over {prompts.n_groups} groups", f"over {len(doubled)} groups")
+    assert shown(doubled)[0] == once  # the numbers must not move
+    doubled.groups = list(range(len(doubled)))  # each copy its own unit: both intervals narrow (~1/sqrt(2))
+    for alone, split in zip(once_numbers, shown(doubled)[1], strict=True):
+        assert split.ci_high - split.ci_low < 0.85 * (alone.ci_high - alone.ci_low)
 
 
 def test_paths_result_names_its_strongest_path(toy_model, prompts):

@@ -20,7 +20,7 @@ from probes.core.errors import ProbesError
 from probes.evidence.attention import role_attention
 from probes.core.notebook import number
 from probes.evidence.position import (
-    LABEL_THRESHOLDS, MIN_LIFT, SHARE_HIGH, SHARE_LOW, _check_retokenises, insert_tokens, label, position_content,
+    LABEL_THRESHOLDS, MIN_LIFT, SHARE_HIGH, SHARE_LOW, _check_retokenises, counterfactuals, insert_tokens, label, position_content,
     swap_tokens,
 )
 from probes.evidence.rotary import UNROTATED, band_masks, pair_angles, rotary_bands
@@ -382,11 +382,29 @@ def test_gemma_text_defaults_and_tokenisation_check(gemma):
     from probes.prompts import tasks
 
     prompts = tasks.pronoun_resolution(gemma, 12)
-    result = position_content(gemma, prompts, "pronoun", "antecedent", heads=[(0, 0), (5, 1)], shifts=(1, 2))
-    assert set(result.table["label"]) <= {"positional", "content", "mixed", "neither"}
-    torch.testing.assert_close(
-        result.attention[:, [0, 5], [0, 1]], role_attention(gemma, prompts, "pronoun", "antecedent")[:, [0, 5], [0, 1]]
-    )
+    heads, layers, head_ids = [(0, 0), (5, 1)], [0, 5], [0, 1]
+    result = position_content(gemma, prompts, "pronoun", "antecedent", heads=heads, shifts=(1, 2))
+    # the default filler and replacements make counterfactuals that keep Gemma's tokenisation, and every
+    # attention the table is built from equals role_attention on those counterfactual prompts
+    plan = counterfactuals(gemma, prompts, "pronoun", "antecedent", shifts=(1, 2))
+    rows = torch.arange(len(prompts))
+    antecedent = prompts.role("antecedent")
+    assert (plan.swapped.clean[rows, antecedent] != prompts.clean[rows, antecedent]).all()
+    for shift, variant in zip((1, 2), plan.moved):
+        assert (variant.role("antecedent") == antecedent).all() and (variant.end == prompts.end + shift).all()
+        assert (variant.clean[rows, antecedent] == prompts.clean[rows, antecedent]).all()
+    variants = [prompts, plan.swapped, *plan.moved]
+    measured = [result.attention, result.swapped, result.moved[:, 0], result.moved[:, 1]]
+    for variant, attention in zip(variants, measured):
+        expected = role_attention(gemma, variant, "pronoun", "antecedent")
+        torch.testing.assert_close(attention[:, layers, head_ids], expected[:, layers, head_ids])
+    clean = result.attention[:, layers, head_ids].double()
+    assert result.table["positional_share"].to_numpy() == pytest.approx(
+        (result.swapped[:, layers, head_ids].double().mean(0) / clean.mean(0)).numpy())
+    assert result.table["content_share"].to_numpy() == pytest.approx(
+        (result.moved[:, :, layers, head_ids].double().mean(0) / clean.mean(0)).mean(0).numpy())
+    assert list(result.table["label"]) == [
+        label(lift, p, c) for lift, p, c in result.table[["lift", "positional_share", "content_share"]].to_numpy()]
     with pytest.raises(ProbesError, match="tokens for this tokenizer"):
         position_content(gemma, prompts, "pronoun", "antecedent", filler=[" xqzvw frobnicate"])
     bands = rotary_bands(gemma, prompts, "pronoun", "antecedent", foil="distractor", heads=[(5, 1)])

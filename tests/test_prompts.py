@@ -135,6 +135,7 @@ def test_jsonl_errors_name_the_line_and_the_text(smollm2: HookedTransformer, tmp
         PromptSet.from_jsonl(path, smollm2)
 
 
+@pytest.mark.real
 def test_jsonl_groups_default_to_one_per_line(smollm2: HookedTransformer, tmp_path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (dict(PAIR, group="t1"), PAIR, dict(PAIR, group="t1"))) + "\n")

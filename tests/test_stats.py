@@ -171,9 +171,13 @@ def test_ratio_interval_redraws_numerator_and_denominator_together() -> None:
     # dividing by a fixed mean gap instead ignores that co-variation and is much wider
     fixed = estimate_mean(effect / gap.mean(), seed=0)
     assert fixed.ci_high - fixed.ci_low > 4 * (est.ci_high - est.ci_low)
-    # by hand, one resample: with every group drawn once the ratio of sums is the estimate itself
+    # by hand, one resample: both columns are means over the SAME drawn groups (counts from one multinomial draw)
     draws = cluster_bootstrap_means(np.column_stack([effect, gap]), np.arange(40), n_resamples=1, seed=0)
-    assert draws.shape == (1, 2)
+    counts = np.random.default_rng(0).multinomial(40, np.full(40, 1 / 40))
+    assert draws[0] == pytest.approx([counts @ effect / 40, counts @ gap / 40], abs=1e-12)
+    # drawing the gap's groups independently of the effect's would give another resampled ratio
+    other = np.random.default_rng(1).multinomial(40, np.full(40, 1 / 40))
+    assert abs(draws[0, 0] / draws[0, 1] - (counts @ effect) / (other @ gap)) > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from probes.core.notebook import grid_html, result_html
-from probes.core.stats import estimate_mean, n_units, ratio_estimate
+from probes.core.stats import Estimate, estimate_mean, n_units, ratio_estimate
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")
@@ -118,30 +118,38 @@ class PatchedMetric:
     def _cell_name(self, index: tuple[int, ...]) -> str:
         return ".".join(map(str, index))
 
-    def _repr_html_(self) -> str:
-        """In a notebook: the clean-corrupt gap, the variant that moves the answer most (its mean effect as a
-        fraction of the mean gap, a ratio whose interval redraws effect and gap together) and, for a grid of
-        variants, a heatmap of every such effect. Intervals resample the prompts' groups. The largest effect is
-        picked on these same prompts, so its interval is not that of a held-out estimate: the label says so."""
+    def _mean_effect(self) -> np.ndarray:
+        """Each variant's mean effect as a fraction of the mean clean - corrupt gap (NaN where not run)."""
         gaps = (self.clean - self.corrupt).double().numpy()
-        gap = estimate_mean(gaps, groups=self.groups)
-        effect = self.effect.double().numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean = effect.mean(axis=0) / (gaps.mean() or np.nan)
-        numbers = {"clean - corrupt gap (logits)": gap}
+            return self.effect.double().numpy().mean(axis=0) / (gaps.mean() or np.nan)
+
+    def headline(self) -> dict[str, Estimate]:
+        """The numbers the display leads with: the clean-corrupt gap and the variant that moves the answer most (its
+        mean effect as a fraction of the mean gap, a ratio whose interval redraws effect and gap together).
+        Intervals resample the prompts' groups. The largest effect is picked on these same prompts, so its interval
+        is not that of a held-out estimate: the label says so."""
+        gaps = (self.clean - self.corrupt).double().numpy()
+        numbers = {"clean - corrupt gap (logits)": estimate_mean(gaps, groups=self.groups)}
+        mean = self._mean_effect()
         if np.isfinite(mean).any():
             best = np.unravel_index(np.nanargmax(np.abs(mean)), mean.shape)
             name = self._cell_name(tuple(int(i) for i in best))
             numbers[f"largest effect: {name} (picked on these prompts, not held out)"] = ratio_estimate(
-                effect[(slice(None), *best)], gaps, self.groups
+                self.effect.double().numpy()[(slice(None), *best)], gaps, self.groups
             )
+        return numbers
+
+    def _repr_html_(self) -> str:
+        """In a notebook: :meth:`headline` and, for a grid of variants, a heatmap of every mean effect."""
+        numbers, mean = self.headline(), self._mean_effect()
         axes = self._axes()
         extra = grid_html(mean, "mean effect, fraction of the gap", *axes) if mean.ndim == 2 else ""
         into = "clean into corrupt" if self.direction == "denoising" else "corrupt into clean"
         title = f"{type(self).__name__}: {self.direction} ({into}), {self.patched.shape[0]} prompts"
         sentence = f"{int(np.isfinite(mean).sum())} patched variants ({' x '.join(axes)}); effects are patched minus " \
                    "the run patched into, their mean divided by the mean clean - corrupt gap; intervals over " \
-                   f"{n_units(self.groups, len(gaps))} groups of prompts"
+                   f"{n_units(self.groups, self.patched.shape[0])} groups of prompts"
         return result_html(title, sentence, numbers, extra)
 
 
