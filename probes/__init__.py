@@ -42,6 +42,8 @@ _EXPORTS = {
     "previous_token_identity": "probes.evidence.probing",
     "control_labels": "probes.evidence.probing",
     "save_table": "probes.evidence.probing",
+    "circuit_graph": "probes.evidence.circuits",
+    "CircuitGraph": "probes.evidence.circuits",
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
