@@ -1,18 +1,25 @@
 """probe kit: settle claims about attention heads with attention, causal and representational evidence.
 
+Every function that takes a model takes any object offering the kit's model protocol, :class:`probes.HookedModel`
+(:mod:`probes.models.protocol`: the config, hooks by TransformerLens name, ``run_with_hooks``/``run_with_cache``,
+the weights read); ``load_model`` and ``probes.toy`` give TransformerLens ``HookedTransformer``\ s, which offer it.
+
 Names are imported lazily (PEP 562): ``probes report`` and ``probes models`` start without loading torch and
-TransformerLens, while ``probes.load_model`` etc. work as ordinary attributes.
+TransformerLens, while ``probes.load_model`` etc. work as ordinary attributes. The ``TYPE_CHECKING`` block below
+imports the same names for type checkers and IDEs only.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from probes.core.errors import ProbesError
 
 # public name -> module that defines it
 _EXPORTS = {
     "load_model": "probes.models.loading",
+    "HookedModel": "probes.models.protocol",
     "PromptSet": "probes.prompts.promptset",
     "role_attention": "probes.evidence.attention",
     "norm_weighted_attention": "probes.evidence.attention",
@@ -66,6 +73,32 @@ _SUBMODULES = {
 }
 
 __all__ = ["ProbesError", *_EXPORTS, *_SUBMODULES]
+
+if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for type checkers and IDEs
+    from probes import claims, evidence, models, prompts, report, run
+    from probes.claims.evaluation import evaluate
+    from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
+    from probes.core import stats
+    from probes.evidence import patching, probing
+    from probes.evidence.activations import Activations, harvest
+    from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
+    from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
+    from probes.evidence.behaviour import behaviour
+    from probes.evidence.patching import (
+        PatchingResult, edge_effects, patch_activations, patch_heads, patch_paths, patch_resid,
+    )
+    from probes.evidence.position import PositionContent, position_content
+    from probes.evidence.probing import (
+        antecedent_gender, antecedent_identity, control_labels, previous_token_identity, probe, probe_activations,
+        save_table,
+    )
+    from probes.evidence.rotary import RotaryBands, rotary_bands
+    from probes.models import toy
+    from probes.models.architecture import kv_groups
+    from probes.models.loading import load_model
+    from probes.models.protocol import HookedModel
+    from probes.prompts import tasks
+    from probes.prompts.promptset import PromptSet
 
 
 def __getattr__(name: str):

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
 
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Composition, Head, Thresholds
@@ -36,6 +35,7 @@ from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import (
     Direction, PatchingResult, edge_effects, patch_activations, patch_paths, shared_runs,
 )
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
 
@@ -49,7 +49,7 @@ class EvidenceContext:
     Arrays are ``[prompt, layer, head]`` (NaN for heads not patched when ``heads`` restricts the sweep).
     """
 
-    model: HookedTransformer
+    model: HookedModel
     prompts: PromptSet
     src: str
     dst: str
@@ -344,7 +344,7 @@ def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate
 
 
 def evaluate_composition(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     claim: Composition,
     thresholds: Thresholds = Thresholds(),
@@ -382,7 +382,7 @@ def evaluate_composition(
 
 
 def evaluate(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     claim: Claim | Composition,
     thresholds: Thresholds = Thresholds(),

@@ -35,14 +35,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.memory import batches
 from probes.models.architecture import attention_bytes
+from probes.models.hooks import HookPoint, get_act_name
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 RESID_KINDS = ("resid_pre", "resid_post")
@@ -72,7 +71,7 @@ def hook_name(kind: str, layer: int) -> str:
 
 
 def _check_request(
-    model: HookedTransformer, prompts: PromptSet, kinds: Sequence[str], layers: Sequence[int], at: str
+    model: HookedModel, prompts: PromptSet, kinds: Sequence[str], layers: Sequence[int], at: str
 ) -> None:
     if not kinds:
         raise ProbesError(f"no hook kinds given; choose from {', '.join(HOOK_KINDS)}")
@@ -99,7 +98,7 @@ def _rows(prompts: PromptSet, index: slice, at: str) -> tuple[Int[Tensor, " row"
 
 
 def head_results(
-    model: HookedTransformer, layer: int, z: Float[Tensor, "row head d_head"]
+    model: HookedModel, layer: int, z: Float[Tensor, "row head d_head"]
 ) -> Float[Tensor, "row head d_model"]:
     """Each head's write into the residual stream, ``z @ W_O[head]``, for the given rows only."""
     return einops.einsum(z, model.blocks[layer].attn.W_O, "row head d_head, head d_head d_model -> row head d_model")
@@ -107,7 +106,7 @@ def head_results(
 
 @torch.no_grad()
 def _harvest_batch(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     batch_idx: Int[Tensor, " row"],
     pos_idx: Int[Tensor, " row"],
@@ -136,7 +135,7 @@ def _harvest_batch(
     return gathered
 
 
-def hook_shape(model: HookedTransformer, kind: str) -> list[int]:
+def hook_shape(model: HookedModel, kind: str) -> list[int]:
     """The shape of one stored row of a hook kind (as the module docstring lists them)."""
     cfg = model.cfg
     return {"resid_pre": [cfg.d_model], "resid_post": [cfg.d_model], "z": [cfg.n_heads, cfg.d_head],
@@ -144,7 +143,7 @@ def hook_shape(model: HookedTransformer, kind: str) -> list[int]:
 
 
 def harvest_bytes(
-    model: HookedTransformer, batch: int, n_pos: int, kinds: Sequence[str], n_layers: int, every_position: bool
+    model: HookedModel, batch: int, n_pos: int, kinds: Sequence[str], n_layers: int, every_position: bool
 ) -> int:
     """Rough peak bytes of one harvest batch: one layer's attention scores, plus the rows it gathers (every real
     position, or one per prompt) of each kind at each layer, float32."""
@@ -161,7 +160,7 @@ def _json_value(value: object) -> object:
 
 
 def harvest(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     out_dir: str | Path,
     kinds: Sequence[str] = ("resid_post",),

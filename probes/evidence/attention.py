@@ -22,13 +22,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.memory import batches
 from probes.evidence.patching.reference import sharing, side_run
 from probes.models.architecture import attention_bytes, kept_attention_bytes, kv_head_of
+from probes.models.hooks import get_act_name
+from probes.models.protocol import HookedModel
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -42,7 +42,7 @@ ATTENTION_BATCH = 16  # prompts a pass batches (lowered to fit the memory budget
 
 @torch.no_grad()
 def _per_head(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     make_readers: Callable[[slice, Int[Tensor, "batch pos"]], dict[str, Reader]],
     batch_size: int,
@@ -86,7 +86,7 @@ def _per_head(
     return out
 
 
-def shared_attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+def shared_attention_bytes(model: HookedModel, batch: int, n_pos: int) -> int:
     """Peak bytes of one batch inside a shared-runs scope: the pass itself and the patterns and values it keeps."""
     return attention_bytes(model, batch, n_pos) + kept_attention_bytes(model, batch, n_pos)
 
@@ -99,7 +99,7 @@ def _pattern_reader(src: Int[Tensor, " batch"], dst: Int[Tensor, " batch"]) -> R
     return read
 
 
-def _value_norm_reader(model: HookedTransformer, dst: Int[Tensor, " batch"]) -> Reader:
+def _value_norm_reader(model: HookedModel, dst: Int[Tensor, " batch"]) -> Reader:
     """||v_dst W_O^h|| per head: the size of what head h writes per unit of attention on ``dst``."""
 
     def read(v: Float[Tensor, "batch pos kv_head d_head"], layer: int) -> Float[Tensor, "batch head"]:
@@ -113,7 +113,7 @@ def _value_norm_reader(model: HookedTransformer, dst: Int[Tensor, " batch"]) -> 
 
 
 def role_attention(
-    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
+    model: HookedModel, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
     """Attention weight from the ``src`` role's position to the ``dst`` role's position, on the clean prompts.
 
@@ -129,7 +129,7 @@ def role_attention(
 
 
 def norm_weighted_attention(
-    model: HookedTransformer, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
+    model: HookedModel, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
     """``alpha[src, dst] * ||v_dst W_O^h||`` (Kobayashi et al. 2020), in residual-stream units, unnormalised.
 
@@ -189,7 +189,7 @@ def _score_reader(mask: Bool[Tensor, "batch query key"]) -> Reader:
 
 
 def head_score_samples(
-    model: HookedTransformer,
+    model: HookedModel,
     kind: str,
     n: int = 16,
     seed: int = 0,
@@ -217,14 +217,14 @@ def head_score_samples(
 
 
 def head_scores(
-    model: HookedTransformer, kind: str, n: int = 16, seed: int = 0, prompts: PromptSet | None = None
+    model: HookedModel, kind: str, n: int = 16, seed: int = 0, prompts: PromptSet | None = None
 ) -> Float[Tensor, "layer head"]:
     """Mean over prompts of :func:`head_score_samples`: one score per head (see there for the definition)."""
     return head_score_samples(model, kind, n=n, seed=seed, prompts=prompts).mean(0)
 
 
 @torch.no_grad()
-def attention_patterns(model: HookedTransformer, prompts: PromptSet, heads: list[tuple[int, int]], k: int) -> list[dict]:
+def attention_patterns(model: HookedModel, prompts: PromptSet, heads: list[tuple[int, int]], k: int) -> list[dict]:
     """Whole attention patterns of ``heads`` on the first ``k`` clean prompts (real tokens only), for showing:
     ``{"tokens", "patterns": {"L.H": [query][key]}, "prompt", "roles"}`` per prompt."""
     out = []

@@ -16,16 +16,16 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.notebook import grid_html, result_html
 from probes.evidence.metric import logit_diff_from_resid, resid_at
 from probes.evidence.patching import PatchingResult, patch_activations
+from probes.models.hooks import get_act_name
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
-def attribute_heads(model: HookedTransformer, prompts: PromptSet, batch_size: int = 16) -> Float[Tensor, "prompt layer head"]:
+def attribute_heads(model: HookedModel, prompts: PromptSet, batch_size: int = 16) -> Float[Tensor, "prompt layer head"]:
     """Estimated denoising effect of patching each head's output (all positions) on each prompt's logit
     difference: the quantity :func:`probes.patch_heads` computes exactly, to first order."""
     if batch_size < 1:
@@ -37,7 +37,7 @@ def attribute_heads(model: HookedTransformer, prompts: PromptSet, batch_size: in
     return torch.cat(out)
 
 
-def _attribute_batch(model: HookedTransformer, prompts: PromptSet) -> Float[Tensor, "prompt layer head"]:
+def _attribute_batch(model: HookedModel, prompts: PromptSet) -> Float[Tensor, "prompt layer head"]:
     n_layers = model.cfg.n_layers
     n_pos = int(prompts.end.max()) + 1  # later positions cannot reach any read-off position
     z_hooks = {get_act_name("z", layer) for layer in range(n_layers)}
@@ -111,7 +111,7 @@ class Screening:
 
 
 def screen_then_verify(
-    model: HookedTransformer, prompts: PromptSet, top_k: int = 10, batch_size: int = 16, **patching_kwargs
+    model: HookedModel, prompts: PromptSet, top_k: int = 10, batch_size: int = 16, **patching_kwargs
 ) -> Screening:
     """Rank all heads by attribution patching, then patch the ``top_k`` exactly (denoising, head outputs).
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
 from probes.core.notebook import result_html
 from probes.core.stats import CONFIDENCE, Estimate, estimate_mean, share_of_groups_above_zero
 from probes.evidence.metric import answer_distribution, logit_diff_from_resid, read_off_resid
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 
@@ -59,7 +59,7 @@ class Behaviour:
 
 
 def behaviour(
-    model: HookedTransformer, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
+    model: HookedModel, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
     prompts.check_model(model)

@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from probes.core.memory import batches
 from probes.models.architecture import attention_bytes
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 # (model, final residual at the read-off position, answer ids, foil ids) -> one number per row: what a patched
 # run reports. The engine takes any such function; logit_diff_from_resid is the default.
-Metric = Callable[[HookedTransformer, Float[Tensor, "batch d_model"], Int[Tensor, " batch"], Int[Tensor, " batch"]], Float[Tensor, " batch"]]
+Metric = Callable[[HookedModel, Float[Tensor, "batch d_model"], Int[Tensor, " batch"], Int[Tensor, " batch"]], Float[Tensor, " batch"]]
 
 FORWARD_BATCH = 16  # prompts a forward pass batches (lowered to fit the memory budget)
 
@@ -30,14 +30,14 @@ def resid_at(resid: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "
     return resid[torch.arange(resid.shape[0], device=resid.device), positions.to(resid.device)]
 
 
-def final_norm(model: HookedTransformer, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
+def final_norm(model: HookedModel, x: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
     """The model's final normalisation (none for norm-free toy models)."""
     ln_final = getattr(model, "ln_final", None)
     return x if ln_final is None else ln_final(x[:, None, :])[:, 0, :]
 
 
 def logit_diff_from_resid(
-    model: HookedTransformer,
+    model: HookedModel,
     final_resid: Float[Tensor, "batch d_model"],
     answer: Int[Tensor, " batch"],
     foil: Int[Tensor, " batch"],
@@ -58,7 +58,7 @@ def logit_diff_from_resid(
 
 @torch.no_grad()
 def read_off_resid(
-    model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = FORWARD_BATCH
+    model: HookedModel, tokens: Int[Tensor, "prompt pos"], prompts: PromptSet, batch_size: int = FORWARD_BATCH
 ) -> Float[Tensor, "prompt d_model"]:
     """The residual stream after the last block at each prompt's read-off position, on ``tokens`` (the clean or
     the corrupt side): all the metric and the answer's distribution need, from one pass."""
@@ -70,7 +70,7 @@ def read_off_resid(
 
 @torch.no_grad()
 def answer_distribution(
-    model: HookedTransformer, resid: Float[Tensor, "prompt d_model"], answer: Int[Tensor, " prompt"],
+    model: HookedModel, resid: Float[Tensor, "prompt d_model"], answer: Int[Tensor, " prompt"],
     batch_size: int = FORWARD_BATCH,
 ) -> tuple[Float[Tensor, " prompt"], Int[Tensor, " prompt"]]:  # fmt: skip
     """The answer's probability and its rank (1 = the argmax) over the whole vocabulary, from the read-off
@@ -86,7 +86,7 @@ def answer_distribution(
     return torch.cat(probs), torch.cat(ranks)
 
 
-def _batches(model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], batch_size: int) -> Iterator[slice]:
+def _batches(model: HookedModel, tokens: Int[Tensor, "prompt pos"], batch_size: int) -> Iterator[slice]:
     """Batches of full-width prompts whose attention tensors fit the memory budget."""
     need = functools.partial(attention_bytes, model)
     return batches([tokens.shape[1]] * len(tokens), batch_size, need, "a forward pass", "shorten the prompts")

@@ -38,12 +38,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
+from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
 
@@ -110,7 +110,7 @@ def insert_tokens(prompts: PromptSet, after: Int[Tensor, " prompt"], filler: Int
 # Counterfactual tokens: checked ids from text or ids
 
 
-def _token_ids(model: HookedTransformer, items: Sequence[str | int], what: str) -> Int[Tensor, " k"]:
+def _token_ids(model: HookedModel, items: Sequence[str | int], what: str) -> Int[Tensor, " k"]:
     """Token ids of ``items`` (ids, or words that must be one token each for the model's tokenizer)."""
     if isinstance(items, (str, int)) or len(items) == 0:
         raise ProbesError(f"{what} must be a non-empty list of words or token ids, got {items!r}")
@@ -146,7 +146,7 @@ def _replacement_per_prompt(original: Int[Tensor, " prompt"], candidates: Int[Te
     return torch.tensor(out)
 
 
-def _check_retokenises(model: HookedTransformer, base: PromptSet, variant: PromptSet, what: str) -> None:
+def _check_retokenises(model: HookedModel, base: PromptSet, variant: PromptSet, what: str) -> None:
     """A text prompt's variant must read back as text of the same token count, else it is not the prompt it
     pretends to be (a filler merged with its neighbour, say)."""
     tokenizer = model.tokenizer
@@ -171,7 +171,7 @@ def _check_retokenises(model: HookedTransformer, base: PromptSet, variant: Promp
 
 @torch.no_grad()
 def src_rows(
-    model: HookedTransformer, prompts: PromptSet, src: Int[Tensor, " prompt"], layers: list[int], batch_size: int = 32
+    model: HookedModel, prompts: PromptSet, src: Int[Tensor, " prompt"], layers: list[int], batch_size: int = 32
 ) -> Float[Tensor, "prompt layer head key"]:
     """Attention of the query at ``src`` over all keys, for ``layers`` (other layers stay NaN); each batch is
     trimmed to its longest prompt and stops after the last layer in ``layers``."""
@@ -234,7 +234,7 @@ def share_estimates(
     return (clean.mean(0), *percentile_interval(clean_draws)), shares
 
 
-def check_heads(model: HookedTransformer, heads: Sequence[Head] | None) -> list[Head]:
+def check_heads(model: HookedModel, heads: Sequence[Head] | None) -> list[Head]:
     if heads is None:
         return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     heads = [tuple(h) for h in heads]
@@ -260,7 +260,7 @@ class Counterfactuals:
 
 
 def counterfactuals(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     src: Role,
     dst: Role,
@@ -303,7 +303,7 @@ def counterfactuals(
 
 
 def position_content(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     src: Role,
     dst: Role,
@@ -335,7 +335,7 @@ def position_content(
 
 
 def measure_shares(
-    model: HookedTransformer,
+    model: HookedModel,
     plan: Counterfactuals,
     *,
     heads: Sequence[Head] | None = None,

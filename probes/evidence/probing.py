@@ -41,13 +41,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_table
 from probes.core.memory import require_fits
 from probes.core.stats import cluster_bootstrap_means, percentile_interval
 from probes.evidence.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 PROMPT = "prompt"  # ``group_by=PROMPT``: each prompt is its own group (rows of one sequence stay together)
@@ -438,7 +438,7 @@ def probe_bytes(n_rows: int, shape: Sequence[int]) -> int:
 
 
 def probe(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     targets: Sequence[TargetSpec],
     kinds: Sequence[str] = ("resid_post",),

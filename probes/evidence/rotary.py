@@ -29,8 +29,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.evidence.position import Head, check_heads
@@ -39,6 +37,8 @@ from probes.core.stats import (
     simultaneous_confidence,
 )
 from probes.models.architecture import kv_head_of
+from probes.models.hooks import get_act_name
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, positions, src_dst_positions
 
@@ -61,7 +61,7 @@ class RotaryBands:
     wavelengths: dict[int, list[tuple[float, float]]]
 
 
-def pair_angles(model: HookedTransformer, layer: int) -> Float[Tensor, " pair"]:
+def pair_angles(model: HookedModel, layer: int) -> Float[Tensor, " pair"]:
     """Radians per token of each rotary pair of ``layer``, read from the layer's own rotary table."""
     attn = model.blocks[layer].attn
     sin, cos = attn.rotary_sin[1].double(), attn.rotary_cos[1].double()
@@ -69,14 +69,14 @@ def pair_angles(model: HookedTransformer, layer: int) -> Float[Tensor, " pair"]:
     return torch.atan2(sin[dims[:, 0]], cos[dims[:, 0]])
 
 
-def pair_dims(model: HookedTransformer) -> Int[Tensor, "pair 2"]:
+def pair_dims(model: HookedModel) -> Int[Tensor, "pair 2"]:
     """The two head dims each rotary pair rotates: ``(2j, 2j+1)`` (GPT-J) or ``(j, j + rotary_dim/2)`` (NeoX)."""
     r = model.cfg.rotary_dim
     j = torch.arange(r // 2)
     return torch.stack([2 * j, 2 * j + 1], 1) if model.cfg.rotary_adjacent_pairs else torch.stack([j, j + r // 2], 1)
 
 
-def band_masks(model: HookedTransformer, layer: int, n_bands: int) -> tuple[Float[Tensor, "band d_head"], list[tuple[float, float]]]:
+def band_masks(model: HookedModel, layer: int, n_bands: int) -> tuple[Float[Tensor, "band d_head"], list[tuple[float, float]]]:
     """0/1 masks over head dims, one per band (pairs sorted fastest first, split into ``n_bands`` near-equal
     groups) plus one for unrotated dims if any, and each band's (shortest, longest) wavelength in tokens."""
     angles = pair_angles(model, layer)
@@ -99,7 +99,7 @@ def band_masks(model: HookedTransformer, layer: int, n_bands: int) -> tuple[Floa
 
 @torch.no_grad()
 def rotary_bands(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     src: Role,
     dst: Role,
@@ -161,7 +161,7 @@ def rotary_bands(
 
 
 def _layer_bands(
-    model: HookedTransformer,
+    model: HookedModel,
     layer: int,
     cache: dict[str, Tensor],
     masks: Float[Tensor, "band d_head"],

@@ -1,4 +1,4 @@
-"""What the evidence stages need to know about a HookedTransformer's architecture, in one place.
+"""What the evidence stages need to know about a model's architecture, in one place.
 
 - Grouped-query attention: TransformerLens keeps ``n_key_value_heads`` key/value heads and repeats each for
   consecutive query heads (``repeat_interleave``), so query head ``h`` reads key/value head ``h // group``.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from probes.models.protocol import HookedModel
 
 # Configurations whose attention normalises queries/keys inside forward rather than in ``calculate_qkv_matrices``
 # (see AbstractAttention.forward and TransformerBlock.forward in transformer_lens 3.9).
@@ -24,12 +25,12 @@ _QK_NORM_IN_FORWARD = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM
 ATTENTION_COPIES = 3
 
 
-def attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+def attention_bytes(model: HookedModel, batch: int, n_pos: int) -> int:
     """Peak bytes of one attention layer's score and pattern tensors for ``batch`` prompts of ``n_pos`` tokens."""
     return ATTENTION_COPIES * batch * model.cfg.n_heads * n_pos * n_pos * 4
 
 
-def kept_attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> int:
+def kept_attention_bytes(model: HookedModel, batch: int, n_pos: int) -> int:
     """Bytes of every layer's attention pattern and values for ``batch`` prompts, float32: what a shared clean run
     keeps for a run's attention measures (:mod:`probes.evidence.attention`)."""
     cfg = model.cfg
@@ -37,7 +38,7 @@ def kept_attention_bytes(model: HookedTransformer, batch: int, n_pos: int) -> in
     return 4 * batch * cfg.n_layers * per_layer
 
 
-def n_kv_heads(model: HookedTransformer) -> int:
+def n_kv_heads(model: HookedModel) -> int:
     """Key/value heads as the hooks see them: one per query head without grouped-query attention, and in
     TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them."""
     if model.cfg.ungroup_grouped_query_attention:
@@ -45,19 +46,19 @@ def n_kv_heads(model: HookedTransformer) -> int:
     return model.cfg.n_key_value_heads or model.cfg.n_heads
 
 
-def kv_groups(model: HookedTransformer) -> Int[Tensor, "kv_head group"]:
+def kv_groups(model: HookedModel) -> Int[Tensor, "kv_head group"]:
     """Row ``g`` lists the query heads that read key/value head ``g``."""
     return torch.arange(model.cfg.n_heads).reshape(n_kv_heads(model), model.cfg.n_heads // n_kv_heads(model))
 
 
-def kv_head_of(model: HookedTransformer, n_value_heads: int | None = None) -> Int[Tensor, " head"]:
+def kv_head_of(model: HookedModel, n_value_heads: int | None = None) -> Int[Tensor, " head"]:
     """The key/value head each query head reads, among ``n_value_heads`` (default: the model's key/value heads;
     pass the head count of the activation at hand: with ``cfg.ungroup_grouped_query_attention`` TransformerLens
     expands keys and values to one per query head, and the map is the identity)."""
     return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // (n_value_heads or n_kv_heads(model)))
 
 
-def keys_values_separate(model: HookedTransformer) -> bool:
+def keys_values_separate(model: HookedModel) -> bool:
     """Whether a block's keys and values come from ``ln1(resid)`` through ``calculate_qkv_matrices`` straight
     into the key/value cache, so they can be computed without running the rest of the block."""
     cfg = model.cfg

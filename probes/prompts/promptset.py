@@ -24,10 +24,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
+from probes.models.protocol import HookedModel
 from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
 from probes.prompts.roles import END, role_position
 
@@ -114,7 +114,7 @@ class PromptSet:
                    tokenizer=tokenizer)
 
     @classmethod
-    def from_strings(cls, model: HookedTransformer, records: list[dict], task: str = "custom") -> PromptSet:
+    def from_strings(cls, model: HookedModel, records: list[dict], task: str = "custom") -> PromptSet:
         """Tokenise text records (the JSONL format of the module docstring) into a prompt set for ``model``.
 
         Errors name the record, counted from 1.
@@ -122,7 +122,7 @@ class PromptSet:
         return _from_records(model, list(records), [f"record {i}" for i in range(1, len(records) + 1)], task)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, model: HookedTransformer, task: str = "custom") -> PromptSet:
+    def from_jsonl(cls, path: str | Path, model: HookedModel, task: str = "custom") -> PromptSet:
         """Read one prompt pair per line (blank lines skipped); errors name the file and line, and exact duplicate
         lines are kept with a :class:`RepeatedLines` warning."""
         records, where, note = read_records(path)
@@ -163,7 +163,7 @@ class PromptSet:
         if len(identical):
             raise ProbesError(f"prompt {int(identical[0])}: clean and corrupt are the same tokens: not a minimal pair")
 
-    def check_model(self, model: HookedTransformer) -> None:
+    def check_model(self, model: HookedModel) -> None:
         """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts
         longer than its context (which would fail deep inside attention, or ask for memory it cannot have)."""
         own, name = model_fingerprint(model), model_name(model)
@@ -244,13 +244,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return cached
 
 
-def model_name(model: HookedTransformer) -> str:
+def model_name(model: HookedModel) -> str:
     """What the user called the model (packaged name, directory, hub name), for error messages."""
     provenance = getattr(model, "provenance", None)
     return provenance.name if provenance is not None else model.cfg.model_name
 
 
-def model_fingerprint(model: HookedTransformer) -> str | None:
+def model_fingerprint(model: HookedModel) -> str | None:
     return None if model.tokenizer is None else tokenizer_fingerprint(model.tokenizer)
 
 
@@ -261,7 +261,7 @@ def model_fingerprint(model: HookedTransformer) -> str | None:
 PROGRESS_FROM = 1000  # records from which matching roles shows a progress bar (on a terminal)
 
 
-def _from_records(model: HookedTransformer, records: list[dict], where: list[str], task: str) -> PromptSet:
+def _from_records(model: HookedModel, records: list[dict], where: list[str], task: str) -> PromptSet:
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ProbesError("this model has no tokenizer, so text prompts cannot be used; use PromptSet.from_tokens")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
 
 from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_bytes, require_fits
 from probes.evidence.activations import HARVEST_BATCH, harvest_bytes, hook_shape
@@ -22,6 +21,7 @@ from probes.evidence.patching.engine import WINDOW_LAYERS, row_bytes
 from probes.evidence.patching.paths import PATHS_BATCH, paths_bytes
 from probes.evidence.probing import probe_bytes
 from probes.models.architecture import attention_bytes, kept_attention_bytes
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 SWEPT = ("z", "pattern")  # the components a run's every-head evidence patches by default (beside the edge knockout)
@@ -67,7 +67,7 @@ class RunEstimate:
             require_fits(stage.bytes, f"the {stage.name} stage", FIX)
 
 
-def forward_flops(model: HookedTransformer, n_pos: int) -> float:
+def forward_flops(model: HookedModel, n_pos: int) -> float:
     """Multiply-adds x 2 of one token through every block (projections, MLP, attention over ``n_pos`` keys)."""
     cfg = model.cfg
     kv = cfg.n_key_value_heads or cfg.n_heads
@@ -86,7 +86,7 @@ def patched_positions(prompts: PromptSet) -> int:
 
 
 def estimate_run(
-    model: HookedTransformer, prompts: PromptSet, probe_kinds: tuple[str, ...] = (), probe_every_position: bool = False,
+    model: HookedModel, prompts: PromptSet, probe_kinds: tuple[str, ...] = (), probe_every_position: bool = False,
     swept: tuple[str, ...] = SWEPT, compositions: int = 0,
 ) -> RunEstimate:  # fmt: skip
     """What a ``probes run`` of ``prompts`` on ``model`` will take: per stage, the batch its memory budget allows

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
 from probes.claims.evaluation import EvidenceContext, evaluate, gather, judge, rank_heads, split_groups
 from probes.claims.measures import MEASURES
@@ -36,6 +35,7 @@ from probes.evidence.behaviour import behaviour
 from probes.evidence.position import LABEL_THRESHOLDS, Counterfactuals, counterfactuals, measure_shares
 from probes.evidence.patching import shared_runs
 from probes.models.loading import load_model
+from probes.models.protocol import HookedModel
 from probes.prompts import tasks
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
@@ -46,7 +46,7 @@ from probes.evidence.probing import TARGETS as PROBE_TARGETS
 from probes.run.spec import AnalysisSpec, parse_composition, parse_selector
 
 
-def build_prompts(model: HookedTransformer, spec: AnalysisSpec) -> PromptSet:
+def build_prompts(model: HookedModel, spec: AnalysisSpec) -> PromptSet:
     """The spec's prompts. A random-token task whose previous-token identity is probed draws its tokens from a
     bounded pool (:func:`probes.prompts.tasks.class_pool`): from a whole vocabulary almost no token recurs often
     enough to be a class."""
@@ -112,7 +112,7 @@ def probe_targets(spec: AnalysisSpec, prompts: PromptSet) -> tuple[list[str], li
 
 
 def _probe_table(
-    model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec, names: list[str]
+    model: HookedModel, prompts: PromptSet, spec: AnalysisSpec, names: list[str]
 ) -> pd.DataFrame | None:
     if not names:
         return None
@@ -125,7 +125,7 @@ def _probe_table(
 
 
 def _held_out_probes(
-    model: HookedTransformer, confirmation: PromptSet, spec: AnalysisSpec, names: list[str], notes: list[str]
+    model: HookedModel, confirmation: PromptSet, spec: AnalysisSpec, names: list[str], notes: list[str]
 ) -> pd.DataFrame | None:
     """Probes on the confirmation prompts alone: the only probe evidence a head chosen from data may carry (the
     full table's folds include the prompts it was chosen on). Too few prompts to probe: none, and a note says so."""
@@ -142,7 +142,7 @@ def _every_position(names: list[str]) -> bool:
     return names == ["previous_token"]
 
 
-def _position_content_plan(model: HookedTransformer, prompts: PromptSet, spec: AnalysisSpec) -> Counterfactuals | None:
+def _position_content_plan(model: HookedModel, prompts: PromptSet, spec: AnalysisSpec) -> Counterfactuals | None:
     """The counterfactual prompts of the spec's ``[position_content]``, checked (tokens, lengths, context) as soon
     as the prompts exist: bad input is refused before the heavy stages, not after them."""
     if spec.position_content is None:
@@ -171,7 +171,7 @@ def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def _prompt_records(model: HookedTransformer, prompts: PromptSet) -> list[dict]:
+def _prompt_records(model: HookedModel, prompts: PromptSet) -> list[dict]:
     """What the report shows of each prompt: its text record (decoded tokens for token-id prompts) and labels."""
     decode = (lambda ids: model.tokenizer.decode(ids)) if model.tokenizer is not None else (lambda ids: str(ids))
     records = []
@@ -205,7 +205,7 @@ class StageTimer:
 
 
 def run_analysis(
-    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedTransformer | None = None,
+    spec: AnalysisSpec, out_dir: str | Path, command: str | None = None, model: HookedModel | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> tuple[Path, RunResults]:  # fmt: skip
     """Run ``spec`` end to end and write the run directory; returns (results.json path, what was written).

@@ -23,6 +23,7 @@ import pandas as pd
 from probes.core.errors import ProbesError
 from probes.core.notebook import result_html
 from probes.models.architecture import n_kv_heads
+from probes.models.protocol import HookedModel
 
 INPUT, LOGITS = "input", "logits"
 
@@ -140,7 +141,7 @@ def build_graph(
     )
 
 
-def circuit_graph(model) -> CircuitGraph:
+def circuit_graph(model: HookedModel) -> CircuitGraph:
     """Every node and every edge that respects the layer order, for ``model``'s configuration (the ids are stable:
     a circuit found on one run names the same edges in another)."""
     cfg = model.cfg

@@ -21,8 +21,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.memory import budget_bytes, require_fits
@@ -55,7 +53,9 @@ from probes.evidence.patching.sites import (
     Site,
 )
 from probes.models.architecture import kv_groups
+from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
 
@@ -69,7 +69,7 @@ BATCH_MB = 1024.0  # default cap on the patched runs in flight: larger batches a
 FIX = "shorten the prompts, use fewer of them, or raise PROBES_MEMORY_FRACTION"
 
 
-def reference_bytes(model: HookedTransformer, n_prompts: int, n_pos: int, components: Sequence[str]) -> int:
+def reference_bytes(model: HookedModel, n_prompts: int, n_pos: int, components: Sequence[str]) -> int:
     """Rough float32 bytes the two unpatched runs keep for a sweep of ``components`` over every layer: the
     target's residual stream, both sides' keys and values, and the source's activation at each component's hook
     (what :func:`_reference_runs` holds while the patched batches run)."""
@@ -88,7 +88,7 @@ def batch_budget(memory_mb: float | None) -> float:
     return min((BATCH_MB if memory_mb is None else memory_mb) * 2**20, budget_bytes())
 
 
-def _require_reference_fits(model: HookedTransformer, prompts: PromptSet, components: Sequence[str]) -> None:
+def _require_reference_fits(model: HookedModel, prompts: PromptSet, components: Sequence[str]) -> None:
     need = reference_bytes(model, len(prompts), int(prompts.end.max()) + 1, components)
     require_fits(need, f"patching {len(prompts)} prompts (the clean and corrupt runs it keeps)", FIX)
 
@@ -99,7 +99,7 @@ def _require_row_fits(buckets: list[Bucket]) -> None:
     require_fits(max(bucket.row_bytes for bucket in buckets), "one patched run", FIX)
 
 
-def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
+def check_inputs(model: HookedModel, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
     if component not in SITES:
         raise ProbesError(f"unknown component '{component}'; choose one of: {', '.join(SITES)}")
     if direction not in DIRECTIONS:
@@ -123,7 +123,7 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
 
 
 def patch_activations(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     component: str = "z",
     direction: Direction = "denoising",
@@ -160,7 +160,7 @@ def patch_activations(
 
 
 def edge_effects(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     src: Role,
     dst: Role,
@@ -207,7 +207,7 @@ def edge_effects(
 
 
 def _sweep(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     site: Site,
     n_index: int,
@@ -277,7 +277,7 @@ def _sweep(
 
 
 def patch_runs(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     runs: Sequence[Sequence[tuple[str, int, int]]],
     direction: Direction = "denoising",
@@ -322,7 +322,7 @@ def patch_runs(
 
 
 def _reference_runs(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     direction: Direction,
     sites: list[Site],
@@ -352,7 +352,7 @@ def _reference_runs(
 
 
 def patch_heads(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     component: str = "z",
     direction: Direction = "denoising",
@@ -369,7 +369,7 @@ def patch_heads(
 
 
 def patch_resid(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     component: str = "resid_pre",
     direction: Direction = "denoising",

@@ -15,10 +15,10 @@ from jaxtyping import Float
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_path
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 CHECKPOINT_FORMAT = 1
@@ -30,7 +30,7 @@ class Checkpoint:
     def __init__(
         self,
         root: Path,
-        model: HookedTransformer,
+        model: HookedModel,
         prompts: PromptSet,
         component: str,
         direction: str,
@@ -65,7 +65,7 @@ class Checkpoint:
 
 
 def fingerprint(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     component: str,
     direction: str,

@@ -38,10 +38,6 @@ from typing import Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.components import TransformerBlock
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.evidence.metric import Metric
@@ -49,6 +45,9 @@ from probes.evidence.patching.reference import SideRun
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
 from probes.models.architecture import keys_values_separate, n_kv_heads
+from probes.models.hooks import get_act_name
+from probes.models.kv_cache import KeysValues, run_block, run_block_at_last
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 # Patched runs of up to this many consecutive layers share one staggered batch (each run joins at its own layer):
@@ -57,13 +56,13 @@ from probes.prompts.promptset import PromptSet
 WINDOW_LAYERS = 5
 
 
-def n_variants_of(model: HookedTransformer, component: str) -> int:
+def n_variants_of(model: HookedModel, component: str) -> int:
     """Query heads, except for keys and values of grouped-query models, which have their own (fewer) heads."""
     return n_kv_heads(model) if component in ("k", "v") else model.cfg.n_heads
 
 
 def cells_by_layer(
-    model: HookedTransformer,
+    model: HookedModel,
     component: str,
     n_index: int,
     layers: Sequence[int] | None,
@@ -110,7 +109,7 @@ class Bucket:
     target_resid: dict[int, Float[Tensor, "member suffix d_model"]]  # resid_pre of the run patched into
     source_acts: dict[str, dict[int, Tensor]]  # component -> layer -> the other run's activation, suffix only,
     # variant axis first
-    prefix: list[tuple[Tensor, Tensor]] | None  # per layer, the target run's keys and values before ``split``
+    prefix: list[KeysValues] | None  # per layer, the target run's keys and values before ``split``
     target_metric: Float[Tensor, " member"]
     source_metric: Float[Tensor, " member"]
     row_bytes: int  # rough memory of one patched run through one block
@@ -136,7 +135,7 @@ def bucket_keys(
 
 
 def prepare_bucket(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     members: Int[Tensor, " member"],
     end: int,
@@ -176,7 +175,7 @@ def prepare_bucket(
     )
 
 
-def row_bytes(model: HookedTransformer, split: int, n_suffix: int) -> int:
+def row_bytes(model: HookedModel, split: int, n_suffix: int) -> int:
     """Rough float32 footprint of one patched run through one block: residual, attention and MLP activations at
     the computed positions, attention scores, and its copy of one layer's prefix keys and values."""
     cfg = model.cfg
@@ -277,7 +276,7 @@ def _window_rows(
 
 
 def patch_window(
-    model: HookedTransformer,
+    model: HookedModel,
     bucket: Bucket,
     site: Site,
     window: list[int],
@@ -301,7 +300,7 @@ def patch_window(
 
 
 def run_rows(
-    model: HookedTransformer, bucket: Bucket, rows: Rows, budget: float, stop: threading.Event | None = None
+    model: HookedModel, bucket: Bucket, rows: Rows, budget: float, stop: threading.Event | None = None
 ) -> Float[Tensor, " row"]:
     """The metric of every patched run, in batches of at most ``budget`` bytes; once ``stop`` is set, give up
     before the next batch. ``rows`` must be sorted by the layer they join at."""
@@ -326,7 +325,7 @@ def runs_rows(bucket: Bucket, sites: Sequence[Site], runs: Int[Tensor, "run patc
 
 
 @torch.no_grad()
-def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float[Tensor, " row"]:
+def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tensor, " row"]:
     """Patched runs that start at different layers, as one batch: each row joins at its earliest patch, from the
     target run's residual stream there, so no block runs for a row before its first patch; each slot's patch is
     applied at the row's layer for that slot.
@@ -345,7 +344,7 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
         stop = int((joins <= layer).sum())
         prefix = _row_prefix(bucket, rows.member[:stop], layer)
         if layer == last and not patched_last and resid.shape[1] > 1 and keys_values_separate(model):
-            resid = _read_off_block(block, resid, prefix)
+            resid = run_block_at_last(block, resid, prefix)
             continue
         if stop > joined:
             resid = torch.cat([resid, bucket.target_resid[layer][rows.member[joined:stop]]])
@@ -357,25 +356,11 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
                 hook = patch_hook(slot[here], here, _patch_values(bucket, slot[here], rows.member[here], layer))
                 handles.append(model.get_submodule(slot.site.hook_name(layer)).register_forward_hook(hook))
         try:
-            resid = block(resid, past_kv_cache_entry=prefix)
+            resid = run_block(block, resid, prefix)
         finally:
             for handle in handles:
                 handle.remove()
     return bucket.metric(model, resid[:, -1], bucket.answer[rows.member], bucket.foil[rows.member]).float()
-
-
-def _read_off_block(
-    block: TransformerBlock, resid: Float[Tensor, "row pos d_model"], prefix: TransformerLensKeyValueCacheEntry | None
-) -> Float[Tensor, "row 1 d_model"]:
-    """The last block at the read-off (last) position only. Upstream of it the other positions matter to the
-    metric only as keys and values, so they get ``ln1`` and the key/value projection, and no attention output
-    or MLP: about one layer less per patched run."""
-    context = block.ln1(resid[:, :-1])
-    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], context, context)
-    if prefix is not None:
-        keys, values = torch.cat([prefix.past_keys, keys], 1), torch.cat([prefix.past_values, values], 1)
-    entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
-    return block(resid[:, -1:], past_kv_cache_entry=entry)
 
 
 def _patch_values(bucket: Bucket, slot: Slot, members: Int[Tensor, " new"], layer: int) -> Tensor | None:
@@ -412,11 +397,11 @@ def patch_hook(slot: Slot, rows: Int[Tensor, " new"], values: Tensor | None):
     return hook
 
 
-def _row_prefix(bucket: Bucket, members: Int[Tensor, " row"], layer: int) -> TransformerLensKeyValueCacheEntry | None:
+def _row_prefix(bucket: Bucket, members: Int[Tensor, " row"], layer: int) -> KeysValues | None:
     """The target run's keys and values of ``layer`` before ``split``, one copy per row."""
     if bucket.prefix is None:
         return None
     keys, values = bucket.prefix[layer]
-    return TransformerLensKeyValueCacheEntry(keys[members], values[members], frozen=True)
+    return keys[members], values[members]
 
 

@@ -26,8 +26,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.memory import batches
@@ -35,7 +33,9 @@ from probes.evidence.metric import Metric, logit_diff_from_resid, resid_at
 from probes.evidence.patching.engine import row_bytes
 from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
 from probes.models.architecture import keys_values_separate, kv_head_of
+from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 LOGITS = "logits"
@@ -71,7 +71,7 @@ def receiver_name(receiver: Receiver) -> str:
     return receiver if receiver == LOGITS else f"{receiver[0]}.{receiver[1]}.{receiver[2]}"
 
 
-def _check(model: HookedTransformer, senders: Sequence[tuple[int, int]], receivers: Sequence[Receiver]) -> None:
+def _check(model: HookedModel, senders: Sequence[tuple[int, int]], receivers: Sequence[Receiver]) -> None:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if not senders or not receivers:
         raise ProbesError("patch_paths needs at least one sender (layer, head) and one receiver")
@@ -105,7 +105,7 @@ def _check(model: HookedTransformer, senders: Sequence[tuple[int, int]], receive
 
 
 def patch_paths(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     senders: Sequence[tuple[int, int]],
     receivers: Sequence[Receiver],
@@ -151,14 +151,14 @@ def patch_paths(
     return PathsResult(patched, clean, corrupt, direction, prompts.group_index, senders=senders, receivers=receivers)
 
 
-def paths_bytes(model: HookedTransformer, batch: int, n_pos: int, n_senders: int) -> int:
+def paths_bytes(model: HookedModel, batch: int, n_pos: int, n_senders: int) -> int:
     """Rough peak bytes of one batch of :func:`patch_paths`: its prompts run once per sender, plus the two
     unpatched runs, each as one patched run through one block (:func:`.engine.row_bytes`)."""
     return batch * (n_senders + 2) * row_bytes(model, 0, n_pos)
 
 
 def _paths_batch(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: PromptSet,
     target: Tensor,
     source: Tensor,
@@ -201,7 +201,7 @@ def _paths_batch(
 
 
 def _receiver_inputs(
-    model: HookedTransformer, layer: int, component: str, resid: Float[Tensor, "sender prompt pos d_model"]
+    model: HookedModel, layer: int, component: str, resid: Float[Tensor, "sender prompt pos d_model"]
 ) -> Tensor:
     """The receiver layer's ``hook_{q,k,v}`` activation (every head) as the block computes it from ``resid``."""
     block = model.blocks[layer]
@@ -216,7 +216,7 @@ def _receiver_inputs(
 
 
 def _run_with_receiver(
-    model: HookedTransformer, layer: int, component: str, variant: int, base: Tensor, inputs: Tensor
+    model: HookedModel, layer: int, component: str, variant: int, base: Tensor, inputs: Tensor
 ) -> Float[Tensor, "row pos d_model"]:
     """The base run from ``layer`` on, once per sender, with the receiver head's input replaced: every other head of
     the layer reads the base residual stream."""

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from probes.models.kv_cache import KeysValues, run_keeping_keys_values
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 _SCOPE: ContextVar[dict | None] = ContextVar("probes_shared_runs", default=None)
@@ -48,7 +48,7 @@ class SideRun:
     tokens: Tensor  # the token tensor run (held so that the scope's key, its id, stays this tensor's)
     final: Float[Tensor, "member d_model"]  # final residual stream at the read-off position
     acts: dict[str, Tensor]  # hook name -> activation
-    kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values
+    kv: list[KeysValues]  # per layer, keys and values
 
 
 def sharing() -> bool:
@@ -64,7 +64,7 @@ def group_of(prompts: PromptSet, members: Int[Tensor, " member"], end: int) -> I
 
 @torch.no_grad()
 def side_run(
-    model: HookedTransformer, tokens: Int[Tensor, "prompt pos"], group: Int[Tensor, " member"], end: int,
+    model: HookedModel, tokens: Int[Tensor, "prompt pos"], group: Int[Tensor, " member"], end: int,
     names: set[str],
 ) -> SideRun:  # fmt: skip
     """``tokens[group, :end + 1]`` run with the hooks ``names`` kept (and every layer's keys and values)."""
@@ -73,13 +73,8 @@ def side_run(
     run = scope.get(key) if scope is not None else None
     batch = tokens[group, : end + 1]
     if run is None:
-        # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(group))
-        final, acts = model.run_with_cache(
-            batch, past_kv_cache=cache, attention_mask=torch.ones_like(batch), stop_at_layer=model.cfg.n_layers,
-            names_filter=lambda name: name in names,
-        )  # fmt: skip
-        run = SideRun(tokens, final[:, end], dict(acts.cache_dict), [(e.past_keys, e.past_values) for e in cache.entries])
+        final, acts, kv = run_keeping_keys_values(model, batch, names)
+        run = SideRun(tokens, final[:, end], acts, kv)
     elif missing := names - run.acts.keys():
         stop = max(int(name.split(".")[1]) for name in missing) + 1  # "blocks.L.…": stop after the last layer read
         _, acts = model.run_with_cache(batch, stop_at_layer=stop, names_filter=lambda name: name in missing)

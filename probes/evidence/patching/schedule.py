@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 import torch
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.models.kernels import onednn_linear
+from probes.models.protocol import HookedModel
 
 # Worker threads by default on CPU: one per torch thread, up to this many (more mostly wait for the interpreter lock).
 MAX_AUTO_WORKERS = 4
@@ -25,7 +25,7 @@ Window = TypeVar("Window")
 Bucket = TypeVar("Bucket")
 
 
-def n_workers(model: HookedTransformer, workers: int | None) -> int:
+def n_workers(model: HookedModel, workers: int | None) -> int:
     """The requested workers, or the default: one per torch thread up to ``MAX_AUTO_WORKERS`` on CPU, else one.
     Also one where the caller's thread state would not reach worker threads (autocast, torch function modes),
     and for Qwen's dynamic NTK rotary, whose table TransformerLens rebuilds inside forward."""

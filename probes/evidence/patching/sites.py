@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
 from probes.core.notebook import grid_html, result_html
 from probes.core.stats import Estimate, estimate_mean, n_units, ratio_estimate
+from probes.models.hooks import get_act_name
 
 Direction = Literal["denoising", "noising"]
 DIRECTIONS = ("denoising", "noising")

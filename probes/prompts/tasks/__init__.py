@@ -16,10 +16,10 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.memory import require_fits
+from probes.models.protocol import HookedModel
 from probes.prompts.catalogue import RECORD_BYTES, TEMPLATED
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.gender import gender_max_distinct, gender_tag
@@ -47,7 +47,7 @@ GENERATORS = {
 
 # How many distinct prompts each generator can make for a model (its tokenizer's single-token words, its vocabulary)
 # within a template subset (None: all its templates).
-MAX_DISTINCT: dict[str, Callable[[HookedTransformer, Sequence[int] | None], int]] = {
+MAX_DISTINCT: dict[str, Callable[[HookedModel, Sequence[int] | None], int]] = {
     "ioi": ioi_max_distinct,
     "pronoun_resolution": pronoun_max_distinct,
     "gender_tag": gender_max_distinct,
@@ -58,7 +58,7 @@ MAX_DISTINCT: dict[str, Callable[[HookedTransformer, Sequence[int] | None], int]
 MEASURE_BYTES_PER_HEAD = 16 * 8
 
 
-def check_distinct(task: str, n: int, templates=None, model: HookedTransformer | None = None) -> None:
+def check_distinct(task: str, n: int, templates=None, model: HookedModel | None = None) -> None:
     """Refuse an ``n`` the generator cannot make distinct. Without a model (before one is loaded), the bound of a
     text task counts every word as a single token, an upper bound for any tokenizer; a random-token task's bound
     needs the model's vocabulary, so it waits for the model."""
@@ -75,7 +75,7 @@ def check_distinct(task: str, n: int, templates=None, model: HookedTransformer |
         raise ProbesError(f"task '{task}' can make {limit:,} distinct prompts for {whose}, not n = {n:,}: lower n")
 
 
-def generate(model: HookedTransformer, task: str, n: int, seed: int = 0, templates=None, vocab=None) -> PromptSet:
+def generate(model: HookedModel, task: str, n: int, seed: int = 0, templates=None, vocab=None) -> PromptSet:
     """The generator named ``task`` (restricted to a template subset, or for a random-token task to the token ids
     ``vocab``, when given); an ``n`` it cannot make distinct, or whose run would not fit in memory, is refused before
     a single prompt is made."""

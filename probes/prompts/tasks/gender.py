@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from transformer_lens import HookedTransformer
 
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
     ADJECTIVES, FEMALE_NAMES, MALE_NAMES, Deck, check_n, single_token_pool, template_cells,
@@ -21,7 +21,7 @@ GENDER_TEMPLATES = (
     "You know, {name} is a truly {adj} teacher, isn't",
 )
 # Wang et al. (2022)'s BABA templates ({S} the subject, said twice; {IO} the indirect object), final name removed.
-def gender_max_distinct(model: HookedTransformer | None, templates=None) -> int:
+def gender_max_distinct(model: HookedModel | None, templates=None) -> int:
     """How many distinct clean prompts :func:`gender_tag` can write for this tokenizer: every template (of the
     subset), name and adjective."""
     names = len(words_kept(model, FEMALE_NAMES, "gender_tag")) + len(words_kept(model, MALE_NAMES, "gender_tag"))
@@ -29,7 +29,7 @@ def gender_max_distinct(model: HookedTransformer | None, templates=None) -> int:
     return len(family) * names * len(words_kept(model, ADJECTIVES, "gender_tag"))
 
 
-def gender_tag(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:
+def gender_tag(model: HookedModel, n: int, seed: int = 0, templates=None) -> PromptSet:
     """"So Alice is such a funny person, isn't" -> " she" (foil " he"); the corrupt prompt has a male name.
 
     Templates and genders are balanced as :func:`~probes.prompts.tasks.words.template_cells` says; a prompt's

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
     FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, Deck, check_n, single_token_pool, template_cells,
@@ -34,7 +34,7 @@ IOI_TEMPLATES = (
 IOI_CORRUPTIONS = ("abc", "flip_s2")
 
 
-def ioi_max_distinct(model: HookedTransformer | None, templates=None) -> int:
+def ioi_max_distinct(model: HookedModel | None, templates=None) -> int:
     """How many distinct clean prompts :func:`ioi` can write for this tokenizer (no model: for any tokenizer):
     both name orders of every template (of the subset), with every ordered pair of names and every place and
     object the template has."""
@@ -46,7 +46,7 @@ def ioi_max_distinct(model: HookedTransformer | None, templates=None) -> int:
     )
 
 
-def ioi(model: HookedTransformer, n: int, seed: int = 0, corruption: str = "abc", templates=None) -> PromptSet:
+def ioi(model: HookedModel, n: int, seed: int = 0, corruption: str = "abc", templates=None) -> PromptSet:
     """Indirect object identification (Wang et al. 2022): "... Mary and John ... John gave a drink to" -> " Mary".
 
     Templates and orders (BABA: subject first, ABBA) are balanced as

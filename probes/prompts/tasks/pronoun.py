@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from transformer_lens import HookedTransformer
 
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks.words import (
     FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES, Deck, check_n, single_token_pool, template_cells,
@@ -26,7 +26,7 @@ PRONOUN_TEMPLATES = (
     "Yesterday {A} and {B} went to the {place}, where {p} gave the {object} to",
     "{A} and {B} had lunch at the {place}. Afterwards {p} gave the {object} to",
 )
-def pronoun_max_distinct(model: HookedTransformer | None, templates=None) -> int:
+def pronoun_max_distinct(model: HookedModel | None, templates=None) -> int:
     """How many distinct clean prompts :func:`pronoun_resolution` can write for this tokenizer: every template (of
     the subset), antecedent gender and name order, with every female-male name pair, place and object."""
     task = "pronoun_resolution"
@@ -35,7 +35,7 @@ def pronoun_max_distinct(model: HookedTransformer | None, templates=None) -> int
     return len(template_family(templates, len(PRONOUN_TEMPLATES), task)) * 2 * 2 * females * males * places * objects
 
 
-def pronoun_resolution(model: HookedTransformer, n: int, seed: int = 0, templates=None) -> PromptSet:
+def pronoun_resolution(model: HookedModel, n: int, seed: int = 0, templates=None) -> PromptSet:
     """"Alice and Bob went to the park. She gave the ball to" -> " Bob": the answer is the non-antecedent.
 
     One name is female and one male, so the pronoun picks the antecedent (the giver) and the answer is the

@@ -8,14 +8,14 @@ import random
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
+from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet, model_fingerprint
 from probes.prompts.tasks.words import check_n
 
 
-def ordinary_token_ids(model: HookedTransformer) -> Int[Tensor, " token"]:
+def ordinary_token_ids(model: HookedModel) -> Int[Tensor, " token"]:
     """Token ids a random sequence may use: all but special and added tokens (BOS, EOS, PAD, UNK, <unused..>).
 
     A tokenizer-less model (a toy) has only its id 0 excluded, the BOS by convention.
@@ -32,7 +32,7 @@ def ordinary_token_ids(model: HookedTransformer) -> Int[Tensor, " token"]:
     return allowed.nonzero()[:, 0]
 
 
-def _pool_of(model: HookedTransformer, vocab: Tensor | None, need: int) -> Int[Tensor, " token"]:
+def _pool_of(model: HookedModel, vocab: Tensor | None, need: int) -> Int[Tensor, " token"]:
     pool = ordinary_token_ids(model) if vocab is None else torch.as_tensor(vocab, dtype=torch.long).unique()
     if len(pool) < need:
         raise ProbesError(f"the token pool has {len(pool)} tokens but {need} distinct ones are needed; shorten length")
@@ -50,12 +50,12 @@ def _draw(rng: random.Random, pool: Int[Tensor, " token"], k: int, exclude: set[
     return picks
 
 
-def _bos(model: HookedTransformer) -> int:
+def _bos(model: HookedModel) -> int:
     tokenizer = model.tokenizer
     return 0 if tokenizer is None or tokenizer.bos_token_id is None else tokenizer.bos_token_id
 
 
-def _length(model: HookedTransformer, length: int | None, default: int, copies: int) -> int:
+def _length(model: HookedModel, length: int | None, default: int, copies: int) -> int:
     longest = (model.cfg.n_ctx - 1) // copies
     length = min(default, longest) if length is None else length
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= longest:
@@ -68,14 +68,14 @@ def _length(model: HookedTransformer, length: int | None, default: int, copies: 
 RANDOM_SHAPES = {"previous_token": (1, 32), "induction": (2, 20)}  # task -> (copies of the sequence, default length)
 
 
-def random_max_distinct(model: HookedTransformer, templates=None, *, copies: int, default: int) -> int:
+def random_max_distinct(model: HookedModel, templates=None, *, copies: int, default: int) -> int:
     """How many distinct sequences of distinct ordinary tokens fit the default length: astronomically many for
     a real vocabulary, fewer for a toy one (random tasks have no templates: ``templates`` is None)."""
     return math.perm(len(ordinary_token_ids(model)), _length(model, None, default, copies))
 
 
 def class_pool(
-    model: HookedTransformer, task: str, n: int, rows_per_class: int, seed: int = 0
+    model: HookedModel, task: str, n: int, rows_per_class: int, seed: int = 0
 ) -> Int[Tensor, " token"]:
     """A bounded pool of ordinary tokens for a random-token ``task`` whose previous-token identity will be probed.
 
@@ -92,7 +92,7 @@ def class_pool(
 
 
 def previous_token(
-    model: HookedTransformer, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
+    model: HookedModel, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
 ) -> PromptSet:
     """``BOS r`` with ``r`` ``length`` distinct random tokens (default 32, or what fits the context).
 
@@ -122,7 +122,7 @@ def previous_token(
 
 
 def induction(
-    model: HookedTransformer, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
+    model: HookedModel, n: int, seed: int = 0, length: int | None = None, vocab: Tensor | None = None
 ) -> PromptSet:
     """``BOS r r`` (``r``: ``length`` distinct random tokens, default 20): at the end the repeat predicts ``r[0]``.
 
