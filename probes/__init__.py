@@ -84,6 +84,7 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
     from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import behaviour
+    from probes.evidence.circuits import CircuitGraph, circuit_graph
     from probes.evidence.patching import (
         PatchingResult, edge_effects, patch_activations, patch_heads, patch_paths, patch_resid,
     )
