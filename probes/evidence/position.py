@@ -43,7 +43,7 @@ from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
-from probes.models.kernels import onednn_linear
+from probes.models.kernels import onednn_linear, use_onednn
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
 
@@ -187,7 +187,7 @@ def src_rows(
         def hook(pattern: Float[Tensor, "batch head query key"], hook) -> None:
             out[idx, hook.layer(), :, :width] = pattern[rows, :, query.to(pattern.device)].float().cpu()
 
-        with onednn_linear():
+        with onednn_linear(use_onednn(model)):
             model.run_with_hooks(
                 prompts.clean[idx, :width].to(model.cfg.device),
                 fwd_hooks=[(lambda name: name in names, hook)],
