@@ -160,6 +160,12 @@ def time_kernels(
     return times
 
 
+def rates(shapes: Sequence[Shape], times: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """GFLOP/s of each kernel's median pass over ``shapes`` (``ROWS`` rows each)."""
+    flop = 2 * ROWS * sum(d_in * d_out for d_in, d_out in shapes)
+    return {name: flop / statistics.median(seconds) / 1e9 for name, seconds in times.items()}
+
+
 def decide(times: Mapping[str, Sequence[float]], default: str = DEFAULT) -> str:
     """The kernel to run, from paired per-round timings: ``default`` unless another is more than ``MARGIN``
     faster in at least ``CONSISTENT`` of the rounds (then, of those, the one with the largest median speed-up).
@@ -223,8 +229,7 @@ def _measured(path: str, key_json: str) -> KernelChoice:
         return known
     shapes = [tuple(shape) for shape in key["shapes"]]
     times = time_kernels(shapes, candidates())
-    flop = 2 * ROWS * sum(d_in * d_out for d_in, d_out in shapes)
-    gflops = {name: flop / statistics.median(seconds) / 1e9 for name, seconds in times.items()}
+    gflops = rates(shapes, times)
     choice = KernelChoice(decide(times), f"measured, {len(times[DEFAULT])} interleaved rounds", gflops, utc_now())
     record = {"key": key, "kernel": choice.kernel, "reason": choice.reason, "gflops": gflops,
               "measured_at": choice.measured_at, "seconds": times}
