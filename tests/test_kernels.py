@@ -196,6 +196,15 @@ def test_the_choice_is_measured_once_and_cached_per_machine_and_shapes(measured:
     assert choose_kernel(SHAPES).kernel == "onednn" and measured == [7, 3, 7]
 
 
+def test_an_unwritable_cache_still_gives_the_measured_choice(measured: list[int], monkeypatch) -> None:
+    def refuse(path):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(kernels, "atomic_path", refuse)
+    assert choose_kernel(SHAPES).kernel == "onednn" and measured == [7]
+    assert not choice_path(machine_key(SHAPES)).exists()
+
+
 def test_small_shapes_keep_the_default_unmeasured(measured: list[int]) -> None:
     choice = choose_kernel([(32, 32), (32, 128)])
     assert choice.kernel == "torch" and not choice.gflops and not measured

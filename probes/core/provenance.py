@@ -6,6 +6,7 @@ import hashlib
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``): what a kernel's speed
     depends on, so measured rates and kernel choices are recorded with it."""

@@ -190,7 +190,6 @@ class KernelChoice:
     kernel: str
     reason: str
     gflops: dict[str, float] = field(default_factory=dict)
-    measured_at: str | None = None
 
     def describe(self) -> str:
         rates = ", ".join(f"{KERNEL_LABELS[k]} {rate:.0f} GFLOP/s" for k, rate in self.gflops.items())
@@ -230,11 +229,13 @@ def _measured(path: str, key_json: str) -> KernelChoice:
     shapes = [tuple(shape) for shape in key["shapes"]]
     times = time_kernels(shapes, candidates())
     gflops = rates(shapes, times)
-    choice = KernelChoice(decide(times), f"measured, {len(times[DEFAULT])} interleaved rounds", gflops, utc_now())
-    record = {"key": key, "kernel": choice.kernel, "reason": choice.reason, "gflops": gflops,
-              "measured_at": choice.measured_at, "seconds": times}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+    choice = KernelChoice(decide(times), f"measured {utc_now()}, {len(times[DEFAULT])} interleaved rounds", gflops)
+    record = {"key": key, "kernel": choice.kernel, "reason": choice.reason, "gflops": gflops, "seconds": times}
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+    except OSError:  # a read-only cache: the choice holds for this process and is measured again in the next
+        pass
     return choice
 
 
@@ -244,7 +245,7 @@ def _read_choice(path: Path, key: Mapping) -> KernelChoice | None:
         record = json.loads(path.read_text())
         if record["key"] != key or record["kernel"] not in candidates():
             return None
-        return KernelChoice(record["kernel"], record["reason"], dict(record["gflops"]), record["measured_at"])
+        return KernelChoice(record["kernel"], record["reason"], dict(record["gflops"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
