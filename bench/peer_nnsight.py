@@ -20,10 +20,10 @@ from probes.evidence.patching import PatchingResult
 from probes.prompts.promptset import PromptSet
 
 
-def load(checkpoint_dir) -> "nnsight.LanguageModel":  # noqa: F821  (nnsight is optional)
-    from nnsight import LanguageModel
+def load(checkpoint_dir) -> "nnsight.TransformersModel":  # noqa: F821  (nnsight is optional)
+    from nnsight import TransformersModel
 
-    return LanguageModel(str(checkpoint_dir), dispatch=True, dtype=torch.float32)
+    return TransformersModel(str(checkpoint_dir), task="text-generation", dispatch=True, dtype=torch.float32)
 
 
 def _logit_diff(at_end: Float[Tensor, "prompt vocab"], prompts: PromptSet) -> Float[Tensor, " prompt"]:
