@@ -56,8 +56,10 @@ position-content: setup
 	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --out reports/previous-token-gemma --overwrite
 	$(VENV)/bin/probes run analyses/previous_token_smollm2.toml --out reports/previous-token-smollm2 --overwrite
 
-# Each benchmark times TransformerLens and the kit in the same run and prints the ratio (~12 min in all).
+# Each benchmark times TransformerLens (and nnsight, the bench extra) and the kit in the same run, prints the
+# ratios and writes them to bench/results.json (TransformerLens's and nnsight's per-head loops take most of the time).
 bench: setup
+	$(PIP) install torch==2.13.0 -e ".[bench]"
 	$(PY) bench/forward.py
 	$(PY) bench/patching.py
 	$(PY) bench/patching.py --corruption abc

@@ -1,4 +1,5 @@
-"""What the benchmarks share: the baseline they compare against (TransformerLens as shipped) and the timer.
+"""What the benchmarks share: the baseline they compare against (TransformerLens as shipped), the timer, the
+plain Hugging Face checkpoint the peers load, and ``bench/results.json``.
 
 The kit's models have their weights re-laid out (probes.layout), which TransformerLens's own functions also
 profit from. A fair baseline is the same model and weights in TransformerLens's own layout, as a TransformerLens
@@ -8,11 +9,26 @@ user has them.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import torch
 from transformer_lens import HookedTransformer
+from transformers import AutoModelForCausalLM
+
+from probes.core.io import atomic_dir, atomic_path
+from probes.core.provenance import cpu_model, utc_now
+from probes.models.cache import cache_root
+from probes.models.kernels import choose_kernel, linear_shapes
+from probes.models.loading import gguf_hf_model
+from probes.models.registry import PACKAGED
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def transformerlens_as_shipped(model: HookedTransformer) -> HookedTransformer:
@@ -32,3 +48,51 @@ def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def hf_checkpoint(name: str) -> Path:
+    """A Hugging Face checkpoint directory of packaged model ``name``: the GGUF as ``transformers`` dequantises
+    it (the weights the kit's model is converted from), saved once under the kit's cache, so that a peer
+    library loads the same model as a user of plain Hugging Face would."""
+    final = cache_root() / "bench" / f"{name}-hf"
+    if (final / "config.json").is_file():
+        return final
+    with atomic_dir(final) as tmp:
+        scratch = tmp / "scratch"
+        scratch.mkdir()
+        hf_model, tokenizer = gguf_hf_model(PACKAGED[name], scratch)
+        shutil.rmtree(scratch)
+        # transformers will not save a model loaded from GGUF (it counts as quantised): a plain model of the same
+        # config holding the same float32 weights saves as any checkpoint does
+        plain = AutoModelForCausalLM.from_config(hf_model.config, dtype=torch.float32)
+        plain.load_state_dict(hf_model.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return final
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def kernel_rates(model: HookedTransformer) -> dict:
+    """The float32 linear kernel the kit runs for ``model`` here and the measured rates that chose it."""
+    choice = choose_kernel(linear_shapes(model.cfg))
+    return {"kernel": choice.kernel, "reason": choice.reason, "gflops": choice.gflops}
+
+
+def record(section: str, model_name: str, kernels: dict, values: dict, path: Path = RESULTS) -> None:
+    """Put one bench's numbers into ``path`` (written whole or not at all): the machine, the kernel rates per
+    model, and ``values`` under ``section``. A file from another machine or torch is started afresh, so it
+    never mixes machines."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        results = {}
+    if results.get("machine") != machine():
+        results = {"machine": machine(), "kernels": {}, "benches": {}}
+    results["kernels"][model_name] = kernels
+    results["benches"][section] = {"measured_at": utc_now(), **values}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")

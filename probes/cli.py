@@ -80,6 +80,28 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (runs on the CPU)"
     print(f"GPU: {gpu}; torch threads: {torch.get_num_threads()}")
+    _doctor_kernels()
+
+
+def _doctor_kernels() -> None:
+    """The float32 linear kernel each cached packaged model runs on this machine, and the rates that chose it
+    (measured now where this machine has no cached choice for its shapes)."""
+    import json
+
+    from probes.core.provenance import cpu_model
+    from probes.models.cache import CONFIG_FILE, cached_model_dir
+    from probes.models.kernels import choose_kernel, linear_shapes
+    from probes.models.registry import PACKAGED
+
+    import torch
+
+    print(f"float32 linear kernel on {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}:")
+    configs = {name: cached_model_dir(name) / CONFIG_FILE for name in PACKAGED}
+    configs = {name: path for name, path in configs.items() if path.is_file()}
+    for name, path in configs.items():
+        print(f"  {name}: {choose_kernel(linear_shapes(json.loads(path.read_text()))).describe()}")
+    if not configs:
+        print("  chosen per model on first use (no packaged model cached yet)")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

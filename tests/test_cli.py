@@ -227,6 +227,22 @@ def test_doctor_says_what_is_installed_cached_and_available(tmp_path, capsys, mo
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     assert f"chromium (report browser test): {browser or 'not found'}" in out
     assert ("GPU: none" in out) == (not torch.cuda.is_available())
+    assert "float32 linear kernel on" in out and "chosen per model on first use" in out
+
+
+def test_doctor_says_which_linear_kernel_runs_and_its_measured_rates(tmp_path, capsys, monkeypatch):
+    from probes.models import kernels
+
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path))
+    (tmp_path / "smollm2-135m").mkdir()
+    config = dict(d_model=576, n_heads=9, d_head=64, n_key_value_heads=3, d_mlp=1536, gated_mlp=True)
+    (tmp_path / "smollm2-135m" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(kernels, "time_kernels", lambda shapes, candidates: {"torch": [2.0] * 6, "onednn": [1.0] * 6})
+    assert cli.main(["doctor"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("smollm2-135m:"))
+    flop = 2 * kernels.ROWS * sum(a * b for a, b in kernels.linear_shapes(config))
+    assert line.strip().startswith("smollm2-135m: oneDNN (measured ")
+    assert f"6 interleaved rounds: torch's default {flop / 2e9:.0f} GFLOP/s, oneDNN {flop / 1e9:.0f} GFLOP/s" in line
 
 
 def test_a_spec_that_only_selects_heads_runs(toy_dir, toy_model, tmp_path):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
 from probes.models.hooks import get_act_name
-from probes.models.kernels import onednn_linear
+from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -178,6 +178,7 @@ def src_rows(
     n, n_pos = len(prompts), prompts.n_pos
     out = torch.full((n, model.cfg.n_layers, model.cfg.n_heads, n_pos), torch.nan)
     names = {get_act_name("pattern", layer) for layer in layers}
+    onednn = use_onednn(model)
     for start in tqdm(range(0, n, batch_size), desc="position/content", disable=None, leave=False):
         idx = slice(start, start + batch_size)
         width = int(prompts.end[idx].max()) + 1
@@ -187,7 +188,7 @@ def src_rows(
         def hook(pattern: Float[Tensor, "batch head query key"], hook) -> None:
             out[idx, hook.layer(), :, :width] = pattern[rows, :, query.to(pattern.device)].float().cpu()
 
-        with onednn_linear():
+        with onednn_linear(onednn):
             model.run_with_hooks(
                 prompts.clean[idx, :width].to(model.cfg.device),
                 fwd_hooks=[(lambda name: name in names, hook)],

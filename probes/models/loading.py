@@ -64,8 +64,9 @@ def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
         raise ProbesError(f"{CONFIG_FILE} is not a valid HookedTransformerConfig: {err}") from None
 
 
-def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
-    """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
+def gguf_hf_model(spec: PackagedModel, scratch: Path):
+    """The packaged GGUF dequantised by ``transformers`` (float32): the Hugging Face model and tokenizer the
+    kit's conversion starts from (``scratch`` holds any file the package must assemble first)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = spec.locate_gguf(spec.package_dir(), scratch)
@@ -75,7 +76,12 @@ def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
     # are float32 by now.
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
-    write_converted(hf_model, tokenizer, out_dir, scratch, spec.tl_name)
+    return hf_model.eval(), tokenizer
+
+
+def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
+    """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
+    write_converted(*gguf_hf_model(spec, scratch), out_dir, scratch, spec.tl_name)
 
 
 def build_cache(name: str, *, quiet: bool = False) -> Path:

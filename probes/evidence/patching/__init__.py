@@ -54,7 +54,7 @@ from probes.evidence.patching.sites import (
 )
 from probes.models.architecture import kv_groups
 from probes.models.hooks import get_act_name
-from probes.models.kernels import onednn_linear
+from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -133,7 +133,7 @@ def patch_activations(
     checkpoint_dir: str | Path | None = None,
     memory_mb: float | None = None,
     progress: bool = True,
-    onednn: bool = True,
+    onednn: bool | None = None,
     workers: int | None = None,
     metric: Metric = logit_diff_from_resid,
 ) -> PatchingResult:
@@ -146,9 +146,10 @@ def patch_activations(
     ``result.kv_groups`` says which query heads share each. ``memory_mb`` bounds the activations of the batches
     of patched runs in flight (each worker's batches get an equal share; default :data:`BATCH_MB`, lowered to the
     kit's memory budget, :func:`batch_budget`); ``checkpoint_dir`` makes an interrupted
-    sweep resume where it stopped. ``onednn=False`` keeps torch's default matrix-product kernel
-    (:func:`probes.models.kernels.onednn_linear`). ``workers`` threads share the batches, each with an equal share of
-    torch's threads (default on CPU: one per torch thread, at most 4; see :func:`.schedule.n_workers`).
+    sweep resume where it stopped. ``onednn`` overrides the float32 linear kernel measured fastest here
+    (:func:`probes.models.kernels.use_onednn`): ``True`` oneDNN's, ``False`` torch's default. ``workers``
+    threads share the batches, each with an equal share of torch's threads (default on CPU: one per torch
+    thread, at most 4; see :func:`.schedule.n_workers`).
     ``metric(model, final_resid, answer, foil)`` is what each run reports (default: logit difference).
     """
     site = check_inputs(model, prompts, component, direction, memory_mb)
@@ -171,7 +172,7 @@ def edge_effects(
     checkpoint_dir: str | Path | None = None,
     memory_mb: float | None = None,
     progress: bool = True,
-    onednn: bool = True,
+    onednn: bool | None = None,
     workers: int | None = None,
     metric: Metric = logit_diff_from_resid,
 ) -> PatchingResult:
@@ -216,13 +217,14 @@ def _sweep(
     checkpoint_dir: str | Path | None,
     memory_mb: float | None,
     progress: bool,
-    onednn: bool,
+    onednn: bool | None,
     workers: int | None,
     metric: Metric,
     edge: Edge | None = None,
 ) -> PatchingResult:
     """One patch per run, each cell of ``todo`` (``n_index`` variants a layer) in turn, windows of layers spread
     over worker threads."""
+    onednn = use_onednn(model, onednn)
     workers = n_workers(model, workers)
     component = site.component if edge is None else edge.intervention
     checkpoint = None
@@ -283,7 +285,7 @@ def patch_runs(
     direction: Direction = "denoising",
     *,
     memory_mb: float | None = None,
-    onednn: bool = True,
+    onednn: bool | None = None,
     metric: Metric = logit_diff_from_resid,
 ) -> RunsResult:
     """Patched runs that each patch several sites at once: run ``r`` patches every ``(component, layer, head)``
@@ -304,6 +306,7 @@ def patch_runs(
             cells_by_layer(model, component, n_variants_of(model, component), None, [(layer, head)])  # checks both
     layers = sorted({layer for run in runs for _, layer, _ in run})
     _require_reference_fits(model, prompts, components)
+    onednn = use_onednn(model, onednn)
     buckets, clean, corrupt = _reference_runs(model, prompts, direction, list(sites.values()), layers, metric, onednn)
     patched = torch.full((len(prompts), len(runs)), float("nan"))
     groups: dict[tuple[str, ...], list[int]] = {}  # runs patching the same components in the same order batch

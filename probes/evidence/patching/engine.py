@@ -18,8 +18,8 @@ change its result:
 4. **Read only the metric.** The last block computes the read-off position alone (the others matter there only
    as keys and values), and each run stops at the final residual stream, projected on the answer and foil
    unembedding columns (:mod:`probes.evidence.metric`): no full-vocabulary logits.
-5. **Use the faster float32 kernel.** Linear layers run on oneDNN where this torch has it
-   (:mod:`probes.models.kernels`): the same products, about twice as fast as MKL's on this project's AMD CPU.
+5. **Use the faster float32 kernel.** Linear layers run on the kernel measured fastest on this machine for the
+   model's shapes (:mod:`probes.models.kernels`: torch's default or oneDNN's, the same products).
 6. **Run batches side by side.** Worker threads each take a batch of patched runs with a share of torch's
    threads. A batch is short sequences, so much of its time goes to Python and small element-wise kernels
    that one thread runs as well as two: on two cores two single-threaded workers beat one two-threaded run.

@@ -34,7 +34,7 @@ from probes.evidence.patching.engine import row_bytes
 from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
 from probes.models.architecture import keys_values_separate, kv_head_of
 from probes.models.hooks import get_act_name
-from probes.models.kernels import onednn_linear
+from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
@@ -113,7 +113,7 @@ def patch_paths(
     *,
     batch_size: int = PATHS_BATCH,
     progress: bool = True,
-    onednn: bool = True,
+    onednn: bool | None = None,
     metric: Metric = logit_diff_from_resid,
 ) -> PathsResult:
     """Per prompt, the metric with each sender's output from the other run reaching only each receiver's input
@@ -136,7 +136,7 @@ def patch_paths(
         return paths_bytes(model, batch, length, len(senders))
 
     fix = "shorten the prompts, use fewer senders, or raise PROBES_MEMORY_FRACTION"
-    with torch.no_grad(), onednn_linear(onednn), tqdm(
+    with torch.no_grad(), onednn_linear(use_onednn(model, onednn)), tqdm(
         total=n, desc="path patching", unit="prompt", disable=None if progress else True
     ) as bar:
         for index in batches(lengths, batch_size, need, "path patching", fix):

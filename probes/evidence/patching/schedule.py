@@ -1,4 +1,4 @@
-"""How a sweep's jobs run: on worker threads, each with a share of torch's threads, with oneDNN's linear kernel.
+"""How a sweep's jobs run: on worker threads, each with a share of torch's threads and the chosen linear kernel.
 
 A batch of patched runs is short sequences, so much of its time goes to Python and small element-wise kernels that
 one thread runs as well as two: on two cores two single-threaded workers beat one two-threaded run. Torch function
