@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         spec.task = None
     spec.check("command line")
+    spec.check_sources(args.analysis)
     out = check_out_dir(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}",
                         args.overwrite)
     if spec.prompts is not None:

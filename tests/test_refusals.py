@@ -11,12 +11,16 @@ import pytest
 from transformer_lens import HookedEncoder, HookedTransformerConfig
 
 import probes
-from probes import toy
+from probes import cli, toy
 from probes.core.errors import ProbesError
 from probes.models import support
 from probes.models.loading import load_model
+from probes.prompts.catalogue import TASK_ROLES
+from probes.prompts.roles import PREVIOUS
 from probes.prompts.tasks import pronoun_prompts
+from probes.run.spec import AnalysisSpec
 
+from test_fuzz import toml_text_of
 from test_safety import RECORD
 
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
@@ -143,3 +147,81 @@ def _word_tokenizer():
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return tokenizer
 
+
+# --- specs and sweeps: an unknown model or role is refused in one line, before any model loads, nothing written ---
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: a refusal must come from the spec alone."""
+
+    def refuse_to_load(*args, **kwargs):
+        raise AssertionError("a model was loaded for a spec that should have been refused")
+
+    for where in ("probes.models.loading.load_model", "probes.run.pipeline.load_model", "probes.models.loading.load_model_dir"):
+        monkeypatch.setattr(where, refuse_to_load)
+
+
+def refused(capsys, *argv: str) -> str:
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("probes: error: "), err
+    return err[0]
+
+
+SPEC = {"model": "gemma-3-270m", "task": "pronoun_resolution", "n": 12, "src": "pronoun", "dst": "antecedent",
+        "foil": "distractor", "claims": ["top_attention:1"]}
+BAD_SPECS = {  # what the spec gets wrong -> the words of its refusal
+    "claim role": ({"claims": ["7.0: pronoun -> nowhere"]}, "unknown role 'nowhere' in claim '7.0: pronoun -> nowhere'"),
+    "claim foil": ({"claims": ["7.0: pronoun -> antecedent vs IO"]}, "unknown role 'IO' in claim"),
+    "src": ({"src": "she"}, "unknown role 'she' in src; the prompts of task pronoun_resolution have the roles "
+                            "antecedent, distractor, end, pronoun"),
+    "foil previous": ({"foil": "previous"}, "unknown role 'previous' in foil"),
+    "position_content": ({"position_content": {"dst": "S1"}}, "unknown role 'S1' in position_content.dst"),
+    "model": ({"model": "no-such-model"}, "unknown model 'no-such-model'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_a_spec_naming_what_does_not_exist_is_refused_before_any_model(case, tmp_path, capsys, no_model_loads):
+    change, words = BAD_SPECS[case]
+    (tmp_path / "a.toml").write_text(toml_text_of(SPEC | change))
+    assert words in refused(capsys, "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "run"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml"]  # no run directory, no scratch beside it
+
+
+def test_roles_of_a_prompt_file_are_its_records_roles(tmp_path, capsys, no_model_loads):
+    (tmp_path / "p.jsonl").write_text(json.dumps(RECORD) + "\n")
+    spec = {k: v for k, v in SPEC.items() if k != "task"} | {"prompts": str(tmp_path / "p.jsonl"), "dst": "IO"}
+    (tmp_path / "a.toml").write_text(toml_text_of(spec))
+    line = refused(capsys, "run", str(tmp_path / "a.toml"), "--out", str(tmp_path / "run"))
+    assert f"unknown role 'IO' in dst; the prompts of prompt file {tmp_path / 'p.jsonl'} have the roles" in line
+    assert "(and 'previous' as a target" in line and not (tmp_path / "run").exists()
+
+
+def test_a_model_the_kit_cannot_measure_is_refused_by_the_cli(tmp_path, capsys, no_model_loads):
+    bert = write_config(tmp_path / "bert", REFUSED_CONFIGS["bert"][0])
+    (tmp_path / "a.toml").write_text(toml_text_of(SPEC))
+    line = refused(capsys, "run", str(tmp_path / "a.toml"), "--model", str(bert), "--out", str(tmp_path / "run"))
+    assert f"model '{bert}' is an encoder (BertForMaskedLM): it has no causal mask" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_roles_the_prompts_have_pass(tmp_path):
+    """The check refuses only what is missing: every task's declared roles, and 'previous' as a target, pass."""
+    for task, roles in TASK_ROLES.items():
+        spec = AnalysisSpec(model="smollm2-135m", task=task, src=roles[0], dst=PREVIOUS, foil="end",
+                            claims=[f"0.0: {roles[-1]} -> {roles[0]} vs end"], position_content={"src": roles[-1]})
+        spec.check_sources("spec")
+
+
+@pytest.mark.parametrize(("grid", "words"), [
+    ({"model": ["gemma-3-270m", "no-such-model"]}, "cell modelno_such_model: unknown model 'no-such-model'"),
+    ({"claims": [["7.0: pronoun -> nowhere"]]}, "unknown role 'nowhere' in claim"),
+])
+def test_a_sweep_naming_what_does_not_exist_is_refused_before_any_cell(grid, words, tmp_path, capsys, no_model_loads):
+    pytest.importorskip("ray")
+    (tmp_path / "base.toml").write_text(toml_text_of(SPEC))
+    (tmp_path / "sweep.toml").write_text(toml_text_of({"base": "base.toml", "grid": grid}))
+    assert words in refused(capsys, "sweep", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.toml", "sweep.toml"]
