@@ -106,7 +106,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         spec.task = None
     spec.check("command line")
-    spec.check_sources(args.analysis)
     out = check_out_dir(args.out or Path("reports") / f"{Path(args.analysis).stem}-{Path(spec.model).name}",
                         args.overwrite)
     if spec.prompts is not None:
@@ -115,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(f"note: {note}")
     else:
         require_records_fit(spec.n)
+    spec.check_sources(args.analysis)  # the model and the roles: before any model loads
     if model_source(spec.model) == "hub":
         require_hub(spec.model)
     remove_stale_temps(out, older_than_s=STALE_RUN_S)

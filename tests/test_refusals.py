@@ -13,11 +13,12 @@ from transformer_lens import HookedEncoder, HookedTransformerConfig
 import probes
 from probes import cli, toy
 from probes.core.errors import ProbesError
-from probes.models import support
+from probes.models import loading, support
 from probes.models.loading import load_model
 from probes.prompts.catalogue import TASK_ROLES
 from probes.prompts.roles import PREVIOUS
 from probes.prompts.tasks import pronoun_prompts
+from probes.run import pipeline
 from probes.run.spec import AnalysisSpec
 
 from test_fuzz import toml_text_of
@@ -77,6 +78,13 @@ def test_a_hub_name_is_refused_from_its_config_before_the_weights(monkeypatch):
     monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", no_weights)
     with pytest.raises(ProbesError, match="model 'google-bert/bert-base-cased' has no causal mask"):
         load_model("bert-base-cased")
+
+
+def test_official_names_are_transformer_lenss_own():
+    """The torch-free reading of TransformerLens's name list gives what its own lookup gives, aliases included."""
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    assert support.official_names() == make_model_alias_map() and "gpt2-small" in support.official_names()
 
 
 def test_an_unknown_name_is_refused_without_the_hub(monkeypatch):
@@ -158,8 +166,8 @@ def no_model_loads(monkeypatch):
     def refuse_to_load(*args, **kwargs):
         raise AssertionError("a model was loaded for a spec that should have been refused")
 
-    for where in ("probes.models.loading.load_model", "probes.run.pipeline.load_model", "probes.models.loading.load_model_dir"):
-        monkeypatch.setattr(where, refuse_to_load)
+    for module, name in ((pipeline, "load_model"), (loading, "load_model"), (loading, "load_model_dir")):
+        monkeypatch.setattr(module, name, refuse_to_load)
 
 
 def refused(capsys, *argv: str) -> str:

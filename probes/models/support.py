@@ -8,12 +8,14 @@ their own query, key and value, all writing to one residual stream. Refused, in 
 - multi-head latent attention (DeepSeek-V2/V3, MiniCPM3, Kimi-K2): keys and values come from one shared latent,
   so a head has none of its own (and TransformerLens has no converter for it).
 
-Light on purpose (no torch; TransformerLens only to look up a hub name): ``probes run`` and ``probes sweep`` check a
-spec's model here before anything heavy.
+Light on purpose (no torch, no TransformerLens import): ``probes run`` and ``probes sweep`` check a spec's model
+here before anything heavy.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -81,14 +83,26 @@ def require_supported(model) -> None:
     refuse(getattr(cfg, "model_name", None) or type(model).__name__, tl_refusal(cfg))
 
 
-def official_name(name: str) -> str:
-    """The TransformerLens official name for ``name`` (an alias or the name itself), read from TransformerLens's own
-    list without the hub; anything else is an unknown model."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+@functools.cache
+def official_names() -> dict[str, str]:
+    """Every TransformerLens official model name and alias, lower-cased, -> its official name (what
+    ``get_official_model_name`` looks up), read from TransformerLens's data-only ``supported_models.py`` without
+    importing TransformerLens, which imports torch: a spec's model is checked in well under a second."""
+    package = importlib.util.find_spec("transformer_lens")  # a top-level spec: found, not imported
+    path = Path(list(package.submodule_search_locations)[0]) / "supported_models.py"
+    spec = importlib.util.spec_from_file_location("probes_tl_supported_models", path)
+    names = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(names)
+    return {alias.lower(): official for official in names.OFFICIAL_MODEL_NAMES
+            for alias in [official, *names.MODEL_ALIASES.get(official, [])]}
 
+
+def official_name(name: str) -> str:
+    """The TransformerLens official name for ``name`` (an alias or the name itself), from TransformerLens's own list
+    without the hub; anything else is an unknown model."""
     try:
-        return get_official_model_name(name)
-    except ValueError:
+        return official_names()[name.lower()]
+    except KeyError:
         raise ProbesError(
             f"unknown model '{name}': not a packaged model ({', '.join(PACKAGED)}), not a TransformerLens official "
             f"name, and not a directory holding {CONFIG_FILE} + {WEIGHTS_FILE} (or a Hugging Face checkpoint)"
