@@ -136,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(f"note: {note}")
     else:
         require_records_fit(spec.n)
+    spec.check_sources(args.analysis)  # the model and the roles: before any model loads
     if model_source(spec.model) == "hub":
         require_hub(spec.model)
     remove_stale_temps(out, older_than_s=STALE_RUN_S)

@@ -169,3 +169,95 @@ def test_any_run_directory_is_reported_or_refused_in_one_line(good_run, data):
         code, err = run_cli("report", str(out))
         assert_clean_outcome(code, err)
         assert (out / "index.html").exists() == (code == 0)
+
+
+# --- claims and sweep grids: what the spec alone decides is refused before any model loads -------------------------
+
+# The refusals that need a loaded model (the spec alone cannot tell): a head past the model's layers or heads, a
+# destination that sits after its source in these prompts. Any other refusal after a model load is a late one.
+NEEDS_THE_MODEL = ("does not exist: the model has", "is not at or before source")
+ROLE_WORDS = st.sampled_from(["induction_target", "end", "previous", "pronoun", "IO"]) | st.from_regex(r"\w{1,6}", fullmatch=True)
+CLAIMS = st.builds("{}.{}: {} -> {}{}".format, st.integers(0, 3), st.integers(0, 9), ROLE_WORDS, ROLE_WORDS,
+                   st.just("") | ROLE_WORDS.map(" vs {}".format))
+
+
+@contextlib.contextmanager
+def loads_counted():
+    """The model loads of a run, counted: a refusal that could come from the spec alone must come with none."""
+    from probes.run import pipeline
+
+    loads, real = [], pipeline.load_model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "load_model", lambda name, *a, **k: loads.append(name) or real(name, *a, **k))
+        yield loads
+
+
+def assert_refused_early(code: int, err: list[str], loads: list) -> None:
+    assert_clean_outcome(code, err)
+    if code == 2 and loads:
+        assert any(words in err[0] for words in NEEDS_THE_MODEL), f"refused only after loading a model: {err[0]}"
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_claim_is_run_or_refused_before_the_model_loads(toy_dir, data):
+    fields = {"model": str(toy_dir), "task": "induction", "n": 12, "src": data.draw(ROLE_WORDS),
+              "dst": data.draw(ROLE_WORDS), "direction": "noising", "examples": 1, "pattern_patching": False,
+              "claims": data.draw(st.lists(CLAIMS | st.sampled_from(["top_attention:1", "0.2: induction_target -> previous"]),
+                                           min_size=1, max_size=2))}
+    if data.draw(st.booleans()):
+        fields["foil"] = data.draw(ROLE_WORDS)
+    if data.draw(st.booleans()):
+        fields["position_content"] = {"dst": data.draw(ROLE_WORDS), "filler": [5], "replacements": [6]}
+    with tempfile.TemporaryDirectory() as tmp, loads_counted() as loads:
+        spec = Path(tmp) / "spec.toml"
+        spec.write_text(toml_text_of(fields), encoding="utf-8")
+        code, err = run_cli("run", str(spec), "--out", str(Path(tmp) / "run"))
+        assert_refused_early(code, err, loads)
+        assert (Path(tmp) / "run").exists() == (code == 0)
+
+
+def toml_text_of(fields: dict) -> str:
+    tables = {k: v for k, v in fields.items() if isinstance(v, dict)}
+    lines = [f"{json.dumps(k)} = {toml_value(v)}" for k, v in fields.items() if k not in tables]
+    for name, table in tables.items():
+        lines += [f"[{json.dumps(name)}]", *(f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_sweep_grid_is_refused_up_front_or_every_cell_runs(toy_dir, data, monkeypatch):
+    """A sweep's cells run in-process here, as a worker runs them (no Ray): a grid is refused in one line with nothing
+    written, or each of its cells runs, or fails only for what the model alone could tell."""
+    pytest.importorskip("ray")
+    from probes.core.errors import ProbesError
+    from probes.run.pipeline import run_analysis
+    from probes.sweep import driver
+
+    values = {"model": st.sampled_from([str(toy_dir), "no-such-model", "smollm2"]) | ODD_TEXT,
+              "seed": st.integers(0, 2) | VALUES, "dst": ROLE_WORDS, "src": ROLE_WORDS, "foil": ROLE_WORDS,
+              "claims": st.lists(CLAIMS, min_size=1, max_size=2), "colour": VALUES}
+    keys = data.draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=2, unique=True))
+    grid = {k: data.draw(st.lists(values[k], min_size=1, max_size=2)) for k in keys}
+    with tempfile.TemporaryDirectory() as tmp, loads_counted() as loads:
+        tmp = Path(tmp)
+        spec_file(tmp / "base.toml", toy_dir, pattern_patching=False, examples=0)
+        (tmp / "sweep.toml").write_text(toml_text_of({"base": "base.toml", "grid": grid}), encoding="utf-8")
+        late = []
+
+        def cells_in_process(sweep, out, address=None, command=""):
+            for cell in sweep.cells:
+                try:
+                    run_analysis(cell.spec, tmp / "cells" / cell.name, command=command)
+                except ProbesError as err:
+                    late.append(str(err))
+            return driver.SweepResult(Path(out), [], [])
+
+        monkeypatch.setattr(driver, "run_sweep", cells_in_process)
+        code, err = run_cli("sweep", str(tmp / "sweep.toml"), "--out", str(tmp / "out"))
+        assert_clean_outcome(code, err)
+        if code == 2:
+            assert not loads and sorted(p.name for p in tmp.iterdir()) == ["base.toml", "sweep.toml"]
+        for error in late:
+            assert any(words in error for words in NEEDS_THE_MODEL), f"a cell was refused only after its model loaded: {error}"

@@ -30,7 +30,7 @@ from probes.models import cache, loading
 from probes.models.loading import load_model_dir, save_model_dir
 from probes.models.toy import VOCAB
 from probes.prompts import tasks
-from probes.prompts.catalogue import TEMPLATED
+from probes.prompts.catalogue import TASK_ROLES, TEMPLATED
 from probes.prompts.promptset import PromptSet
 from probes.prompts.records import RepeatedLines
 from probes.prompts.tasks.toy import pronoun_prompts
@@ -316,7 +316,7 @@ def test_n_no_tokenizer_could_make_distinct_is_refused_before_the_model_loads(to
     monkeypatch.setattr("probes.run.pipeline.load_model", no_model)
     monkeypatch.setattr("probes.core.memory.available_bytes", lambda: 10**18)  # memory is not what stops it here
     bound = tasks.MAX_DISTINCT[task](None, None)  # every word counted as a single token
-    spec = spec_file(tmp_path / "a.toml", toy_dir, task=task)
+    spec = spec_file(tmp_path / "a.toml", toy_dir, task=task, src="end", dst=TASK_ROLES[task][0])
     assert cli.main(["run", str(spec), "--n", str(bound + 1), "--out", str(tmp_path / "run")]) == 2
     assert f"task '{task}' can make {bound:,} distinct prompts for any tokenizer" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()

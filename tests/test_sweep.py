@@ -55,10 +55,11 @@ def _base(folder: Path, toy_dir: Path, toy_model) -> Path:
 
 @pytest.fixture(scope="module")
 def swept(toy_dir, toy_model, tmp_path_factory):
-    """One embedded sweep: two seeds x a role the prompts have and one they lack (those two cells fail)."""
+    """One embedded sweep: two seeds x a destination before the source and one after it (those two cells fail, at
+    run time: a role the prompts lack is refused before a sweep starts, but where a role sits only the prompts say)."""
     folder = tmp_path_factory.mktemp("sweep")
     _base(folder, toy_dir, toy_model)
-    sweep = _toml(folder / "sweep.toml", {"grid": {"seed": [0, 1], "dst": ["previous", "antecedent"]}},
+    sweep = _toml(folder / "sweep.toml", {"grid": {"seed": [0, 1], "dst": ["previous", "end"]}},
                   title="toy sweep", base="base.toml")
     code = cli.main(["sweep", str(sweep), "--out", str(folder / "out")])
     return folder, code
@@ -71,13 +72,13 @@ def test_sweep_runs_cells_records_failures_and_aggregates(swept, toy_model, caps
     summary = json.loads((out / "sweep.json").read_text())
     status = {c["name"]: (c["status"], c["error"]) for c in summary["cells"]}
     assert {name: s for name, (s, _) in status.items()} == {
-        "seed0-dstprevious": "done", "seed0-dstantecedent": "failed",
-        "seed1-dstprevious": "done", "seed1-dstantecedent": "failed",
+        "seed0-dstprevious": "done", "seed0-dstend": "failed",
+        "seed1-dstprevious": "done", "seed1-dstend": "failed",
     }
     for name, (state, error) in status.items():
         assert (out / "cells" / name / "results.json").is_file() == (state == "done")
         if state == "failed":
-            assert "unknown role 'antecedent'" in error and "\n" not in error
+            assert "is not at or before source" in error and "\n" not in error
     table = pd.read_parquet(out / "stability.parquet")
     csv = pd.read_csv(out / "stability.csv")
     assert csv.columns.tolist() == table.columns.tolist() and csv["split"].tolist() == table["split"].tolist()
@@ -93,7 +94,7 @@ def test_sweep_runs_cells_records_failures_and_aggregates(swept, toy_model, caps
     assert (table[[c for c in table if c.startswith("n_")]].sum(axis=1) == 2).all()
     html = (out / "index.html").read_text(encoding="utf-8")
     assert 'href="cells/seed0-dstprevious/index.html"' in html and 'href="cells/seed1-dstprevious/index.html"' in html
-    assert "href=\"cells/seed0-dstantecedent" not in html and "unknown role" in html
+    assert "href=\"cells/seed0-dstend" not in html and "is not at or before source" in html
     assert html.count('id="fig-claim-') == len(table)
 
 

@@ -16,6 +16,8 @@ from transformer_lens import HookedTransformer
 from probes import tasks
 from probes.core.errors import ProbesError
 from probes.evidence.behaviour import behaviour
+from probes.prompts.catalogue import TASK_ROLES, TASKS
+from probes.prompts.roles import END
 from probes.models.toy import BOS, NON_SPECIAL, ToyModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.tasks import pronoun_prompts
@@ -47,6 +49,17 @@ def test_generators_are_deterministic_in_seed(smollm2: HookedTransformer, task: 
     assert not torch.equal(a.answer, a.foil)
     single = smollm2.tokenizer([_token(smollm2, t) for t in torch.cat([a.answer, a.foil])], add_special_tokens=False)
     assert all(len(ids) == 1 for ids in single["input_ids"])
+
+
+def test_every_task_declares_its_roles() -> None:
+    assert set(TASK_ROLES) == set(TASKS) == set(tasks.GENERATORS)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("task", sorted(tasks.GENERATORS))
+def test_generated_roles_are_the_declared_ones(smollm2: HookedTransformer, task: str) -> None:
+    """A spec's roles are checked against TASK_ROLES before any model loads: the declaration must not drift."""
+    assert set(tasks.generate(smollm2, task, N).roles) == {*TASK_ROLES[task], END}
 
 
 @pytest.mark.real

@@ -73,6 +73,7 @@ def hook_name(kind: str, layer: int) -> str:
 def _check_request(
     model: HookedModel, prompts: PromptSet, kinds: Sequence[str], layers: Sequence[int], at: str
 ) -> None:
+    prompts.check_model(model)
     if not kinds:
         raise ProbesError(f"no hook kinds given; choose from {', '.join(HOOK_KINDS)}")
     unknown = [k for k in kinds if k not in HOOK_KINDS]

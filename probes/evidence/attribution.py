@@ -28,6 +28,7 @@ from probes.prompts.promptset import PromptSet
 def attribute_heads(model: HookedModel, prompts: PromptSet, batch_size: int = 16) -> Float[Tensor, "prompt layer head"]:
     """Estimated denoising effect of patching each head's output (all positions) on each prompt's logit
     difference: the quantity :func:`probes.patch_heads` computes exactly, to first order."""
+    prompts.check_model(model)
     if batch_size < 1:
         raise ProbesError(f"batch_size must be at least 1, got {batch_size}")
     out = [
@@ -123,6 +124,7 @@ def screen_then_verify(
     Costs about three passes plus ``top_k`` patched runs per prompt, instead of one per head; keyword arguments
     go to :func:`probes.patching.patch_activations` (``memory_mb``, ``progress``...).
     """
+    prompts.check_model(model)
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= top_k <= n_heads:
         raise ProbesError(f"top_k must be between 1 and the model's {n_heads} heads, got {top_k}")

@@ -272,6 +272,7 @@ def counterfactuals(
 ) -> Counterfactuals:
     """Every check of :func:`position_content`'s input, and the counterfactual prompt sets it runs. No forward
     pass: a run calls it right after building its prompts, so bad input is refused before the heavy stages."""
+    prompts.check_model(model)
     shifts = tuple(shifts)
     if not shifts or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shifts):
         raise ProbesError(f"shifts must be positive whole numbers of tokens, got {shifts!r}")

@@ -119,6 +119,7 @@ def rotary_bands(
     confidence ``1 - alpha / family``, :func:`probes.core.stats.simultaneous_confidence`), and whether it lies
     above 0, so a band wins whatever else was tested beside it only if the data say so for all of them together.
     """
+    prompts.check_model(model)
     if model.cfg.positional_embedding_type != "rotary":
         raise ProbesError(
             f"rotary_bands needs a rotary model; this one has '{model.cfg.positional_embedding_type}' positions "

@@ -24,10 +24,10 @@ from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.provenance import file_sha256
 from probes.models.cache import CACHE_FORMAT, CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, cache_root, file_hashes, read_manifest
+from probes.models.support import HF_KEYS
 
 # Weights are kept exactly as converted: folding norms or centring weights would change logits and hooks.
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
-HF_KEYS = ("model_type", "architectures")  # an HF config has these; a HookedTransformerConfig has neither
 
 
 def config_to_json(cfg: HookedTransformerConfig) -> dict:

@@ -40,7 +40,8 @@ from probes.models.cache import (
 )
 from probes.models.hf_checkpoint import config_to_json, converted_dir, is_hf_checkpoint, write_converted
 from probes.models.layout import relayout_for_speed
-from probes.models.registry import PACKAGED, PackagedModel, model_source, require_hub
+from probes.models.registry import PACKAGED, PackagedModel, require_hub
+from probes.models.support import check_model_name, model_config, official_name, refuse, tl_refusal
 
 STALE_BUILD_S = 3600  # a conversion takes ~2 min: a scratch directory an hour old was left by a killed build
 
@@ -142,18 +143,12 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
     from safetensors.torch import load_file
 
     model_dir = Path(path)
-    for required in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (model_dir / required).is_file():
-            raise ProbesError(f"{model_dir} is not a model directory: {required} is missing")
+    fields = model_config(model_dir)
     manifest = read_manifest(model_dir)
     if manifest is not None and check_sha256 and corrupt_files(model_dir, manifest):
         bad = ", ".join(corrupt_files(model_dir, manifest))
         raise ProbesError(f"{model_dir}: {bad} do not match the sha256 in {MANIFEST_FILE}: corrupt files")
     sha = manifest["files"][WEIGHTS_FILE] if manifest is not None else file_sha256(model_dir / WEIGHTS_FILE)
-    try:
-        fields = json.loads((model_dir / CONFIG_FILE).read_text())
-    except ValueError as err:
-        raise ProbesError(f"{model_dir / CONFIG_FILE} is not valid JSON: {err}") from None
     cfg = _config_from_json(fields, device)
     tokenizer = None
     if (model_dir / "tokenizer.json").exists() or (model_dir / "tokenizer_config.json").exists():
@@ -198,24 +193,18 @@ def _ready(model: HookedTransformer, device: str, provenance: Provenance) -> Hoo
 
 
 def _load_from_hub(name: str, device: str) -> HookedTransformer:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
-    packaged = ", ".join(PACKAGED)
-    try:
-        official = get_official_model_name(name)
-    except ValueError:
-        raise ProbesError(
-            f"unknown model '{name}': not a packaged model ({packaged}), not a TransformerLens official name, "
-            "and not a directory holding config.json + model.safetensors"
-        ) from None
+    official = official_name(name)
     require_hub(official)
     try:
+        refuse(official, tl_refusal(get_pretrained_model_config(official)))  # the config only: before the weights
         model = HookedTransformer.from_pretrained_no_processing(official, device=device)
     except OSError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ProbesError(
             f"could not fetch '{official}' from the Hugging Face hub ({reason[:160]}); offline, use a packaged "
-            f"model instead: {packaged}"
+            f"model instead: {', '.join(PACKAGED)}"
         ) from None
     return _ready(model, device, Provenance(name=official, weights_sha256=None))
 
@@ -224,10 +213,11 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransform
     """A HookedTransformer for a packaged model name, a local model directory, or a TransformerLens official name.
 
     Packaged models are converted once and cached under :func:`cache_root`; later loads read the cache.
-    Weights are never folded or centred, so logits equal the original model's.
+    Weights are never folded or centred, so logits equal the original model's. A model the kit cannot measure
+    (:mod:`probes.models.support`) is refused from its name or config, before any weight loads.
     """
     key = str(name_or_path)
-    source = model_source(key)
+    source = check_model_name(key)
     if source == "packaged":
         return load_model_dir(ensure_cached(key), device, check_sha256=False)  # just checked
     if source == "directory":

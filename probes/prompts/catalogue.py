@@ -3,6 +3,15 @@ import (``probes.prompts.tasks.GENERATORS`` maps the same names to the generator
 
 TASKS = ("ioi", "pronoun_resolution", "gender_tag", "previous_token", "induction")
 TEMPLATED = {"ioi", "pronoun_resolution", "gender_tag"}  # the tasks whose `templates` a spec may restrict
+# The roles each task's prompts carry besides ``end``, declared here so a spec's roles are checked before any model
+# loads (tests/test_tasks.py checks every generator's prompt sets against it).
+TASK_ROLES = {
+    "ioi": ("IO", "S1", "S2"),
+    "pronoun_resolution": ("pronoun", "antecedent", "distractor"),
+    "gender_tag": ("name",),
+    "previous_token": ("previous",),
+    "induction": ("induction_target",),
+}
 # What a run keeps per prompt at the least (text and token records), counted generously: n prompts that cannot
 # fit even these are refused before torch is imported (probes.prompts.tasks adds the per-head measures).
 RECORD_BYTES = 4096

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
 from probes.models.protocol import HookedModel
+from probes.models.support import require_supported
 from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
 from probes.prompts.roles import END, role_position
 
@@ -164,8 +165,10 @@ class PromptSet:
             raise ProbesError(f"prompt {int(identical[0])}: clean and corrupt are the same tokens: not a minimal pair")
 
     def check_model(self, model: HookedModel) -> None:
-        """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts
-        longer than its context (which would fail deep inside attention, or ask for memory it cannot have)."""
+        """Refuse a model the kit cannot measure (:func:`probes.models.support.require_supported`), or one these
+        prompts were not made for: another tokenizer, ids past its vocabulary, or prompts longer than its context
+        (which would fail deep inside attention, or ask for memory it cannot have)."""
+        require_supported(model)
         own, name = model_fingerprint(model), model_name(model)
         if self.tokenizer is not None and own is not None and own != self.tokenizer:
             raise ProbesError(
@@ -262,6 +265,7 @@ PROGRESS_FROM = 1000  # records from which matching roles shows a progress bar (
 
 
 def _from_records(model: HookedModel, records: list[dict], where: list[str], task: str) -> PromptSet:
+    require_supported(model)  # the first call a text prompt set makes with the model: refuse it here, not later
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ProbesError("this model has no tokenizer, so text prompts cannot be used; use PromptSet.from_tokens")

@@ -35,7 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probes.core.errors import ProbesError
-from probes.prompts.catalogue import TASKS, TEMPLATED
+from probes.models.support import check_model_name
+from probes.prompts.catalogue import TASK_ROLES, TASKS, TEMPLATED
+from probes.prompts.records import read_records
+from probes.prompts.roles import END, PREVIOUS
 
 if TYPE_CHECKING:
     from probes.claims.types import Claim, Composition
@@ -131,6 +134,35 @@ class AnalysisSpec:
             for target in self.probe_targets:
                 if target not in TARGETS:
                     raise ProbesError(f"{where}: unknown probe target '{target}'; known: {', '.join(TARGETS)}")
+
+    def check_sources(self, where: str) -> None:
+        """What the spec names outside itself, checked before any model loads or any file is written: a model the
+        kit can take (:func:`probes.models.support.check_model_name`: packaged, a TransformerLens official name, or
+        a model directory with a config it can measure), and roles its prompts will have, wherever a role is named
+        (src, dst, foil, written claims, ``[position_content]``): the task's declared roles, or the prompt file's."""
+        try:
+            check_model_name(self.model)
+        except ProbesError as err:
+            raise ProbesError(f"{where}: {err}") from None
+        if self.task is not None:
+            roles, whose = {*TASK_ROLES[self.task], END}, f"task {self.task}"
+        else:
+            roles, whose = {*read_records(self.prompts)[0][0]["roles"], END}, f"prompt file {self.prompts}"
+        named = [("src", self.src, False), ("dst", self.dst, True), ("foil", self.foil, False)]
+        for item in self.claims:
+            claim = parse_selector(item, where)
+            if not isinstance(claim, tuple):
+                named += [(f"claim {item!r}", claim.src, False), (f"claim {item!r}", claim.dst, True),
+                          (f"claim {item!r}", claim.foil, False)]
+        section = self.position_content or {}  # its src and dst default to the spec's
+        named += [("position_content.src", section.get("src"), False), ("position_content.dst", section.get("dst"), True)]
+        for what, role, is_target in named:
+            if role is not None and role not in roles and not (is_target and role == PREVIOUS):
+                previous = f" (and '{PREVIOUS}' as a target: the token before the source)" if is_target else ""
+                raise ProbesError(
+                    f"{where}: unknown role '{role}' in {what}; the prompts of {whose} have the roles "
+                    f"{', '.join(sorted(roles))}{previous}"[:400]
+                )
 
     def _check_thresholds(self, where: str) -> None:
         from probes.claims.types import Thresholds  # pandas and scipy: only for specs that set thresholds

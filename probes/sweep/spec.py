@@ -12,7 +12,8 @@
     templates = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
 
 Grid and ``set`` keys are :class:`probes.run.spec.AnalysisSpec` fields (model, seed, n, templates, direction,
-thresholds, ...). Every cell's spec is checked before anything runs, so a typo fails at once, not in cell 17.
+thresholds, ...). Every cell's spec is checked before anything runs or is written (its model and roles too, see
+:meth:`AnalysisSpec.check_sources`), so a typo fails at once, not in cell 17.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class SweepSpec:
             name = cell_name(values)
             spec = dataclasses.replace(base, **self.fixed, **values)
             spec.check(f"{where}: cell {name}")
+            spec.check_sources(f"{where}: cell {name}")
             cells.append(Cell(name, values, spec))
         names = [c.name for c in cells]
         if len(set(names)) < len(names):

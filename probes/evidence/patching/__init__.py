@@ -108,6 +108,7 @@ def check_inputs(model: HookedModel, prompts: PromptSet, component: str, directi
         raise ProbesError(f"memory_mb must be positive, got {memory_mb}")
     if len(prompts) == 0:
         raise ProbesError("the prompt set is empty: there is nothing to patch")
+    prompts.check_model(model)  # first: a model the kit cannot measure is refused with what it lacks
     if component == "mlp_out" and model.cfg.attn_only:
         raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
     if model.cfg.ungroup_grouped_query_attention:
@@ -115,9 +116,8 @@ def check_inputs(model: HookedModel, prompts: PromptSet, component: str, directi
             "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
             "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"
         )
-    if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
+    if model.cfg.positional_embedding_type == "shortformer":
         raise ProbesError("patching needs a causal model whose residual stream carries its positions")
-    prompts.check_model(model)
     prompts.check_pairs()
     return SITES[component]
 

@@ -118,6 +118,7 @@ def patch_paths(
 ) -> PathsResult:
     """Per prompt, the metric with each sender's output from the other run reaching only each receiver's input
     (``(layer, head, "q" | "k" | "v")``, or ``"logits"``: the direct path to the output); see the module doc."""
+    prompts.check_model(model)
     if direction not in DIRECTIONS:
         raise ProbesError(f"unknown direction '{direction}'; choose 'denoising' (clean into corrupt) or 'noising'")
     if batch_size < 1:
