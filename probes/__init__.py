@@ -13,6 +13,7 @@ from probes.core.errors import ProbesError
 # public name -> module that defines it
 _EXPORTS = {
     "load_model": "probes.models.loading",
+    "load_bridge": "probes.models.bridge",
     "PromptSet": "probes.prompts.promptset",
     "role_attention": "probes.evidence.attention",
     "norm_weighted_attention": "probes.evidence.attention",

@@ -64,8 +64,8 @@ def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
         raise ProbesError(f"{CONFIG_FILE} is not a valid HookedTransformerConfig: {err}") from None
 
 
-def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
-    """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
+def hf_from_gguf(spec: PackagedModel, scratch: Path):
+    """The packaged GGUF dequantised by ``transformers``: a plain float32 HF model and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = spec.locate_gguf(spec.package_dir(), scratch)
@@ -75,6 +75,13 @@ def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
     # are float32 by now.
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None  # else save_pretrained writes the GGUF quantisation back into config.json
+    return hf_model, tokenizer
+
+
+def convert_gguf(spec: PackagedModel, scratch: Path, out_dir: Path) -> None:
+    """Dequantise the packaged GGUF and write a local model directory into ``out_dir``."""
+    hf_model, tokenizer = hf_from_gguf(spec, scratch)
     write_converted(hf_model, tokenizer, out_dir, scratch, spec.tl_name)
 
 

@@ -28,6 +28,7 @@ from transformer_lens import HookedTransformer
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
+from probes.models.bridge import check_bridge
 from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
 from probes.prompts.roles import END, role_position
 
@@ -166,6 +167,7 @@ class PromptSet:
     def check_model(self, model: HookedTransformer) -> None:
         """Refuse a model these prompts were not made for: another tokenizer, ids past its vocabulary, or prompts
         longer than its context (which would fail deep inside attention, or ask for memory it cannot have)."""
+        check_bridge(model)
         own, name = model_fingerprint(model), model_name(model)
         if self.tokenizer is not None and own is not None and own != self.tokenizer:
             raise ProbesError(

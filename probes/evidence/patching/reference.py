@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from probes.models.bridge import final_resid, is_bridge
 from probes.prompts.promptset import PromptSet
 
 _SCOPE: ContextVar[dict | None] = ContextVar("probes_shared_runs", default=None)
@@ -72,7 +73,10 @@ def side_run(
     key = (id(model), id(tokens), end, tuple(group.tolist()))
     run = scope.get(key) if scope is not None else None
     batch = tokens[group, : end + 1]
-    if run is None:
+    if run is None and is_bridge(model):  # no TransformerLens key/value cache: its patched runs start at 0
+        final, acts = final_resid(model, batch, names=names)
+        run = SideRun(tokens, final[:, end], acts, [])
+    elif run is None:
         # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(group))
         final, acts = model.run_with_cache(
