@@ -119,16 +119,31 @@ def test_load_bridge_refuses_a_kit_model_directory(toy_model, tmp_path):
 # The packaged models, written once as HF checkpoints (load_bridge), against their HookedTransformer loads
 
 
+def _gap(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """Largest difference where both ran (NaN where a restricted sweep did not run, in both)."""
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    return (ours - theirs).nan_to_num().abs().max().item()
+
+
 @pytest.mark.real
 @pytest.mark.parametrize(("name", "fixture", "head"), [("smollm2-135m", "smollm2", (9, 1)), ("gemma-3-270m", "gemma", (6, 1))])
 def test_packaged_bridge_equals_hooked_transformer(name, fixture, head, request):
+    """Two IOI pairs, three layers' heads (a bridge's patched runs are whole forward passes: slow)."""
     hooked, bridge = request.getfixturevalue(fixture), load_bridge(name)
-    prompts = probes.tasks.ioi(hooked, 4, seed=0, templates=[0, 1])
-    assert torch.equal(probes.tasks.ioi(bridge, 4, seed=0, templates=[0, 1]).clean, prompts.clean)
-    for measure in ("role_attention", "patch_heads:z", "edge_effects:knockout"):
-        ours, theirs = MEASURES[measure](hooked, prompts), MEASURES[measure](bridge, prompts)
-        assert (ours - theirs).abs().max().item() < 1e-4, measure
+    prompts = probes.tasks.ioi(hooked, 2, seed=0, templates=[0, 1])
+    assert torch.equal(probes.tasks.ioi(bridge, 2, seed=0, templates=[0, 1]).clean, prompts.clean)
+    n_layers = hooked.cfg.n_layers
+    layers = [0, n_layers // 2, n_layers - 1]
+    heads = [(layer, h) for layer in layers for h in range(2)]
+    measures = {
+        "role_attention": lambda m: probes.role_attention(m, prompts, "end", "IO"),
+        "patch_heads": lambda m: probes.patch_heads(m, prompts, "z", layers=layers, progress=False),
+        "edge_effects": lambda m: probes.edge_effects(m, prompts, "end", "IO", heads=heads, progress=False).effect,
+    }
+    gaps = {measure: _gap(run(hooked), run(bridge)) for measure, run in measures.items()}
     claim = probes.Claim(head=head, src="end", dst="IO", foil="S2")
     ours, theirs = probes.evaluate(hooked, prompts, claim), probes.evaluate(bridge, prompts, claim)
+    gaps["evaluate"] = _evidence_gap(ours, theirs)
+    print(f"{name}: max |bridge - HookedTransformer|", {k: f"{v:.1e}" for k, v in gaps.items()})  # docs/bridge.md
     assert ours.verdict == theirs.verdict
-    assert _evidence_gap(ours, theirs) < 1e-4
+    assert max(gaps.values()) < 1e-4, gaps
