@@ -15,6 +15,7 @@ from probes.models import loading
 from probes.models.bridge import load_bridge
 from probes.prompts.promptset import PromptSet
 
+from test_edges import plain_edge_effect
 from test_hf_checkpoint import _tiny
 
 VOCAB = 96
@@ -76,6 +77,19 @@ def test_bridge_equals_hooked_transformer(tiny_pair, measure):
     assert ours.shape == theirs.shape
     assert ours.abs().max() > 1e-4  # the measure moves: the comparison is not of two zeros
     assert (ours - theirs).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("intervention", ["knockout", "pattern_row", "z_at"])
+def test_bridge_edges_equal_plain_hooks_on_the_bridge(tiny_pair, intervention):
+    """Ground truth without a HookedTransformer (as on TransformerLens 4): one head at a time, plain hooks on the
+    bridge itself in a full forward pass, the logit difference read from full logits."""
+    _, bridge = tiny_pair
+    prompts = _prompts()
+    ours = probes.edge_effects(bridge, prompts, "end", "IO", intervention=intervention, progress=False).effect
+    for layer, head in [(0, 1), (1, 3)]:
+        theirs = plain_edge_effect(bridge, prompts, "end", "IO", layer, head, intervention)
+        assert theirs.abs().max() > 1e-4
+        assert (ours[:, layer, head] - theirs).abs().max().item() < 1e-5
 
 
 def _evidence_gap(a, b) -> float:
