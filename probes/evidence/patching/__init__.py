@@ -110,7 +110,7 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
         raise ProbesError("the prompt set is empty: there is nothing to patch")
     if component == "mlp_out" and model.cfg.attn_only:
         raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
-    if model.cfg.ungroup_grouped_query_attention:
+    if getattr(model.cfg, "ungroup_grouped_query_attention", False):  # (not a field in TransformerLens 4)
         raise ProbesError(
             "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
             "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"
