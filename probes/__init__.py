@@ -20,6 +20,7 @@ from probes.core.errors import ProbesError
 _EXPORTS = {
     "load_model": "probes.models.loading",
     "HookedModel": "probes.models.protocol",
+    "load_bridge": "probes.models.bridge",
     "PromptSet": "probes.prompts.promptset",
     "role_attention": "probes.evidence.attention",
     "norm_weighted_attention": "probes.evidence.attention",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.rotary import RotaryBands, rotary_bands
     from probes.models import toy
     from probes.models.architecture import kv_groups
+    from probes.models.bridge import load_bridge
     from probes.models.loading import load_model
     from probes.models.protocol import HookedModel
     from probes.prompts import tasks

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from probes.core.memory import batches
 from probes.models.architecture import attention_bytes
+from probes.models.bridge import final_resid
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
@@ -64,7 +65,7 @@ def read_off_resid(
     the corrupt side): all the metric and the answer's distribution need, from one pass."""
     out = []
     for idx in _batches(model, tokens, batch_size):
-        out.append(resid_at(model(tokens[idx], stop_at_layer=model.cfg.n_layers), prompts.end[idx]))
+        out.append(resid_at(final_resid(model, tokens[idx])[0], prompts.end[idx]))
     return torch.cat(out)
 
 

@@ -40,8 +40,9 @@ def kept_attention_bytes(model: HookedModel, batch: int, n_pos: int) -> int:
 
 def n_kv_heads(model: HookedModel) -> int:
     """Key/value heads as the hooks see them: one per query head without grouped-query attention, and in
-    TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them."""
-    if model.cfg.ungroup_grouped_query_attention:
+    TransformerLens's ungrouped mode (``cfg.ungroup_grouped_query_attention``), which expands them (a field
+    TransformerLens 4's bridge config does not have)."""
+    if getattr(model.cfg, "ungroup_grouped_query_attention", False):
         return model.cfg.n_heads
     return model.cfg.n_key_value_heads or model.cfg.n_heads
 

@@ -77,6 +77,7 @@ def gguf_hf_model(spec: PackagedModel, scratch: Path):
     # are float32 by now.
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None  # else save_pretrained writes the GGUF quantisation back into config.json
     return hf_model.eval(), tokenizer
 
 

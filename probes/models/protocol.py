@@ -13,6 +13,7 @@ Types only: nothing here runs, and ``isinstance(model, HookedModel)`` checks onl
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -133,6 +134,10 @@ class HookedModel(Protocol):
         past_kv_cache: Any = None,  # what probes.models.kv_cache passes to keep keys and values
         attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, ActivationCache]: ...
+
+    def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> AbstractContextManager[Any]:
+        """Hooks added for the ``with`` block only (what ``run_with_cache`` cannot take itself)."""
+        ...
 
     def get_submodule(self, target: str) -> nn.Module: ...
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
+from probes.models.bridge import check_bridge
 from probes.models.protocol import HookedModel
 from probes.models.support import require_supported
 from probes.prompts.records import RECORD_KEYS, RepeatedLines, check_group, check_record, read_records
@@ -169,6 +170,7 @@ class PromptSet:
         prompts were not made for: another tokenizer, ids past its vocabulary, or prompts longer than its context
         (which would fail deep inside attention, or ask for memory it cannot have)."""
         require_supported(model)
+        check_bridge(model)
         own, name = model_fingerprint(model), model_name(model)
         if self.tokenizer is not None and own is not None and own != self.tokenizer:
             raise ProbesError(

@@ -111,7 +111,7 @@ def check_inputs(model: HookedModel, prompts: PromptSet, component: str, directi
     prompts.check_model(model)  # first: a model the kit cannot measure is refused with what it lacks
     if component == "mlp_out" and model.cfg.attn_only:
         raise ProbesError("component 'mlp_out' needs MLP layers, but this model is attention-only; use 'attn_out'")
-    if model.cfg.ungroup_grouped_query_attention:
+    if getattr(model.cfg, "ungroup_grouped_query_attention", False):  # (not a field in TransformerLens 4)
         raise ProbesError(
             "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
             "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"

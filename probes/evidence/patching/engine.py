@@ -45,6 +45,7 @@ from probes.evidence.patching.reference import SideRun
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
 from probes.models.architecture import keys_values_separate, n_kv_heads
+from probes.models.bridge import is_bridge
 from probes.models.hooks import get_act_name
 from probes.models.kv_cache import KeysValues, run_block, run_block_at_last
 from probes.models.protocol import HookedModel
@@ -106,6 +107,7 @@ class Bucket:
     end: int
     answer: Int[Tensor, " member"]
     foil: Int[Tensor, " member"]
+    target_tokens: Int[Tensor, "member pos"]  # the run patched into, positions 0..end (what hooked runs run)
     target_resid: dict[int, Float[Tensor, "member suffix d_model"]]  # resid_pre of the run patched into
     source_acts: dict[str, dict[int, Tensor]]  # component -> layer -> the other run's activation, suffix only,
     # variant axis first
@@ -157,6 +159,7 @@ def prepare_bucket(
         end=end,
         answer=answer,
         foil=foil,
+        target_tokens=target.tokens[members, : end + 1],
         target_resid={layer: target.acts[get_act_name("resid_pre", layer)][rows, split:] for layer in layers},
         source_acts={
             site.component: {
@@ -167,11 +170,11 @@ def prepare_bucket(
             }
             for site in sites
         },
-        prefix=[(keys[rows, :split], values[rows, :split]) for keys, values in target.kv] if split else None,
+        prefix=[(keys[rows, :split], values[rows, :split]) for keys, values in target.kv] if split and target.kv else None,
         target_metric=metric(model, target.final[rows], answer, foil).float(),
         source_metric=metric(model, source.final[rows], answer, foil).float(),
         metric=metric,
-        row_bytes=row_bytes(model, split, n_suffix),
+        row_bytes=row_bytes(model, 0, end + 1) if is_bridge(model) else row_bytes(model, split, n_suffix),
     )
 
 
@@ -304,12 +307,15 @@ def run_rows(
 ) -> Float[Tensor, " row"]:
     """The metric of every patched run, in batches of at most ``budget`` bytes; once ``stop`` is set, give up
     before the next batch. ``rows`` must be sorted by the layer they join at."""
+    from probes.evidence.patching.hooked import hooked_run  # (it imports this module)
+
+    run = hooked_run if is_bridge(model) else staggered_run  # a bridge cannot start mid-model
     per_batch = max(1, int(budget // bucket.row_bytes))
     out = []
     for start in range(0, len(rows), per_batch):
         if stop is not None and stop.is_set():
             raise Stopped
-        out.append(staggered_run(model, bucket, rows[start : start + per_batch]))
+        out.append(run(model, bucket, rows[start : start + per_batch]))
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -353,7 +359,7 @@ def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tenso
         for slot in rows.slots:
             here = (slot.layer[:stop] == layer).nonzero()[:, 0]
             if len(here):
-                hook = patch_hook(slot[here], here, _patch_values(bucket, slot[here], rows.member[here], layer))
+                hook = patch_hook(slot[here], here, patch_values(bucket, slot[here], rows.member[here], layer))
                 handles.append(model.get_submodule(slot.site.hook_name(layer)).register_forward_hook(hook))
         try:
             resid = run_block(block, resid, prefix)
@@ -363,7 +369,7 @@ def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tenso
     return bucket.metric(model, resid[:, -1], bucket.answer[rows.member], bucket.foil[rows.member]).float()
 
 
-def _patch_values(bucket: Bucket, slot: Slot, members: Int[Tensor, " new"], layer: int) -> Tensor | None:
+def patch_values(bucket: Bucket, slot: Slot, members: Int[Tensor, " new"], layer: int) -> Tensor | None:
     """What the other run had where ``slot`` patches (None for a knockout, which edits the run's own pattern)."""
     if slot.knockout_key is not None:
         return None

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.models.bridge import final_resid, is_bridge
 from probes.models.kv_cache import KeysValues, run_keeping_keys_values
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
@@ -72,7 +73,10 @@ def side_run(
     key = (id(model), id(tokens), end, tuple(group.tolist()))
     run = scope.get(key) if scope is not None else None
     batch = tokens[group, : end + 1]
-    if run is None:
+    if run is None and is_bridge(model):  # no TransformerLens key/value cache: its patched runs start at 0
+        final, acts = final_resid(model, batch, names=names)
+        run = SideRun(tokens, final[:, end], acts, [])
+    elif run is None:
         final, acts, kv = run_keeping_keys_values(model, batch, names)
         run = SideRun(tokens, final[:, end], acts, kv)
     elif missing := names - run.acts.keys():

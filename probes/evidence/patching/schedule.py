@@ -16,6 +16,7 @@ from typing import TypeVar
 import torch
 
 from probes.core.errors import ProbesError
+from probes.models.bridge import is_bridge
 from probes.models.kernels import onednn_linear
 from probes.models.protocol import HookedModel
 
@@ -28,7 +29,10 @@ Bucket = TypeVar("Bucket")
 def n_workers(model: HookedModel, workers: int | None) -> int:
     """The requested workers, or the default: one per torch thread up to ``MAX_AUTO_WORKERS`` on CPU, else one.
     Also one where the caller's thread state would not reach worker threads (autocast, torch function modes),
-    and for Qwen's dynamic NTK rotary, whose table TransformerLens rebuilds inside forward."""
+    and for Qwen's dynamic NTK rotary, whose table TransformerLens rebuilds inside forward. Always one for a
+    TransformerBridge: its forward pass sets per-block state, and its hooks act in every thread."""
+    if is_bridge(model):
+        return 1
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
             raise ProbesError(f"workers must be a whole number of at least 1, got {workers!r}")
