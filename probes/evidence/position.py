@@ -43,6 +43,7 @@ from transformer_lens.utilities import get_act_name
 
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
+from probes.models.frozen import frozen_model
 from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -302,6 +303,7 @@ def counterfactuals(
     return Counterfactuals(base, swapped, moved, shifts)
 
 
+@frozen_model
 def position_content(
     model: HookedTransformer,
     prompts: PromptSet,

@@ -39,6 +39,7 @@ from probes.core.stats import (
     simultaneous_confidence,
 )
 from probes.models.architecture import kv_head_of
+from probes.models.frozen import frozen_model
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, positions, src_dst_positions
 
@@ -97,7 +98,7 @@ def band_masks(model: HookedTransformer, layer: int, n_bands: int) -> tuple[Floa
     return torch.stack(masks), wavelengths
 
 
-@torch.no_grad()
+@frozen_model
 def rotary_bands(
     model: HookedTransformer,
     prompts: PromptSet,

@@ -55,6 +55,7 @@ from probes.evidence.patching.sites import (
     Site,
 )
 from probes.models.architecture import kv_groups
+from probes.models.frozen import frozen_model
 from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import Role, src_dst_positions
@@ -122,6 +123,7 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
     return SITES[component]
 
 
+@frozen_model
 def patch_activations(
     model: HookedTransformer,
     prompts: PromptSet,
@@ -159,6 +161,7 @@ def patch_activations(
     )
 
 
+@frozen_model
 def edge_effects(
     model: HookedTransformer,
     prompts: PromptSet,
@@ -276,6 +279,7 @@ def _sweep(
     )
 
 
+@frozen_model
 def patch_runs(
     model: HookedTransformer,
     prompts: PromptSet,

@@ -35,6 +35,7 @@ from probes.evidence.metric import Metric, logit_diff_from_resid, resid_at
 from probes.evidence.patching.engine import row_bytes
 from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
 from probes.models.architecture import keys_values_separate, kv_head_of
+from probes.models.frozen import frozen_model
 from probes.models.kernels import onednn_linear
 from probes.prompts.promptset import PromptSet
 
@@ -104,6 +105,7 @@ def _check(model: HookedTransformer, senders: Sequence[tuple[int, int]], receive
         raise ProbesError("path patching needs attention whose q/k/v come from ln1(resid); this architecture differs")
 
 
+@frozen_model
 def patch_paths(
     model: HookedTransformer,
     prompts: PromptSet,
@@ -136,7 +138,7 @@ def patch_paths(
         return paths_bytes(model, batch, length, len(senders))
 
     fix = "shorten the prompts, use fewer senders, or raise PROBES_MEMORY_FRACTION"
-    with torch.no_grad(), onednn_linear(onednn), tqdm(
+    with onednn_linear(onednn), tqdm(
         total=n, desc="path patching", unit="prompt", disable=None if progress else True
     ) as bar:
         for index in batches(lengths, batch_size, need, "path patching", fix):
