@@ -298,3 +298,33 @@ def build_rotary(seed: int = 0) -> ToyModel:
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+@dataclass(frozen=True)
+class ShortformerHeads:
+    """The shortformer model's heads: L0H1 attends to ``i - 1`` through the positions its query and key inputs
+    get (the residual stream has none) and copies that token into the previous-token block; L1H0 is an induction
+    head that K-composes with it; the others have small random weights."""
+
+    previous_token: tuple[int, int] = (0, 1)
+    induction: tuple[int, int] = (1, 0)
+    untouched: tuple[tuple[int, int], ...] = ((0, 0), (1, 1))
+
+
+def build_shortformer(seed: int = 0) -> ToyModel:
+    """Two attention-only layers with shortformer positions, as TransformerLens's classic induction-head models:
+    the position one-hots (``W_pos``) are added to each layer's query and key inputs only, never to the residual
+    stream or the values, so the previous-token head finds ``i - 1`` by position while what it copies, and all the
+    induction head reads, is token content. ``seed`` sets the untouched heads."""
+    model = _blank_model(n_layers=2, n_heads=2, positional_embedding_type="shortformer")
+    heads = ShortformerHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        _plant_previous_token(_head(model, *heads.previous_token), model.cfg.attn_scale)
+        induction = _head(model, *heads.induction)
+        _plant_induction_match(induction, model.cfg.attn_scale)
+        _plant_copy_to_output(induction)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))

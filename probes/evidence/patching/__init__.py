@@ -116,8 +116,9 @@ def check_inputs(model: HookedTransformer, prompts: PromptSet, component: str, d
             "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
             "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"
         )
-    if model.cfg.attention_dir != "causal" or model.cfg.positional_embedding_type == "shortformer":
-        raise ProbesError("patching needs a causal model whose residual stream carries its positions")
+    if model.cfg.attention_dir != "causal":
+        raise ProbesError("patching needs a causal model (attention_dir 'causal'): a later token must not change "
+                          "an earlier one")
     prompts.check_model(model)
     prompts.check_pairs()
     return SITES[component]

@@ -48,7 +48,7 @@ from probes.evidence.metric import Metric
 from probes.evidence.patching.reference import SideRun
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
-from probes.models.architecture import keys_values_separate, n_kv_heads
+from probes.models.architecture import keys_values_separate, n_kv_heads, shortformer_positions
 from probes.prompts.promptset import PromptSet
 
 # Patched runs of up to this many consecutive layers share one staggered batch (each run joins at its own layer):
@@ -333,10 +333,12 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
 
     Blocks are called directly, as ``HookedTransformer.forward`` calls them after ``start_at_layer``, with plain
     torch hooks on the patched hook points only: ``run_with_hooks`` would add and remove hooks on every hook
-    point of the model for each block, which costs as much as a short block itself."""
+    point of the model for each block, which costs as much as a short block itself. Shortformer blocks get the
+    positions they compute (``split..end``), which their residual stream does not carry."""
     joins = rows.layer
     first = int(joins[0])
     resid = bucket.target_resid[first][:0]
+    positions = shortformer_positions(model, bucket.split, resid.shape[1])
     joined = 0
     last = model.cfg.n_layers - 1
     patched_last = any(bool((slot.layer == last).any()) for slot in rows.slots)
@@ -345,7 +347,7 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
         stop = int((joins <= layer).sum())
         prefix = _row_prefix(bucket, rows.member[:stop], layer)
         if layer == last and not patched_last and resid.shape[1] > 1 and keys_values_separate(model):
-            resid = _read_off_block(block, resid, prefix)
+            resid = _read_off_block(block, resid, prefix, positions)
             continue
         if stop > joined:
             resid = torch.cat([resid, bucket.target_resid[layer][rows.member[joined:stop]]])
@@ -357,7 +359,7 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
                 hook = patch_hook(slot[here], here, _patch_values(bucket, slot[here], rows.member[here], layer))
                 handles.append(model.get_submodule(slot.site.hook_name(layer)).register_forward_hook(hook))
         try:
-            resid = block(resid, past_kv_cache_entry=prefix)
+            resid = block(resid, shortformer_pos_embed=positions, past_kv_cache_entry=prefix)
         finally:
             for handle in handles:
                 handle.remove()
@@ -365,17 +367,23 @@ def staggered_run(model: HookedTransformer, bucket: Bucket, rows: Rows) -> Float
 
 
 def _read_off_block(
-    block: TransformerBlock, resid: Float[Tensor, "row pos d_model"], prefix: TransformerLensKeyValueCacheEntry | None
+    block: TransformerBlock,
+    resid: Float[Tensor, "row pos d_model"],
+    prefix: TransformerLensKeyValueCacheEntry | None,
+    positions: Float[Tensor, "1 pos d_model"] | None,
 ) -> Float[Tensor, "row 1 d_model"]:
     """The last block at the read-off (last) position only. Upstream of it the other positions matter to the
     metric only as keys and values, so they get ``ln1`` and the key/value projection, and no attention output
-    or MLP: about one layer less per patched run."""
+    or MLP: about one layer less per patched run. Shortformer ``positions`` join the keys (as the block adds them
+    to its key input), not the values."""
     context = block.ln1(resid[:, :-1])
-    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], context, context)
+    key_input = context if positions is None else context + positions[:, :-1]
+    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], key_input, context)
     if prefix is not None:
         keys, values = torch.cat([prefix.past_keys, keys], 1), torch.cat([prefix.past_values, values], 1)
     entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
-    return block(resid[:, -1:], past_kv_cache_entry=entry)
+    last = None if positions is None else positions[:, -1:]
+    return block(resid[:, -1:], shortformer_pos_embed=last, past_kv_cache_entry=entry)
 
 
 def _patch_values(bucket: Bucket, slot: Slot, members: Int[Tensor, " new"], layer: int) -> Tensor | None:
