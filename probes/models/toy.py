@@ -328,3 +328,43 @@ def build_shortformer(seed: int = 0) -> ToyModel:
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folded weights (what ``from_pretrained`` gives by default): not planted, random, for exactness checks
+
+
+def build_random(normalization_type: str = "LN", seed: int = 0) -> HookedTransformer:
+    """A small random model with every part TransformerLens's weight processing rewrites: GPT-2-like for ``"LN"``
+    (learned positions, GELU MLP), Llama-like for ``"RMS"`` (rotary, gated MLP). Its biases and norm weights are
+    random too (TransformerLens initialises them to 0 and 1), so folding and centring change every weight they touch."""
+    llama = normalization_type == "RMS"
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=N_CTX * 2, d_vocab=48, act_fn="silu" if llama
+        else "gelu_new", gated_mlp=llama, normalization_type=normalization_type,
+        positional_embedding_type="rotary" if llama else "standard", rotary_dim=8 if llama else None, seed=seed,
+        device="cpu",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        model = HookedTransformer(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".b_" in name or name.startswith("b_") or name.endswith(".w") or name.endswith(".b"):
+                param.add_(0.3 * torch.randn(param.shape, generator=gen))
+    model.eval()
+    return model.requires_grad_(False)
+
+
+def processed(model: HookedTransformer) -> HookedTransformer:
+    """A copy of ``model`` with the weight processing ``HookedTransformer.from_pretrained`` applies by default:
+    norms folded into the next weights (``LNPre`` / ``RMSPre``), writing weights and the unembedding centred (LN
+    models), value biases folded into the output bias. Same logit differences; other activations change."""
+    import copy
+
+    out = copy.deepcopy(model)
+    out.load_and_process_state_dict(
+        out.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    return out
