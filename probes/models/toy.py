@@ -156,6 +156,12 @@ def _plant_induction_match(w: _HeadWeights, attn_scale: float) -> None:
     _plant_sink(w, attn_scale, dim=D_VOCAB)
 
 
+def _plant_induction(w: _HeadWeights, attn_scale: float) -> None:
+    """An induction head: the match above, and a copy of the token it finds into the output block."""
+    _plant_induction_match(w, attn_scale)
+    _plant_copy_to_output(w)
+
+
 def _plant_sink(w: _HeadWeights, attn_scale: float, dim: int) -> None:
     """A constant query against a <bos>-only key feature, so a head with nothing to match rests on <bos>."""
     w.b_Q[dim] = SINK_SCORE * attn_scale
@@ -187,9 +193,7 @@ def build(seed: int = 0) -> ToyModel:
         antecedent = _head(model, *heads.antecedent)
         _plant_gender_match(antecedent, cfg.attn_scale)
         _plant_copy_to_output(antecedent)
-        induction = _head(model, *heads.induction)
-        _plant_induction_match(induction, cfg.attn_scale)
-        _plant_copy_to_output(induction)
+        _plant_induction(_head(model, *heads.induction), cfg.attn_scale)
         _plant_gender_match(_head(model, *heads.decoy), cfg.attn_scale)
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
@@ -322,9 +326,7 @@ def build_shortformer(seed: int = 0) -> ToyModel:
     with torch.no_grad():
         _plant_embeddings(model)
         _plant_previous_token(_head(model, *heads.previous_token), model.cfg.attn_scale)
-        induction = _head(model, *heads.induction)
-        _plant_induction_match(induction, model.cfg.attn_scale)
-        _plant_copy_to_output(induction)
+        _plant_induction(_head(model, *heads.induction), model.cfg.attn_scale)
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
