@@ -35,6 +35,7 @@ from probes.evidence.attention import norm_weighted_attention, role_attention
 from probes.evidence.patching import (
     Direction, PatchingResult, edge_effects, patch_activations, patch_paths, shared_runs,
 )
+from probes.models.frozen import frozen_model
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import PREVIOUS
@@ -381,6 +382,7 @@ def evaluate_composition(
     return result
 
 
+@frozen_model
 def evaluate(
     model: HookedModel,
     prompts: PromptSet,

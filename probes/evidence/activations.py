@@ -40,6 +40,7 @@ from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.memory import batches
 from probes.models.architecture import attention_bytes
+from probes.models.frozen import frozen_model
 from probes.models.hooks import HookPoint, get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
@@ -160,6 +161,7 @@ def _json_value(value: object) -> object:
     return value.item() if hasattr(value, "item") else str(value)
 
 
+@frozen_model
 def harvest(
     model: HookedModel,
     prompts: PromptSet,

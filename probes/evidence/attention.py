@@ -27,6 +27,7 @@ from probes.core.errors import ProbesError
 from probes.core.memory import batches
 from probes.evidence.patching.reference import sharing, side_run
 from probes.models.architecture import attention_bytes, kept_attention_bytes, kv_head_of
+from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts import tasks
@@ -112,6 +113,7 @@ def _value_norm_reader(model: HookedModel, dst: Int[Tensor, " batch"]) -> Reader
     return read
 
 
+@frozen_model
 def role_attention(
     model: HookedModel, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
@@ -128,6 +130,7 @@ def role_attention(
     return _per_head(model, prompts, readers, batch_size, "attention")["pattern"]
 
 
+@frozen_model
 def norm_weighted_attention(
     model: HookedModel, prompts: PromptSet, src: Role, dst: Role, batch_size: int = ATTENTION_BATCH
 ) -> Float[Tensor, "prompt layer head"]:
@@ -188,6 +191,7 @@ def _score_reader(mask: Bool[Tensor, "batch query key"]) -> Reader:
     return read
 
 
+@frozen_model
 def head_score_samples(
     model: HookedModel,
     kind: str,

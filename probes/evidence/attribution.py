@@ -23,8 +23,10 @@ from probes.evidence.metric import logit_diff_from_resid, resid_at
 from probes.evidence.patching import PatchingResult, patch_activations
 from probes.models.hooks import get_act_name
 from probes.models.protocol import HookedModel
+from probes.models.frozen import frozen_model
 from probes.prompts.promptset import PromptSet
 
+@frozen_model
 def attribute_heads(model: HookedModel, prompts: PromptSet, batch_size: int = 16) -> Float[Tensor, "prompt layer head"]:
     """Estimated denoising effect of patching each head's output (all positions) on each prompt's logit
     difference: the quantity :func:`probes.patch_heads` computes exactly, to first order."""
@@ -111,6 +113,7 @@ class Screening:
         return result_html("Screening", sentence, numbers, grid_html(mean, "mean attribution (logits)"))
 
 
+@frozen_model
 def screen_then_verify(
     model: HookedModel, prompts: PromptSet, top_k: int = 10, batch_size: int = 16, **patching_kwargs
 ) -> Screening:

@@ -9,6 +9,7 @@ import pandas as pd
 from probes.core.notebook import result_html
 from probes.core.stats import CONFIDENCE, Estimate, estimate_mean, share_of_groups_above_zero
 from probes.evidence.metric import answer_distribution, logit_diff_from_resid, read_off_resid
+from probes.models.frozen import frozen_model
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
@@ -58,6 +59,7 @@ class Behaviour:
         return result_html(f"{self.task}: how the model does the task", sentence, numbers)
 
 
+@frozen_model
 def behaviour(
     model: HookedModel, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Behaviour:

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from probes.core.errors import ProbesError
 from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
+from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
@@ -304,6 +305,7 @@ def counterfactuals(
     return Counterfactuals(base, swapped, moved, shifts)
 
 
+@frozen_model
 def position_content(
     model: HookedModel,
     prompts: PromptSet,

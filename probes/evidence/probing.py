@@ -47,6 +47,7 @@ from probes.core.io import write_table
 from probes.core.memory import require_fits
 from probes.core.stats import cluster_bootstrap_means, percentile_interval
 from probes.evidence.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
+from probes.models.frozen import frozen_model
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
@@ -437,6 +438,7 @@ def probe_bytes(n_rows: int, shape: Sequence[int]) -> int:
     return PROBE_COPIES * 4 * n_rows * math.prod(shape)
 
 
+@frozen_model
 def probe(
     model: HookedModel,
     prompts: PromptSet,

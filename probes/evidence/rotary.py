@@ -37,6 +37,7 @@ from probes.core.stats import (
     simultaneous_confidence,
 )
 from probes.models.architecture import kv_head_of
+from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
@@ -97,7 +98,7 @@ def band_masks(model: HookedModel, layer: int, n_bands: int) -> tuple[Float[Tens
     return torch.stack(masks), wavelengths
 
 
-@torch.no_grad()
+@frozen_model
 def rotary_bands(
     model: HookedModel,
     prompts: PromptSet,

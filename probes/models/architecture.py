@@ -4,12 +4,15 @@
   consecutive query heads (``repeat_interleave``), so query head ``h`` reads key/value head ``h // group``.
 - Which configurations compute keys and values straight from ``ln1(resid)`` (what lets the patching engine run
   the last block at the read-off position only).
+- Shortformer positions (TransformerLens's attention-only toy models): the positional embedding is not in the
+  residual stream but added to each layer's query and key inputs, so code that runs blocks from a cached residual
+  stream must hand each block the positions it computes (:func:`shortformer_positions`).
 """
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
@@ -70,3 +73,12 @@ def keys_values_separate(model: HookedModel) -> bool:
         or cfg.original_architecture in POST_NORM_ARCHITECTURES
         or cfg.original_architecture in _QK_NORM_IN_FORWARD
     )
+
+
+def shortformer_positions(model: HookedTransformer, start: int, n: int) -> Float[Tensor, "1 pos d_model"] | None:
+    """The positional embedding of positions ``start..start + n - 1`` that a shortformer block adds to its query and
+    key inputs (``shortformer_pos_embed``, broadcast over the batch); None for every other positional scheme."""
+    if model.cfg.positional_embedding_type != "shortformer":
+        return None
+    positions = torch.zeros(1, n, dtype=torch.long, device=model.cfg.device)  # PosEmbed reads only the shape
+    return model.pos_embed(positions, past_kv_pos_offset=start)

@@ -34,24 +34,34 @@ def run_keeping_keys_values(
 
 
 def run_block(
-    block: Block, resid: Float[Tensor, "row pos d_model"], prefix: KeysValues | None
+    block: Block,
+    resid: Float[Tensor, "row pos d_model"],
+    prefix: KeysValues | None,
+    positions: Float[Tensor, "1 pos d_model"] | None = None,
 ) -> Float[Tensor, "row pos d_model"]:
     """``block`` on the positions of ``resid``, which follow the positions whose keys and values are ``prefix``
-    (None: ``resid`` starts at position 0)."""
-    return block(resid, past_kv_cache_entry=_entry(prefix))
+    (None: ``resid`` starts at position 0). ``positions``: a shortformer model's positional embedding of those
+    positions, which the block adds to its query and key inputs
+    (:func:`probes.models.architecture.shortformer_positions`)."""
+    return block(resid, shortformer_pos_embed=positions, past_kv_cache_entry=_entry(prefix))
 
 
 def run_block_at_last(
-    block: Block, resid: Float[Tensor, "row pos d_model"], prefix: KeysValues | None
+    block: Block,
+    resid: Float[Tensor, "row pos d_model"],
+    prefix: KeysValues | None,
+    positions: Float[Tensor, "1 pos d_model"] | None = None,
 ) -> Float[Tensor, "row 1 d_model"]:
     """``block`` at the last position only. The other positions matter there only as keys and values, so they get
     ``ln1`` and the key/value projection, and no attention output or MLP: about one layer less per patched run.
-    Valid where keys and values come from ``ln1(resid)`` alone (:func:`probes.models.architecture.keys_values_separate`)."""
+    Valid where keys and values come from ``ln1(resid)`` alone (:func:`probes.models.architecture.keys_values_separate`).
+    Shortformer ``positions`` join the keys (as the block adds them to its key input), not the values."""
     context = block.ln1(resid[:, :-1])
-    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], context, context)
+    key_input = context if positions is None else context + positions[:, :-1]
+    _, keys, values = block.attn.calculate_qkv_matrices(context[:, :0], key_input, context)
     if prefix is not None:
         keys, values = torch.cat([prefix[0], keys], 1), torch.cat([prefix[1], values], 1)
-    return run_block(block, resid[:, -1:], (keys, values))
+    return run_block(block, resid[:, -1:], (keys, values), None if positions is None else positions[:, -1:])
 
 
 def _entry(prefix: KeysValues | None) -> TransformerLensKeyValueCacheEntry | None:

@@ -156,6 +156,12 @@ def _plant_induction_match(w: _HeadWeights, attn_scale: float) -> None:
     _plant_sink(w, attn_scale, dim=D_VOCAB)
 
 
+def _plant_induction(w: _HeadWeights, attn_scale: float) -> None:
+    """An induction head: the match above, and a copy of the token it finds into the output block."""
+    _plant_induction_match(w, attn_scale)
+    _plant_copy_to_output(w)
+
+
 def _plant_sink(w: _HeadWeights, attn_scale: float, dim: int) -> None:
     """A constant query against a <bos>-only key feature, so a head with nothing to match rests on <bos>."""
     w.b_Q[dim] = SINK_SCORE * attn_scale
@@ -187,9 +193,7 @@ def build(seed: int = 0) -> ToyModel:
         antecedent = _head(model, *heads.antecedent)
         _plant_gender_match(antecedent, cfg.attn_scale)
         _plant_copy_to_output(antecedent)
-        induction = _head(model, *heads.induction)
-        _plant_induction_match(induction, cfg.attn_scale)
-        _plant_copy_to_output(induction)
+        _plant_induction(_head(model, *heads.induction), cfg.attn_scale)
         _plant_gender_match(_head(model, *heads.decoy), cfg.attn_scale)
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
@@ -298,3 +302,71 @@ def build_rotary(seed: int = 0) -> ToyModel:
         for layer, head in heads.untouched:
             _plant_untouched(_head(model, layer, head), gen)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+@dataclass(frozen=True)
+class ShortformerHeads:
+    """The shortformer model's heads: L0H1 attends to ``i - 1`` through the positions its query and key inputs
+    get (the residual stream has none) and copies that token into the previous-token block; L1H0 is an induction
+    head that K-composes with it; the others have small random weights."""
+
+    previous_token: tuple[int, int] = (0, 1)
+    induction: tuple[int, int] = (1, 0)
+    untouched: tuple[tuple[int, int], ...] = ((0, 0), (1, 1))
+
+
+def build_shortformer(seed: int = 0) -> ToyModel:
+    """Two attention-only layers with shortformer positions, as TransformerLens's classic induction-head models:
+    the position one-hots (``W_pos``) are added to each layer's query and key inputs only, never to the residual
+    stream or the values, so the previous-token head finds ``i - 1`` by position while what it copies, and all the
+    induction head reads, is token content. ``seed`` sets the untouched heads."""
+    model = _blank_model(n_layers=2, n_heads=2, positional_embedding_type="shortformer")
+    heads = ShortformerHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        _plant_previous_token(_head(model, *heads.previous_token), model.cfg.attn_scale)
+        _plant_induction(_head(model, *heads.induction), model.cfg.attn_scale)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folded weights (what ``from_pretrained`` gives by default): not planted, random, for exactness checks
+
+
+def build_random(normalization_type: str = "LN", seed: int = 0) -> HookedTransformer:
+    """A small random model with every part TransformerLens's weight processing rewrites: GPT-2-like for ``"LN"``
+    (learned positions, GELU MLP), Llama-like for ``"RMS"`` (rotary, gated MLP). Its biases and norm weights are
+    random too (TransformerLens initialises them to 0 and 1), so folding and centring change every weight they touch."""
+    llama = normalization_type == "RMS"
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=N_CTX * 2, d_vocab=48, act_fn="silu" if llama
+        else "gelu_new", gated_mlp=llama, normalization_type=normalization_type,
+        positional_embedding_type="rotary" if llama else "standard", rotary_dim=8 if llama else None, seed=seed,
+        device="cpu",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        model = HookedTransformer(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".b_" in name or name.startswith("b_") or name.endswith(".w") or name.endswith(".b"):
+                param.add_(0.3 * torch.randn(param.shape, generator=gen))
+    model.eval()
+    return model.requires_grad_(False)
+
+
+def processed(model: HookedTransformer) -> HookedTransformer:
+    """A copy of ``model`` with the weight processing ``HookedTransformer.from_pretrained`` applies by default:
+    norms folded into the next weights (``LNPre`` / ``RMSPre``), writing weights and the unembedding centred (LN
+    models), value biases folded into the output bias. Same logit differences; other activations change."""
+    import copy
+
+    out = copy.deepcopy(model)
+    out.load_and_process_state_dict(
+        out.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    return out

@@ -53,6 +53,7 @@ from probes.evidence.patching.sites import (
     Site,
 )
 from probes.models.architecture import kv_groups
+from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
@@ -116,12 +117,11 @@ def check_inputs(model: HookedModel, prompts: PromptSet, component: str, directi
             "patching runs on grouped keys and values (its key/value cache is TransformerLens's, sized by "
             "n_key_value_heads): set model.cfg.ungroup_grouped_query_attention = False"
         )
-    if model.cfg.positional_embedding_type == "shortformer":
-        raise ProbesError("patching needs a causal model whose residual stream carries its positions")
     prompts.check_pairs()
     return SITES[component]
 
 
+@frozen_model
 def patch_activations(
     model: HookedModel,
     prompts: PromptSet,
@@ -160,6 +160,7 @@ def patch_activations(
     )
 
 
+@frozen_model
 def edge_effects(
     model: HookedModel,
     prompts: PromptSet,
@@ -278,6 +279,7 @@ def _sweep(
     )
 
 
+@frozen_model
 def patch_runs(
     model: HookedModel,
     prompts: PromptSet,

@@ -44,7 +44,7 @@ from probes.evidence.metric import Metric
 from probes.evidence.patching.reference import SideRun
 from probes.evidence.patching.schedule import Stopped
 from probes.evidence.patching.sites import Edge, Site
-from probes.models.architecture import keys_values_separate, n_kv_heads
+from probes.models.architecture import keys_values_separate, n_kv_heads, shortformer_positions
 from probes.models.bridge import is_bridge
 from probes.models.hooks import get_act_name
 from probes.models.kv_cache import KeysValues, run_block, run_block_at_last
@@ -338,10 +338,12 @@ def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tenso
 
     Blocks are called directly, as ``HookedTransformer.forward`` calls them after ``start_at_layer``, with plain
     torch hooks on the patched hook points only: ``run_with_hooks`` would add and remove hooks on every hook
-    point of the model for each block, which costs as much as a short block itself."""
+    point of the model for each block, which costs as much as a short block itself. Shortformer blocks get the
+    positions they compute (``split..end``), which their residual stream does not carry."""
     joins = rows.layer
     first = int(joins[0])
     resid = bucket.target_resid[first][:0]
+    positions = shortformer_positions(model, bucket.split, resid.shape[1])
     joined = 0
     last = model.cfg.n_layers - 1
     patched_last = any(bool((slot.layer == last).any()) for slot in rows.slots)
@@ -350,7 +352,7 @@ def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tenso
         stop = int((joins <= layer).sum())
         prefix = _row_prefix(bucket, rows.member[:stop], layer)
         if layer == last and not patched_last and resid.shape[1] > 1 and keys_values_separate(model):
-            resid = run_block_at_last(block, resid, prefix)
+            resid = run_block_at_last(block, resid, prefix, positions)
             continue
         if stop > joined:
             resid = torch.cat([resid, bucket.target_resid[layer][rows.member[joined:stop]]])
@@ -362,7 +364,7 @@ def staggered_run(model: HookedModel, bucket: Bucket, rows: Rows) -> Float[Tenso
                 hook = patch_hook(slot[here], here, patch_values(bucket, slot[here], rows.member[here], layer))
                 handles.append(model.get_submodule(slot.site.hook_name(layer)).register_forward_hook(hook))
         try:
-            resid = run_block(block, resid, prefix)
+            resid = run_block(block, resid, prefix, positions)
         finally:
             for handle in handles:
                 handle.remove()

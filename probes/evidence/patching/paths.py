@@ -32,7 +32,8 @@ from probes.core.memory import batches
 from probes.evidence.metric import Metric, logit_diff_from_resid, resid_at
 from probes.evidence.patching.engine import row_bytes
 from probes.evidence.patching.sites import DIRECTIONS, Direction, PatchedMetric
-from probes.models.architecture import keys_values_separate, kv_head_of
+from probes.models.architecture import keys_values_separate, kv_head_of, shortformer_positions
+from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
@@ -104,6 +105,7 @@ def _check(model: HookedModel, senders: Sequence[tuple[int, int]], receivers: Se
         raise ProbesError("path patching needs attention whose q/k/v come from ln1(resid); this architecture differs")
 
 
+@frozen_model
 def patch_paths(
     model: HookedModel,
     prompts: PromptSet,
@@ -137,7 +139,7 @@ def patch_paths(
         return paths_bytes(model, batch, length, len(senders))
 
     fix = "shorten the prompts, use fewer senders, or raise PROBES_MEMORY_FRACTION"
-    with torch.no_grad(), onednn_linear(use_onednn(model, onednn)), tqdm(
+    with onednn_linear(use_onednn(model, onednn)), tqdm(
         total=n, desc="path patching", unit="prompt", disable=None if progress else True
     ) as bar:
         for index in batches(lengths, batch_size, need, "path patching", fix):
@@ -204,13 +206,16 @@ def _paths_batch(
 def _receiver_inputs(
     model: HookedModel, layer: int, component: str, resid: Float[Tensor, "sender prompt pos d_model"]
 ) -> Tensor:
-    """The receiver layer's ``hook_{q,k,v}`` activation (every head) as the block computes it from ``resid``."""
+    """The receiver layer's ``hook_{q,k,v}`` activation (every head) as the block computes it from ``resid``
+    (shortformer positions added to the query and key inputs, as the block adds them)."""
     block = model.blocks[layer]
     captured: list[Tensor] = []
     hook = block.attn.get_submodule(f"hook_{component}").register_forward_hook(lambda m, i, o: captured.append(o))
     try:
         x = block.ln1(resid.flatten(0, 1))
-        block.attn.calculate_qkv_matrices(x, x, x)
+        positions = shortformer_positions(model, 0, x.shape[1])
+        with_positions = x if positions is None else x + positions
+        block.attn.calculate_qkv_matrices(with_positions, with_positions, x)
     finally:
         hook.remove()
     return captured[0].reshape(*resid.shape[:2], *captured[0].shape[1:])
@@ -231,5 +236,6 @@ def _run_with_receiver(
     resid = base.repeat(n_senders, 1, 1)
     return model.run_with_hooks(
         resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+        shortformer_pos_embed=shortformer_positions(model, 0, resid.shape[1]),
         fwd_hooks=[(get_act_name(component, layer), hook)],
     )
