@@ -43,6 +43,7 @@ class ModelConfig(Protocol):
     model_name: str
     default_prepend_bos: bool
     attn_only: bool
+    use_normalization_before_and_after: bool  # Gemma 2/3: blocks also have ln1_post/ln2_post (probes.models.writes)
     parallel_attn_mlp: bool  # the MLP reads the block's input, not what its attention wrote (probes.evidence.circuits)
     attention_dir: str  # "causal" for every model the kit patches
     positional_embedding_type: str  # "standard", "rotary", "shortformer", ...
@@ -63,6 +64,7 @@ class Attention(Protocol):
     its hook points, and its query/key/value projection (which the engine calls to get keys and values alone)."""
 
     W_O: Float[Tensor, "head d_head d_model"]
+    b_O: Float[Tensor, " d_model"]
     attn_scale: float
     rotary_sin: Float[Tensor, "pos rotary_half"]  # rotary models only
     rotary_cos: Float[Tensor, "pos rotary_half"]  # rotary models only
@@ -74,7 +76,9 @@ class Attention(Protocol):
 
 class Block(Protocol):
     """One transformer block: callable on the residual stream, given (for the patching engine) the keys and values
-    of earlier positions as a TransformerLens key/value cache entry (:mod:`probes.models.kv_cache` builds it)."""
+    of earlier positions as a TransformerLens key/value cache entry (:mod:`probes.models.kv_cache` builds it).
+    Post-norm models' blocks also have the norms :func:`probes.models.writes.post_norms` names (``ln1_post``,
+    ``ln2_post``, ``ln2``)."""
 
     attn: Attention
     ln1: Callable[[Tensor], Tensor]

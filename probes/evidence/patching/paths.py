@@ -8,9 +8,12 @@ query, key or value input (or the logits, for the direct path to the output) is 
     resid_base + (z_other[sender] - z_base[sender]) @ W_O[sender]
 
 at every position: the sender's change reaches the receiver directly and through nothing else (every other head
-and MLP stays at the base run, as when all other components are frozen, Wang et al. 2022). The receiver's layer
-and everything after it then run normally. For grouped-query models a ``k``/``v`` receiver is the key/value head
-that the query head reads, shared with its group.
+and MLP stays at the base run, as when all other components are frozen, Wang et al. 2022). On models that
+normalise each block's attention sum again before adding it (Gemma: ``ln1_post``), the sender's change enters as
+its layer's output recomputed with the sender's ``z`` patched, ``ln1_post(sum_base + Δz W_O) - ln1_post(sum_base)``
+(:func:`probes.models.writes.residual_change`): the same quantity as freezing every other head's ``z`` and every
+MLP's output at the base run with hooks. The receiver's layer and everything after it then run normally. For
+grouped-query models a ``k``/``v`` receiver is the key/value head that the query head reads, shared with its group.
 
 Cost: one run of the two prompts of every pair, then for each receiver one batched run of all senders from the
 receiver's layer on; only the metric is read (no full-vocabulary logits).
@@ -19,7 +22,7 @@ receiver's layer on; only the metric is read (no full-vocabulary logits).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -36,6 +39,7 @@ from probes.models.architecture import keys_values_separate, kv_head_of
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear
 from probes.models.protocol import HookedModel
+from probes.models.writes import attention_sum, residual_change
 from probes.prompts.promptset import PromptSet
 
 LOGITS = "logits"
@@ -179,12 +183,7 @@ def _paths_batch(
         answer, foil = prompts.answer.repeat(rows // len(prompts)), prompts.foil.repeat(rows // len(prompts))
         return metric(model, resid_at(final, end), answer, foil).float()
 
-    # what each sender's change adds to the residual stream at every position: [sender, prompt, pos, d_model]
-    deltas = torch.stack([
-        (source_cache[get_act_name("z", layer)][:, :, head] - target_cache[get_act_name("z", layer)][:, :, head])
-        @ model.blocks[layer].attn.W_O[head]
-        for layer, head in senders
-    ])
+    deltas = _sender_deltas(model, senders, target_cache, source_cache)
     out = torch.full((len(prompts), len(senders), len(receivers)), float("nan"))
     for r, receiver in enumerate(receivers):
         if receiver == LOGITS:
@@ -198,6 +197,25 @@ def _paths_batch(
         final = _run_with_receiver(model, layer, component, variant, base, inputs)
         out[:, :, r] = read(final, final.shape[0]).reshape(len(senders), -1).T
     return out, read(target_final, len(prompts)), read(source_final, len(prompts))
+
+
+def _sender_deltas(
+    model: HookedModel,
+    senders: list[tuple[int, int]],
+    target_cache: Mapping[str, Tensor],
+    source_cache: Mapping[str, Tensor],
+) -> Float[Tensor, "sender prompt pos d_model"]:
+    """What each sender's change (its ``z`` from the source run) adds to the base run's residual stream at every
+    position, through its layer's post-norm where the model has one."""
+    sums = {}  # each sender layer's pre-norm attention output in the base run
+    deltas = []
+    for layer, head in senders:
+        name = get_act_name("z", layer)
+        if layer not in sums:
+            sums[layer] = attention_sum(model, layer, target_cache[name])
+        written = (source_cache[name][:, :, head] - target_cache[name][:, :, head]) @ model.blocks[layer].attn.W_O[head]
+        deltas.append(residual_change(model, layer, "attn", sums[layer], written))
+    return torch.stack(deltas)
 
 
 def _receiver_inputs(
