@@ -52,6 +52,10 @@ _EXPORTS = {
     "save_table": "probes.evidence.probing",
     "circuit_graph": "probes.evidence.circuits",
     "CircuitGraph": "probes.evidence.circuits",
+    "edge_ablation": "probes.evidence.circuits",
+    "EdgeAblationResult": "probes.evidence.circuits",
+    "run_circuit": "probes.evidence.circuits",
+    "CircuitRunResult": "probes.evidence.circuits",
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
@@ -85,7 +89,9 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
     from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import behaviour
-    from probes.evidence.circuits import CircuitGraph, circuit_graph
+    from probes.evidence.circuits import (
+        CircuitGraph, CircuitRunResult, EdgeAblationResult, circuit_graph, edge_ablation, run_circuit,
+    )
     from probes.evidence.patching import (
         PatchingResult, edge_effects, patch_activations, patch_heads, patch_paths, patch_resid,
     )

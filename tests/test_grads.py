@@ -66,6 +66,7 @@ CLAIM = Claim((1, 1), src="pronoun", dst="antecedent", foil="distractor")
 
 # export -> (builder of the planted model it runs on, call(planted, model, tmp_path) -> result)
 Case = tuple[Callable[[], toy.ToyModel], Callable[[toy.ToyModel, object, Path], object]]
+CIRCUIT = [("a1.1", "logits"), ("input", "a1.1.q"), ("a0.2", "a1.1.k")]  # a few edges of the planted toy
 CASES: dict[str, Case] = {
     "PromptSet": (toy.build, _checked),
     "role_attention": (toy.build, lambda t, m, _: probes.role_attention(m, _pronouns(t), "pronoun", "antecedent")),
@@ -89,6 +90,8 @@ CASES: dict[str, Case] = {
     ),
     "kv_groups": (toy.build, lambda t, m, _: probes.kv_groups(m)),
     "circuit_graph": (toy.build, lambda t, m, _: probes.circuit_graph(m)),
+    "edge_ablation": (toy.build, lambda t, m, _: probes.edge_ablation(m, _pronouns(t), CIRCUIT)),
+    "run_circuit": (toy.build, lambda t, m, _: probes.run_circuit(m, _pronouns(t), CIRCUIT).circuit),
     "position_content": (
         toy.build_position_content,
         lambda t, m, _: probes.position_content(m, _name_prompts(), "end", "name", filler=FILLER,

@@ -57,6 +57,7 @@ class ModelConfig(Protocol):
     # what decides whether a block's keys and values can be computed alone (probes.models.architecture)
     use_attn_in: bool
     use_split_qkv_input: bool
+    use_hook_mlp_in: bool  # with use_split_qkv_input, set for a run by probes.models.inputs.split_inputs
     clip_qkv: float | None
 
 

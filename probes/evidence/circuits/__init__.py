@@ -1,5 +1,7 @@
-"""Circuits: the graph of edges between heads, MLPs, the input and the logits that a circuit is a subgraph of."""
+"""Circuits: the graph of edges between heads, MLPs, the input and the logits that a circuit is a subgraph of, and
+exact runs of its edges (each edge ablated alone; a circuit run alone)."""
 
+from probes.evidence.circuits.exact import CircuitRunResult, EdgeAblationResult, edge_ablation, run_circuit
 from probes.evidence.circuits.graph import CircuitGraph, circuit_graph
 
-__all__ = ["CircuitGraph", "circuit_graph"]
+__all__ = ["CircuitGraph", "CircuitRunResult", "EdgeAblationResult", "circuit_graph", "edge_ablation", "run_circuit"]
