@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.provenance import file_sha256
+from probes.models import tl
 from probes.models.cache import CACHE_FORMAT, CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, cache_root, file_hashes, read_manifest
 from probes.models.support import HF_KEYS
 
@@ -30,7 +30,7 @@ from probes.models.support import HF_KEYS
 NO_PROCESSING = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
 
 
-def config_to_json(cfg: HookedTransformerConfig) -> dict:
+def config_to_json(cfg: tl.HookedTransformerConfig) -> dict:
     """The init fields of a HookedTransformerConfig as JSON-safe values (dtypes as strings)."""
     out = {}
     for f in dataclasses.fields(cfg):
@@ -49,45 +49,42 @@ def config_to_json(cfg: HookedTransformerConfig) -> dict:
     return out
 
 
-def _tl_config(hf_model, scratch: Path, tl_name: str | None) -> tuple[str, HookedTransformerConfig]:
+def _tl_config(hf_model, scratch: Path, tl_name: str | None) -> tuple[str, tl.HookedTransformerConfig]:
     """TransformerLens's config for ``hf_model``: from its HF config, or (architectures TL 3.9 only knows by
     official name, e.g. the Gemma family) from the official name the checkpoint was fine-tuned from."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
-
     if tl_name is None:
         # a neutral directory name: TL reads architecture hints from the name ("llama", "gemma-3" in a path)
         hf_config_dir = scratch / "hf_config"
         hf_model.config.architectures = [type(hf_model).__name__]
         hf_model.config.save_pretrained(hf_config_dir)
         try:
-            return str(hf_config_dir), get_pretrained_model_config(str(hf_config_dir), dtype=torch.float32)
+            return str(hf_config_dir), tl.get_pretrained_model_config(str(hf_config_dir), dtype=torch.float32)
         except NotImplementedError:
             origin = getattr(hf_model.config, "_name_or_path", "") or ""
             try:
-                tl_name = get_official_model_name(origin)
+                tl_name = tl.get_official_model_name(origin)
             except ValueError:
                 raise ProbesError(
                     f"TransformerLens 3.9 cannot convert a {type(hf_model).__name__} from its HF config, and the "
                     f"checkpoint's _name_or_path ({origin!r}) is not an official TransformerLens name it could take "
                     "the architecture from; set _name_or_path in config.json to the model it was trained from"
                 ) from None
-    return tl_name, get_pretrained_model_config(tl_name, dtype=torch.float32)
+    return tl_name, tl.get_pretrained_model_config(tl_name, dtype=torch.float32)
 
 
 def write_converted(hf_model, tokenizer, out_dir: Path, scratch: Path, tl_name: str | None = None) -> None:
     """Convert a float32 ``transformers`` model with TransformerLens's converters and write a model directory
     (``model.safetensors`` + ``config.json`` + tokenizer) into ``out_dir``."""
     from safetensors.torch import save_file
-    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
 
     tl_name, cfg = _tl_config(hf_model, scratch, tl_name)
     if tokenizer is None:
         cfg.tokenizer_name = None  # else TransformerLens looks for one where the config came from
-    state_dict = get_pretrained_state_dict(tl_name, cfg, hf_model=hf_model)
+    state_dict = tl.get_pretrained_state_dict(tl_name, cfg, hf_model=hf_model)
     # Let TransformerLens complete the state dict (zero biases etc.), then keep exactly its parameters: the
     # cache loads with one strict assign, no per-key processing. Tied embeddings become separate copies,
     # since safetensors refuses tensors that share memory.
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = tl.HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **NO_PROCESSING)
     params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
     save_file(params, str(out_dir / WEIGHTS_FILE))

@@ -10,8 +10,8 @@ every hook are unchanged; only strides differ.
 from __future__ import annotations
 
 from torch import nn
-from transformer_lens import HookedTransformer
-from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+from probes.models import tl
 
 # permutation each forward call applies before its .contiguous()/reshape: see simple_attn_linear and
 # AbstractAttention.forward (W_O), GatedMLP.forward and Unembed.forward in transformer_lens 3.9
@@ -27,7 +27,7 @@ def _store_permuted(param: nn.Parameter, order: tuple[int, ...]) -> None:
     param.data = base.permute(inverse)
 
 
-def relayout_for_speed(model: HookedTransformer) -> HookedTransformer:
+def relayout_for_speed(model: tl.HookedTransformer) -> tl.HookedTransformer:
     """Re-lay out attention, gated-MLP and unembedding weights in place; returns the model for chaining."""
     for block in model.blocks:
         attn = block.attn
@@ -36,7 +36,7 @@ def relayout_for_speed(model: HookedTransformer) -> HookedTransformer:
             if param is not None:
                 _store_permuted(param, QKV_ORDER)
         _store_permuted(attn.W_O, OUT_ORDER)
-        if isinstance(getattr(block, "mlp", None), GatedMLP):
+        if isinstance(getattr(block, "mlp", None), tl.GatedMLP):
             for name in ("W_in", "W_gate", "W_out"):
                 _store_permuted(getattr(block.mlp, name), TRANSPOSE)
     _store_permuted(model.unembed.W_U, TRANSPOSE)

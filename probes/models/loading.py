@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir, remove_stale_temps
@@ -39,6 +38,7 @@ from probes.models.cache import (
     read_manifest,
 )
 from probes.models.hf_checkpoint import config_to_json, converted_dir, is_hf_checkpoint, write_converted
+from probes.models import tl
 from probes.models.layout import relayout_for_speed
 from probes.models.registry import PACKAGED, PackagedModel, require_hub
 from probes.models.support import check_model_name, model_config, official_name, refuse, tl_refusal
@@ -49,8 +49,8 @@ STALE_BUILD_S = 3600  # a conversion takes ~2 min: a scratch directory an hour o
 # Conversion: GGUF -> HF (transformers) -> TransformerLens state dict -> local model directory
 
 
-def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
-    known = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+def _config_from_json(fields: dict, device: str) -> tl.HookedTransformerConfig:
+    known = {f.name for f in dataclasses.fields(tl.HookedTransformerConfig) if f.init}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ProbesError(f"{CONFIG_FILE} has fields HookedTransformerConfig does not know: {', '.join(unknown)}")
@@ -60,7 +60,7 @@ def _config_from_json(fields: dict, device: str) -> HookedTransformerConfig:
     kwargs["device"] = device
     kwargs["init_weights"] = False  # every weight comes from the file: skip the random initialisation
     try:
-        return HookedTransformerConfig(**kwargs)
+        return tl.HookedTransformerConfig(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise ProbesError(f"{CONFIG_FILE} is not a valid HookedTransformerConfig: {err}") from None
 
@@ -138,11 +138,12 @@ def ensure_cached(name: str) -> Path:
 # Loading
 
 
-def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool = True) -> HookedTransformer:
+def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool = True) -> tl.HookedTransformer:
     """Load a local model directory: ``config.json`` + ``model.safetensors`` (+ optional tokenizer files)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    tl.require_hooked_transformer("load_model_dir")
     model_dir = Path(path)
     fields = model_config(model_dir)
     manifest = read_manifest(model_dir)
@@ -161,7 +162,7 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
         state_dict = load_file(str(model_dir / WEIGHTS_FILE), device=device)
     except (SafetensorError, OSError) as err:
         raise ProbesError(f"{model_dir / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = tl.HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in missing if k not in buffers]
@@ -172,7 +173,7 @@ def load_model_dir(path: str | Path, device: str = "cpu", *, check_sha256: bool 
     return _ready(model, device, Provenance(name=name, weights_sha256=sha, path=str(model_dir)))
 
 
-def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
+def save_model_dir(model: tl.HookedTransformer, path: str | Path) -> Path:
     """Write ``model`` as a local model directory that :func:`load_model` reads back (atomically)."""
     from safetensors.torch import save_file
 
@@ -185,7 +186,7 @@ def save_model_dir(model: HookedTransformer, path: str | Path) -> Path:
     return final
 
 
-def _ready(model: HookedTransformer, device: str, provenance: Provenance) -> HookedTransformer:
+def _ready(model: tl.HookedTransformer, device: str, provenance: Provenance) -> tl.HookedTransformer:
     model.provenance = provenance
     model.to(device, print_details=False)
     model.eval()
@@ -193,14 +194,12 @@ def _ready(model: HookedTransformer, device: str, provenance: Provenance) -> Hoo
     return relayout_for_speed(model)
 
 
-def _load_from_hub(name: str, device: str) -> HookedTransformer:
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
+def _load_from_hub(name: str, device: str) -> tl.HookedTransformer:
     official = official_name(name)
     require_hub(official)
     try:
-        refuse(official, tl_refusal(get_pretrained_model_config(official)))  # the config only: before the weights
-        model = HookedTransformer.from_pretrained_no_processing(official, device=device)
+        refuse(official, tl_refusal(tl.get_pretrained_model_config(official)))  # the config only: before the weights
+        model = tl.HookedTransformer.from_pretrained_no_processing(official, device=device)
     except OSError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ProbesError(
@@ -210,13 +209,14 @@ def _load_from_hub(name: str, device: str) -> HookedTransformer:
     return _ready(model, device, Provenance(name=official, weights_sha256=None))
 
 
-def load_model(name_or_path: str | Path, device: str = "cpu") -> HookedTransformer:
+def load_model(name_or_path: str | Path, device: str = "cpu") -> tl.HookedTransformer:
     """A HookedTransformer for a packaged model name, a local model directory, or a TransformerLens official name.
 
     Packaged models are converted once and cached under :func:`cache_root`; later loads read the cache.
     Weights are never folded or centred, so logits equal the original model's. A model the kit cannot measure
     (:mod:`probes.models.support`) is refused from its name or config, before any weight loads.
     """
+    tl.require_hooked_transformer("probes.load_model")
     key = str(name_or_path)
     source = check_model_name(key)
     if source == "packaged":

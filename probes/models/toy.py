@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from probes.models import tl
 
 
 VOCAB: list[str] = [
@@ -88,7 +89,7 @@ class PlantedHeads:
 class ToyModel:
     """The planted model, where its heads are, and the names of its tokens (it has no tokenizer)."""
 
-    model: HookedTransformer
+    model: tl.HookedTransformer
     heads: PlantedHeads
     vocab: list[str]
 
@@ -106,7 +107,7 @@ class _HeadWeights:
     b_V: Float[Tensor, " d_head"]
 
 
-def _head(model: HookedTransformer, layer: int, head: int) -> _HeadWeights:
+def _head(model: tl.HookedTransformer, layer: int, head: int) -> _HeadWeights:
     attn = model.blocks[layer].attn
     return _HeadWeights(
         attn.W_Q.data[head],
@@ -119,7 +120,7 @@ def _head(model: HookedTransformer, layer: int, head: int) -> _HeadWeights:
     )
 
 
-def _plant_embeddings(model: HookedTransformer) -> None:
+def _plant_embeddings(model: tl.HookedTransformer) -> None:
     """Tokens and positions write one-hots; names and pronouns also write their gender dims."""
     W_E: Float[Tensor, "d_vocab d_model"] = model.embed.W_E.data
     W_pos: Float[Tensor, "n_ctx d_model"] = model.pos_embed.W_pos.data
@@ -200,9 +201,10 @@ def build(seed: int = 0) -> ToyModel:
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
 
 
-def _blank_model(**overrides) -> HookedTransformer:
+def _blank_model(**overrides) -> tl.HookedTransformer:
     """An attention-only model of this module's sizes with every weight zero, frozen, for planting into."""
-    cfg = HookedTransformerConfig(
+    tl.require_hooked_transformer("probes.toy")
+    cfg = tl.HookedTransformerConfig(
         **{
             "d_model": D_MODEL,
             "d_head": D_HEAD,
@@ -220,7 +222,7 @@ def _blank_model(**overrides) -> HookedTransformer:
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
-        model = HookedTransformer(cfg)
+        model = tl.HookedTransformer(cfg)
     model.eval()
     model.requires_grad_(False)
     for param in model.parameters():
@@ -336,12 +338,13 @@ def build_shortformer(seed: int = 0) -> ToyModel:
 # Folded weights (what ``from_pretrained`` gives by default): not planted, random, for exactness checks
 
 
-def build_random(normalization_type: str = "LN", seed: int = 0) -> HookedTransformer:
+def build_random(normalization_type: str = "LN", seed: int = 0) -> tl.HookedTransformer:
     """A small random model with every part TransformerLens's weight processing rewrites: GPT-2-like for ``"LN"``
     (learned positions, GELU MLP), Llama-like for ``"RMS"`` (rotary, gated MLP). Its biases and norm weights are
     random too (TransformerLens initialises them to 0 and 1), so folding and centring change every weight they touch."""
+    tl.require_hooked_transformer("probes.toy")
     llama = normalization_type == "RMS"
-    cfg = HookedTransformerConfig(
+    cfg = tl.HookedTransformerConfig(
         n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=N_CTX * 2, d_vocab=48, act_fn="silu" if llama
         else "gelu_new", gated_mlp=llama, normalization_type=normalization_type,
         positional_embedding_type="rotary" if llama else "standard", rotary_dim=8 if llama else None, seed=seed,
@@ -349,7 +352,7 @@ def build_random(normalization_type: str = "LN", seed: int = 0) -> HookedTransfo
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
-        model = HookedTransformer(cfg)
+        model = tl.HookedTransformer(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -359,7 +362,7 @@ def build_random(normalization_type: str = "LN", seed: int = 0) -> HookedTransfo
     return model.requires_grad_(False)
 
 
-def processed(model: HookedTransformer) -> HookedTransformer:
+def processed(model: tl.HookedTransformer) -> tl.HookedTransformer:
     """A copy of ``model`` with the weight processing ``HookedTransformer.from_pretrained`` applies by default:
     norms folded into the next weights (``LNPre`` / ``RMSPre``), writing weights and the unembedding centred (LN
     models), value biases folded into the output bias. Same logit differences; other activations change."""
