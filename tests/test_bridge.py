@@ -11,7 +11,7 @@ import torch
 
 import probes
 from probes.core.errors import ProbesError
-from probes.models import loading
+from probes.models import loading, tl
 from probes.models.bridge import load_bridge
 from probes.prompts.promptset import PromptSet
 
@@ -19,6 +19,11 @@ from test_edges import plain_edge_effect
 from test_hf_checkpoint import _tiny
 
 VOCAB = 96
+# On TransformerLens 4.x (make test-tl4) the bridge tests run without the HookedTransformer path; their ground
+# truth there is plain hooks on the bridge itself.
+needs_hooked_transformer = pytest.mark.skipif(
+    not tl.HAS_HOOKED_TRANSFORMER, reason=f"compares with the HookedTransformer path: transformer-lens 3.x only ({tl.VERSION} here)"
+)
 
 
 def _save_tiny(kind: str, path):
@@ -39,14 +44,25 @@ def _save_tiny(kind: str, path):
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
-def tiny_pair(request, tmp_path_factory):
-    """The same tiny checkpoint as a HookedTransformer (converted) and as a bridge. (The folder is not named after
-    the architecture: TransformerLens 3.9 reads architecture hints from a config's path.)"""
+def tiny_checkpoint(request, tmp_path_factory):
+    """A tiny checkpoint and a cache folder for its conversion. (The folder is not named after the architecture:
+    TransformerLens 3.9 reads architecture hints from a config's path.)"""
     root = tmp_path_factory.mktemp("tiny")
-    path = _save_tiny(request.param, root / "ckpt")
+    return _save_tiny(request.param, root / "ckpt"), root / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge(tiny_checkpoint):
+    return load_bridge(tiny_checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_checkpoint, tiny_bridge):
+    """The same tiny checkpoint as a HookedTransformer (converted) and as a bridge."""
+    path, cache = tiny_checkpoint
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PROBES_CACHE", str(root / "cache"))
-        return probes.load_model(path), load_bridge(path)
+        patch.setenv("PROBES_CACHE", str(cache))
+        return probes.load_model(path), tiny_bridge
 
 
 def _prompts(n: int = 4, n_pos: int = 12) -> PromptSet:
@@ -69,6 +85,7 @@ MEASURES = {
 }  # fmt: skip
 
 
+@needs_hooked_transformer
 @pytest.mark.parametrize("measure", list(MEASURES))
 def test_bridge_equals_hooked_transformer(tiny_pair, measure):
     hooked, bridge = tiny_pair
@@ -80,11 +97,10 @@ def test_bridge_equals_hooked_transformer(tiny_pair, measure):
 
 
 @pytest.mark.parametrize("intervention", ["knockout", "pattern_row", "z_at"])
-def test_bridge_edges_equal_plain_hooks_on_the_bridge(tiny_pair, intervention):
+def test_bridge_edges_equal_plain_hooks_on_the_bridge(tiny_bridge, intervention):
     """Ground truth without a HookedTransformer (as on TransformerLens 4): one head at a time, plain hooks on the
     bridge itself in a full forward pass, the logit difference read from full logits."""
-    _, bridge = tiny_pair
-    prompts = _prompts()
+    bridge, prompts = tiny_bridge, _prompts()
     ours = probes.edge_effects(bridge, prompts, "end", "IO", intervention=intervention, progress=False).effect
     for layer, head in [(0, 1), (1, 3)]:
         theirs = plain_edge_effect(bridge, prompts, "end", "IO", layer, head, intervention)
@@ -104,6 +120,7 @@ def _evidence_gap(a, b) -> float:
     return max(gaps)
 
 
+@needs_hooked_transformer
 def test_bridge_claim_equals_hooked_transformer(tiny_pair):
     hooked, bridge = tiny_pair
     prompts = _prompts()
@@ -123,6 +140,20 @@ def test_bridge_outside_compatibility_mode_is_refused(tmp_path):
         probes.patch_heads(raw, _prompts(), progress=False)
 
 
+def test_hooked_transformer_features_refuse_transformer_lens_4(tiny_checkpoint, monkeypatch):
+    """On 4.x (or pretending to be, on 3.x) each HookedTransformer feature refuses in one line, naming the bridge."""
+    monkeypatch.setattr(tl, "HAS_HOOKED_TRANSFORMER", False)
+    monkeypatch.setattr(tl, "VERSION", tl.VERSION if tl.VERSION.startswith("4.") else "4.3.0")
+    for feature, run in [("probes.load_model", lambda: probes.load_model(tiny_checkpoint[0])),
+                         ("load_model_dir", lambda: loading.load_model_dir(tiny_checkpoint[0])),
+                         ("probes.toy", probes.toy.build), ("probes.toy", probes.toy.build_random),
+                         ("transformer_lens.HookedTransformer", lambda: tl.HookedTransformer)]:  # fmt: skip
+        with pytest.raises(ProbesError, match=r"^" + feature.replace(".", r"\.") + r" needs transformer-lens 3\.x "
+                           r"\(HookedTransformer\), and this is transformer-lens 4\.[^;]*; on 4\.x use probes\.load_bridge$"):
+            run()
+
+
+@needs_hooked_transformer
 def test_load_bridge_refuses_a_kit_model_directory(toy_model, tmp_path):
     loading.save_model_dir(toy_model.model, tmp_path / "toy")
     with pytest.raises(ProbesError, match="neither"):
@@ -139,6 +170,7 @@ def _gap(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return (ours - theirs).nan_to_num().abs().max().item()
 
 
+@needs_hooked_transformer
 @pytest.mark.real
 @pytest.mark.parametrize(("name", "fixture", "head"), [("smollm2-135m", "smollm2", (9, 1)), ("gemma-3-270m", "gemma", (6, 1))])
 def test_packaged_bridge_equals_hooked_transformer(name, fixture, head, request):

@@ -11,19 +11,19 @@ import copy
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from probes import tasks
 from probes.core.errors import ProbesError
 from probes.evidence.patching import edge_effects, patch_activations
+from probes.models.protocol import HookedModel
 from probes.models.toy import ToyModel
 from probes.prompts.promptset import PromptSet
 from probes.prompts.roles import src_dst_positions
 
 
 def plain_edge_effect(
-    model: HookedTransformer, prompts: PromptSet, src: str, dst: str, layer: int, head: int, intervention: str,
+    model: HookedModel, prompts: PromptSet, src: str, dst: str, layer: int, head: int, intervention: str,
     direction: str = "denoising",
 ) -> torch.Tensor:
     """One head's edge intervention with plain TransformerLens hooks, per prompt: patched minus the run it went into."""
