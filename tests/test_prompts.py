@@ -182,3 +182,22 @@ def test_text_prompts_need_a_tokenizer_and_token_prompts_have_no_text(toy_model:
     with pytest.raises(ProbesError, match="built from token ids"):
         pronoun_prompts(toy_model, 4).to_jsonl(tmp_path / "x.jsonl")
     assert not list(tmp_path.iterdir())
+
+
+def test_tokenizer_fingerprint_ignores_padding_and_truncation_state() -> None:
+    """A padded batch call (TransformerLens's ``to_tokens`` makes one) switches padding on in the backend: the same
+    vocabulary must keep its fingerprint, while another vocabulary gets another."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from probes.prompts.promptset import tokenizer_fingerprint
+
+    def words(n: int) -> PreTrainedTokenizerFast:
+        backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(n)}, unk_token="w0"))
+        return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="w0", unk_token="w0")
+
+    used, fresh = words(8), words(8)
+    used(["w1 w2", "w3"], padding=True, truncation=True, max_length=4)
+    assert used.backend_tokenizer.padding is not None  # the call did change the backend's state
+    assert tokenizer_fingerprint(used) == tokenizer_fingerprint(fresh)
+    assert tokenizer_fingerprint(words(9)) != tokenizer_fingerprint(fresh)

@@ -238,11 +238,18 @@ class PromptSet:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """``NAME#sha256[:12]`` of a tokenizer's full definition (vocabulary, merges, normalisers); memoised on it."""
+    """``NAME#sha256[:12]`` of a tokenizer's full definition (vocabulary, merges, normalisers); memoised on it.
+
+    Padding and truncation are left out: a batch call with ``padding=True`` (TransformerLens's ``to_tokens`` makes
+    one) switches them on in the backend, yet they do not change which word an id is."""
     cached = getattr(tokenizer, "_probes_fingerprint", None)
     if cached is None:
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+        if backend is not None:
+            definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+            text = json.dumps(definition, sort_keys=True)
+        else:
+            text = json.dumps(sorted(tokenizer.get_vocab().items()))
         name = Path(str(getattr(tokenizer, "name_or_path", "") or "tokenizer")).name
         cached = f"{name}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
         tokenizer._probes_fingerprint = cached
