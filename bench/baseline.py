@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -19,14 +18,11 @@ from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer
-from transformers import AutoModelForCausalLM
 
-from probes.core.io import atomic_dir, atomic_path
+from probes.core.io import atomic_path
 from probes.core.provenance import cpu_model, utc_now
-from probes.models.cache import cache_root
+from probes.models.bridge import packaged_hf_checkpoint as hf_checkpoint  # noqa: F401  (the benches' HF model)
 from probes.models.kernels import choose_kernel, linear_shapes
-from probes.models.loading import gguf_hf_model
-from probes.models.registry import PACKAGED
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -48,27 +44,6 @@ def seconds_per_call(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def hf_checkpoint(name: str) -> Path:
-    """A Hugging Face checkpoint directory of packaged model ``name``: the GGUF as ``transformers`` dequantises
-    it (the weights the kit's model is converted from), saved once under the kit's cache, so that a peer
-    library loads the same model as a user of plain Hugging Face would."""
-    final = cache_root() / "bench" / f"{name}-hf"
-    if (final / "config.json").is_file():
-        return final
-    with atomic_dir(final) as tmp:
-        scratch = tmp / "scratch"
-        scratch.mkdir()
-        hf_model, tokenizer = gguf_hf_model(PACKAGED[name], scratch)
-        shutil.rmtree(scratch)
-        # transformers will not save a model loaded from GGUF (it counts as quantised): a plain model of the same
-        # config holding the same float32 weights saves as any checkpoint does
-        plain = AutoModelForCausalLM.from_config(hf_model.config, dtype=torch.float32)
-        plain.load_state_dict(hf_model.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return final
 
 
 def machine() -> dict:
