@@ -14,7 +14,7 @@ import transformer_lens.patching as tl_patching
 from safetensors import safe_open
 from transformer_lens import HookedTransformer
 
-import probes.evidence.patching as patching
+from probes.evidence.patching import activations
 from probes import tasks
 from probes.core.errors import ProbesError
 from probes.evidence.patching import SITES, PatchingResult, patch_activations, patch_heads, patch_resid
@@ -222,7 +222,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
         computed.extend(window)
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "patch_window", killed_at_layer_1)
+    monkeypatch.setattr(activations, "patch_window", killed_at_layer_1)
     with pytest.raises(KeyboardInterrupt):
         sweep(model, pronouns)
     (sweep_dir,) = tmp_path.iterdir()
@@ -234,7 +234,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
         computed.extend(window)
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "patch_window", counting)
+    monkeypatch.setattr(activations, "patch_window", counting)
     computed.clear()
     resumed = sweep(model, pronouns)
     assert computed == [1]  # layer 0 came from the checkpoint
@@ -316,14 +316,14 @@ def test_a_failing_worker_stops_the_sweep_and_keeps_finished_layers(
             raise MemoryError("out of memory in a worker")
         return real_window(model, bucket, site, window, *args)
 
-    monkeypatch.setattr(patching, "patch_window", failing_at_layer_1)
+    monkeypatch.setattr(activations, "patch_window", failing_at_layer_1)
     # Jobs start in submission order, so layer 0's jobs are running or done when layer 1's fails; the toy has
     # no layer 2 whose job could slip in before the cancel.
     with pytest.raises(MemoryError, match="in a worker"):
         patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2, memory_mb=TINY_MB)
     (sweep_dir,) = tmp_path.iterdir()
     assert [p.name for p in sweep_dir.iterdir()] == ["layer000.safetensors"]  # finished by the other worker
-    monkeypatch.setattr(patching, "patch_window", real_window)
+    monkeypatch.setattr(activations, "patch_window", real_window)
     resumed = patch_activations(model, pronouns, "z", checkpoint_dir=tmp_path, progress=False, workers=2)
     torch.testing.assert_close(resumed.patched, uninterrupted.patched, atol=1e-6, rtol=0)
 

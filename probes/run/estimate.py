@@ -15,7 +15,7 @@ import torch
 from probes.core.memory import FRACTION_ENV, budget_bytes, fitted_batch, format_bytes, require_fits
 from probes.evidence.activations import HARVEST_BATCH, harvest_bytes, hook_shape
 from probes.evidence.attention import ATTENTION_BATCH, shared_attention_bytes
-from probes.evidence.patching import FIX, batch_budget, reference_bytes
+from probes.evidence.patching.prepare import FIX, batch_budget, reference_bytes
 from probes.evidence.metric import FORWARD_BATCH
 from probes.evidence.patching.engine import WINDOW_LAYERS, row_bytes
 from probes.evidence.patching.paths import PATHS_BATCH, paths_bytes

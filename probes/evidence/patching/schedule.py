@@ -49,7 +49,7 @@ class Stopped(Exception):
     """A worker gave up its job because the sweep is ending."""
 
 
-def sweep(
+def run_windows(
     windows: Sequence[Window],
     buckets: Sequence[Bucket],
     run: Callable[[Window, Bucket, threading.Event], None],
