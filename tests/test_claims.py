@@ -286,7 +286,8 @@ def test_a_selected_head_is_confirmed_on_held_out_groups(toy_model, pronoun_prom
 
 def test_a_verdict_depends_on_the_family_size_not_on_the_company(toy_model, pronoun_prompts):
     """The same head alone (in a family of 3) and judged beside two others gets identical numbers."""
-    from probes.claims.evaluation import EvidenceContext, gather, judge
+    from probes.claims.evaluation import judge
+    from probes.claims.gathering import EvidenceContext, gather
 
     heads = [toy_model.heads.antecedent, toy_model.heads.decoy, toy_model.heads.untouched[0]]
     ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", "distractor", None)
@@ -316,7 +317,7 @@ def test_duplicating_prompts_in_their_group_adds_no_precision(toy_model, pronoun
 def test_uniform_foil_leaves_the_sink_out(toy_model, pronoun_prompts):
     """Without a foil, attention is compared with the non-sink attention spread evenly over the src positions
     after the first token, computed here from TransformerLens's own cache."""
-    from probes.claims.evaluation import EvidenceContext
+    from probes.claims.gathering import EvidenceContext
 
     ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", None, None)
     _, cache = toy_model.model.run_with_cache(pronoun_prompts.clean)
@@ -359,7 +360,7 @@ def _synthetic(effect, attention, groups=None, clean=None, gap=2.0):
     """A :class:`Gathered` for one head: ``effect`` as fractions of the gap (the edge knockout moves the same),
     ``attention`` the margin per prompt, a clean-corrupt gap of ``gap`` logits and a clean logit difference of
     ``clean`` (default: the gap) on every prompt."""
-    from probes.claims.evaluation import Gathered
+    from probes.claims.gathering import Gathered
 
     effect, attention = np.asarray(effect, dtype=float), np.asarray(attention, dtype=float)
     n = len(effect)
@@ -466,7 +467,7 @@ def test_the_task_gate_counts_groups_not_prompts():
 def test_sink_aware_attention_is_attention_over_the_non_sink_mass(toy_model, pronoun_prompts):
     """attention_sink_aware, recomputed by hand from TransformerLens's cache: alpha(src -> dst) divided by the
     attention not on the first token; the claim reports its mean over prompts."""
-    from probes.claims.evaluation import EvidenceContext
+    from probes.claims.gathering import EvidenceContext
     from probes.claims.measures import MEASURES
 
     ctx = EvidenceContext(toy_model.model, pronoun_prompts, "pronoun", "antecedent", "distractor", None)

@@ -132,7 +132,8 @@ def test_own_prompts_jsonl(tmp_path, capsys, smollm2):
 
 
 def test_claim_selectors_rank_attention_by_sign_and_effect_by_size():
-    from probes.claims.evaluation import Gathered, rank_heads
+    from probes.claims.evaluation import rank_heads
+    from probes.claims.gathering import Gathered
     from probes.run.pipeline import AnalysisSpec, _named_heads, _selectors
 
     heads = [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -273,7 +274,7 @@ def test_a_run_without_pattern_patching_skips_only_that_sweep(toy_dir, toy_model
 
 
 def test_only_measures_no_verdict_reads_can_be_skipped(toy_model):
-    from probes.claims.evaluation import EvidenceContext, gather
+    from probes.claims.gathering import EvidenceContext, gather
     from probes.core.errors import ProbesError
     from probes.prompts.tasks.toy import pronoun_prompts
 

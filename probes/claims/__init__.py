@@ -1,6 +1,6 @@
 """Claims about heads and their verdicts: "head L.H attends from the pronoun to its antecedent", tested.
 
-:mod:`.types` (Claim, Thresholds, ClaimResult), :mod:`.measures` (the registry of evidence quantities),
+:mod:`.types` (Claim, Thresholds, ClaimResult, Verdict), :mod:`.measures` (the registry of evidence quantities),
 :mod:`.verdicts` (the rule and its words), :mod:`.evaluation` (gather, estimate, decide). Names are imported lazily
 so the report can read the registry and the rule without loading a model stack.
 """
@@ -18,7 +18,8 @@ _EXPORTS = {
     "MEASURES": "probes.claims.measures",
     "VERDICTS": "probes.claims.verdicts",
     "evaluate": "probes.claims.evaluation",
-    "EvidenceContext": "probes.claims.evaluation",
+    "EvidenceContext": "probes.claims.gathering",
+    "Verdict": "probes.claims.types",
 }
 __all__ = list(_EXPORTS)
 

@@ -3,7 +3,7 @@
 An entry says what the quantity is (description, unit), which leg of a verdict it can serve (``attention``,
 ``causal``, ``representational``, or ``context`` for numbers shown beside a verdict but never deciding one), how
 it is tested across heads, which :class:`~probes.claims.types.Thresholds` field it is judged against, and how to
-gather it: a function of the evidence context (:class:`probes.claims.evaluation.EvidenceContext`) returning one
+gather it: a function of the evidence context (:class:`probes.claims.gathering.EvidenceContext`) returning one
 value per prompt and head, ``[prompt, layer, head]``. Claims, ``results.json``, the tables and the report all read
 this registry; adding a measure is one :func:`register` call plus its gather function.
 

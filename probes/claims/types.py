@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,16 @@ from jaxtyping import Float
 from probes.core.errors import ProbesError
 from probes.core.notebook import grid_html, result_html
 from probes.core.stats import Estimate
+from probes.models.heads import Head
 from probes.prompts.roles import PREVIOUS
 
-Head = tuple[int, int]
+# Every outcome a claim can have: a head claim's five (probes.claims.verdicts.VERDICTS), and those circuit claims
+# (the heads carry too little of the task: insufficient; removing them leaves much of it: incomplete) and essay
+# claims (a measure that does not vary, or a model without the architecture the sentence is about) add.
+Verdict = Literal[
+    "supported", "attention_only", "effect_only", "refuted", "inconclusive", "insufficient", "incomplete",
+    "not applicable",
+]
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,15 @@ class Thresholds:
     confirm_fraction: float = 0.5  # share of groups held out to confirm a head chosen from data
 
 
-@dataclass
+def tested_on(selected: bool, discovery: list[int] | None, confirmation: list[int] | None, family: int) -> str:
+    """Where a verdict's numbers come from, in words: "selected on N discovery prompts, tested on M held-out prompts"."""
+    if not selected:
+        return f"tested on all prompts; one of {family} claims tested together"
+    return (f"selected on {len(discovery or [])} discovery prompts, tested on {len(confirmation or [])} held-out "
+            f"prompts; one of {family} claims tested together")
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     """The verdict on one claim, the numbers behind it, and (for ``head=None``) the verdict on every head.
 
@@ -112,7 +128,7 @@ class ClaimResult:
     """
 
     claim: Claim | Composition
-    verdict: str
+    verdict: Verdict
     sentence: str
     evidence: dict[str, Estimate]
     thresholds: Thresholds
@@ -125,23 +141,12 @@ class ClaimResult:
 
     @property
     def provenance_note(self) -> str:
-        """Where the numbers come from, in words: "selected on N discovery prompts, tested on M held-out prompts"."""
-        if not self.selected:
-            return f"tested on all prompts; one of {self.family} claims tested together"
-        return (f"selected on {len(self.discovery)} discovery prompts, tested on {len(self.confirmation)} held-out "
-                f"prompts; one of {self.family} claims tested together")
+        """Where the numbers come from, in words (:func:`tested_on`)."""
+        return tested_on(self.selected, self.discovery, self.confirmation, self.family)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per head (or the one head, or the one path): verdict and every estimate with its interval."""
-        rows = []
-        for result in self.heads or [self]:
-            row = result.claim.describe() | {"verdict": result.verdict, "selected": result.selected}
-            for name, est in result.evidence.items():
-                row |= {name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high}
-                if est.p_value is not None:
-                    row[f"{name}_p_value"] = est.p_value
-            rows.append(row)
-        return pd.DataFrame(rows)
+        """One row per head (or the one head, or the one path): :func:`claims_frame` of ``heads`` or of this one."""
+        return claims_frame(self.heads or [self])
 
     def _repr_html_(self) -> str:
         """In a notebook: the verdict sentence, the legs' numbers with intervals, and (for every head) a heatmap
@@ -159,3 +164,18 @@ class ClaimResult:
             numbers = {"heads tested": str(len(frame)), **{f"heads {v}": str(c) for v, c in counts.items()}, **numbers}
             extra = grid_html(grid, "effect_z: patching each head's output, fraction of the clean-corrupt gap")
         return result_html(f"{self.claim.head_name}: {self.verdict}", self.sentence, numbers, extra)
+
+
+def claims_frame(results: list[ClaimResult]) -> pd.DataFrame:
+    """One row per claim: the columns naming it (``layer``, ``head``; a composition's ``sender``, ``receiver``,
+    ``via``), ``verdict``, ``selected``, then per estimate its value, ``_ci_low``, ``_ci_high`` (and ``_p_value``
+    where it has one)."""
+    rows = []
+    for result in results:
+        row = result.claim.describe() | {"verdict": result.verdict, "selected": result.selected}
+        for name, est in result.evidence.items():
+            row |= {name: est.value, f"{name}_ci_low": est.ci_low, f"{name}_ci_high": est.ci_high}
+            if est.p_value is not None:
+                row[f"{name}_p_value"] = est.p_value
+        rows.append(row)
+    return pd.DataFrame(rows)

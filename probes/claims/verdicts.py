@@ -1,4 +1,5 @@
-"""The verdict rule, as code and as the words the report shows: both come from the data below.
+"""The verdict rule, as code and as the words the report and each verdict's sentence show: both come from the data
+below.
 
 A claim ("head L.H attends from src to dst") has three legs, each judged from one registered measure's interval
 (a bootstrap over groups of prompts, simultaneous over the claims tested together: confidence 1 - alpha/family
@@ -22,11 +23,15 @@ does not leaves the verdict waiting: the sentence then quotes that p (:func:`hel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from probes.claims.types import Thresholds
-from probes.core.stats import Estimate
+from probes.claims.types import Claim, Composition, Thresholds, Verdict
+from probes.core.stats import Estimate, level_text, simultaneous_confidence
 
-VERDICTS: dict[str, str] = {
+if TYPE_CHECKING:  # the report reads the rule without the model stack
+    from probes.evidence.patching import Direction
+
+VERDICTS: dict[Verdict, str] = {
     "supported": "the head attends as claimed and knocking out that edge moves the answer: the edge does the work "
     "(for a composition: patching along the claimed path moves the answer)",
     "attention_only": "the head attends as claimed but knocking out that edge changes nothing: the story is "
@@ -97,7 +102,7 @@ PATH = Leg(
 )
 LEGS = (ATTENDS, EDGE, HEAD)
 # the first outcome whose legs all hold as listed; none decided (an undecided leg): inconclusive
-OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], str], ...] = (
+OUTCOMES: tuple[tuple[tuple[tuple[Leg, bool], ...], Verdict], ...] = (
     (((ATTENDS, True), (EDGE, True)), "supported"),
     (((ATTENDS, True), (EDGE, False)), "attention_only"),
     (((ATTENDS, False), (HEAD, True)), "effect_only"),
@@ -130,14 +135,14 @@ def judge_legs(evidence: dict[str, Estimate], t: Thresholds) -> dict[str, bool |
     return {leg.name: leg.judge(evidence[leg.measure], t) for leg in LEGS}
 
 
-def decide(evidence: dict[str, Estimate], t: Thresholds) -> str:
+def decide(evidence: dict[str, Estimate], t: Thresholds) -> Verdict:
     """The verdict, by the rule :func:`rule_lines` states."""
     if gate_failure(evidence, t) is not None:
         return "inconclusive"
     return decide_legs(evidence, t)
 
 
-def decide_legs(evidence: dict[str, Estimate], t: Thresholds) -> str:
+def decide_legs(evidence: dict[str, Estimate], t: Thresholds) -> Verdict:
     """The verdict the legs give once the gate has passed (a sweep judges pooled estimates with it)."""
     legs = judge_legs(evidence, t)
     for conditions, verdict in OUTCOMES:
@@ -154,14 +159,14 @@ def held_back_by_p(evidence: dict[str, Estimate], t: Thresholds) -> list[Leg]:
     return [leg for leg in needed if leg.held_back_by_p(evidence[leg.measure], t)]
 
 
-def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> str:
+def decide_composition(evidence: dict[str, Estimate], t: Thresholds) -> Verdict:
     """A composition claim (sender -> receiver via q/k/v) has one leg, the path: supported, refuted or inconclusive."""
     if gate_failure(evidence, t) is not None:
         return "inconclusive"
     return decide_path(evidence, t)
 
 
-def decide_path(evidence: dict[str, Estimate], t: Thresholds) -> str:
+def decide_path(evidence: dict[str, Estimate], t: Thresholds) -> Verdict:
     """The verdict the path leg gives once the gate has passed (a sweep judges a pooled estimate with it)."""
     return {True: "supported", False: "refuted", None: "inconclusive"}[PATH.judge(evidence[PATH.measure], t)]
 
@@ -194,3 +199,71 @@ def rule_lines(t: Thresholds) -> list[str]:
         f"{PATH.holds.format(**values)}; refuted when {PATH.fails.format(**values)}; otherwise inconclusive."
     )
     return lines
+
+
+def head_sentence(
+    claim: Claim, verdict: Verdict, ev: dict[str, Estimate], t: Thresholds, direction: Direction, scope: str
+) -> str:
+    """A head claim's verdict in words, quoting the statistics it rests on and saying which intervention asked
+    what; ``scope`` (:func:`scope_text`) says where the numbers come from."""
+    foil = "uniform attention (the non-sink attention spread over the earlier tokens)" if claim.foil is None else f"the {claim.foil}"
+    margin, attends = ev["attention"], ev["attends_fraction"]
+    edge, effect, logits = ev["edge_knockout"], ev["effect_z"], ev["effect_z_logits"]
+    whole = (
+        "patching its clean output into the corrupt run at every position (is the head sufficient to restore the "
+        "answer?)" if direction == "denoising" else
+        "patching its corrupt output into the clean run at every position (is the head necessary?)"
+    )
+    if margin.ci_high < 0:
+        opening = f"{claim.head_name} attends to {foil} more than to the {claim.dst} (from the {claim.src})"
+    else:
+        opening = str(claim)
+    # the share of groups is quoted only where it agrees with the margin's sign: a mean margin below 0 with most
+    # groups above it (a few groups far below) would read as a contradiction
+    agrees = (attends.value > 0.5) == (margin.value > 0)
+    share = f" (more on the {claim.dst} in {attends.value:.0%} of groups)" if agrees else ""
+    text = (
+        f"{opening}: attention margin over {foil} {margin.value:+.2f} [{margin.ci_low:+.2f}, {margin.ci_high:+.2f}]"
+        f"{share}; knocking out that edge in the clean run (is it necessary?) moves the answer by {edge.value:+.0%} "
+        f"of the clean-corrupt gap [{edge.ci_low:+.0%}, {edge.ci_high:+.0%}]; {whole} moves it by "
+        f"{effect.value:+.0%} [{effect.ci_low:+.0%}, {effect.ci_high:+.0%}] ({logits.value:+.2f} logits)"
+    )
+    if verdict == "attention_only" and judge_legs(ev, t)[HEAD.name]:
+        text += "; the head matters, but its effect runs through other positions than this edge"
+    text += why_not_decided(ev, t, held_back_by_p(ev, t))
+    return f"{text} [{scope}]: {verdict}"
+
+
+def why_not_decided(ev: dict[str, Estimate], t: Thresholds, held_back: list[Leg]) -> str:
+    """The gate's reason when it stops the claim; otherwise each leg the verdict waits on whose interval clears
+    its threshold but whose adjusted p does not (without it "+49% [+48%, +51%] ...: inconclusive" has no reason)."""
+    reason = gate_failure(ev, t)
+    if reason is not None:
+        return f" ({reason})"
+    return "".join(
+        f"; {leg.measure}'s interval clears its threshold but its adjusted p = {ev[leg.measure].p_value:.2g} is not "
+        f"below {t.alpha}, so “{leg.name}” is undecided"
+        for leg in held_back
+    )
+
+
+def scope_text(t: Thresholds, family: int, tested_on: str) -> str:
+    """Where a verdict's numbers come from (``tested_on``: :func:`probes.claims.types.tested_on`) and how wide
+    its intervals are."""
+    level = simultaneous_confidence(t.alpha, family)
+    return f"{tested_on}; intervals {level_text(level)} each, over groups of prompts"
+
+
+def composition_sentence(
+    claim: Composition, verdict: Verdict, ev: dict[str, Estimate], t: Thresholds, direction: Direction, scope: str
+) -> str:
+    """A composition claim's verdict in words: the path-patching effect, and why it is undecided where it is."""
+    path = ev[PATH.measure]
+    patching = "from the clean run into the corrupt one" if direction == "denoising" else "from the corrupt run into the clean one"
+    sentence = (
+        f"{claim}: its output patched {patching} along that path only moves the answer by {path.value:+.0%} of the "
+        f"clean-corrupt gap [{path.ci_low:+.0%}, {path.ci_high:+.0%}] in {path.n} groups of prompts"
+    )
+    held_back = [PATH] if PATH.held_back_by_p(path, t) else []
+    sentence += why_not_decided(ev, t, held_back)
+    return f"{sentence} [{scope}]: {verdict}"

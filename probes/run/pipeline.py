@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from probes.claims.evaluation import EvidenceContext, evaluate, gather, judge, rank_heads, split_groups
+from probes.claims.estimation import split_groups
+from probes.claims.evaluation import evaluate, judge, select_and_confirm
+from probes.claims.gathering import EvidenceContext, gather
 from probes.claims.measures import MEASURES
-from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
+from probes.claims.types import Claim, ClaimResult, Composition, Thresholds, claims_frame
 from probes.claims.verdicts import PATH, rule_lines
 from probes.core.errors import ProbesError
 from probes.evidence import probing
@@ -248,17 +250,15 @@ def run_analysis(
         with stage("evidence, every head"):
             context = EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction)
             gathered = gather(context, every, skip=() if spec.pattern_patching else ("effect_pattern",))
-            heads_table = ClaimResult(claim, "", "", {}, thresholds,
-                                      heads=judge(claim, gathered, every, family=len(every), **options)).to_frame()
-        selected: list[tuple[int, int]] = []
-        for by, k in selectors:
-            selected += [h for h in rank_heads(gathered, discovery, by)[:k] if h not in selected and h not in named]
-        family = len(named) + len(selected) + len(own) + len(spec.compositions)
-        claimed = judge(claim, gathered, named, family=family, **options)
-        if selected:
-            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery,
-                             **options | {"probe_table": held_out_probes})
-        chosen = named + selected
+            heads_table = claims_frame(judge(claim, gathered, every, family=len(every), **options))
+        besides = len(named) + len(own) + len(spec.compositions)
+        confirmed = select_and_confirm(
+            claim, gathered, selectors, discovery, confirmation, exclude=named, family_besides=besides,
+            held_out_probes=held_out_probes, **options,
+        ) if selectors else []
+        family = besides + len(confirmed)
+        claimed = judge(claim, gathered, named, family=family, **options) + confirmed
+        chosen = named + [r.claim.head for r in confirmed]
         with stage("claims with their own roles, compositions"):
             claimed += [evaluate(model, prompts, c, family=family, **options) for c in own]
             for item in spec.compositions:
