@@ -27,24 +27,31 @@ _EXPORTS = {
     "head_scores": "probes.evidence.attention",
     "head_score_samples": "probes.evidence.attention",
     "behaviour": "probes.evidence.behaviour",
+    "BehaviourResult": "probes.evidence.behaviour",
     "patch_heads": "probes.evidence.patching",
     "patch_resid": "probes.evidence.patching",
     "patch_activations": "probes.evidence.patching",
     "PatchingResult": "probes.evidence.patching",
     "edge_effects": "probes.evidence.patching",
     "patch_paths": "probes.evidence.patching",
+    "PathsResult": "probes.evidence.patching",
+    "SweepOptions": "probes.evidence.patching",
     "kv_groups": "probes.models.architecture",
     "position_content": "probes.evidence.position",
     "PositionContent": "probes.evidence.position",
+    "PositionContentResult": "probes.evidence.position",
     "rotary_bands": "probes.evidence.rotary",
     "RotaryBands": "probes.evidence.rotary",
+    "RotaryBandsResult": "probes.evidence.rotary",
     "attribute_heads": "probes.evidence.attribution",
     "screen_then_verify": "probes.evidence.attribution",
     "Screening": "probes.evidence.attribution",
+    "ScreeningResult": "probes.evidence.attribution",
     "Activations": "probes.evidence.activations",
     "harvest": "probes.evidence.activations",
     "probe": "probes.evidence.probing",
     "probe_activations": "probes.evidence.probing",
+    "ProbeResult": "probes.evidence.probing",
     "antecedent_gender": "probes.evidence.probing",
     "antecedent_identity": "probes.evidence.probing",
     "previous_token_identity": "probes.evidence.probing",
@@ -59,6 +66,7 @@ _EXPORTS = {
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
+    "Verdict": "probes.claims.types",
     "Composition": "probes.claims.types",
     "evaluate": "probes.claims.evaluation",
 }
@@ -82,25 +90,26 @@ __all__ = ["ProbesError", *_EXPORTS, *_SUBMODULES]
 if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for type checkers and IDEs
     from probes import claims, evidence, models, prompts, report, run
     from probes.claims.evaluation import evaluate
-    from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
+    from probes.claims.types import Claim, ClaimResult, Composition, Thresholds, Verdict
     from probes.core import stats
     from probes.evidence import patching, probing
     from probes.evidence.activations import Activations, harvest
     from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
-    from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
-    from probes.evidence.behaviour import behaviour
+    from probes.evidence.attribution import Screening, ScreeningResult, attribute_heads, screen_then_verify
+    from probes.evidence.behaviour import BehaviourResult, behaviour
     from probes.evidence.circuits import (
         CircuitGraph, CircuitRunResult, EdgeAblationResult, circuit_graph, edge_ablation, run_circuit,
     )
     from probes.evidence.patching import (
-        PatchingResult, edge_effects, patch_activations, patch_heads, patch_paths, patch_resid,
+        PatchingResult, PathsResult, SweepOptions, edge_effects, patch_activations, patch_heads, patch_paths,
+        patch_resid,
     )
-    from probes.evidence.position import PositionContent, position_content
+    from probes.evidence.position import PositionContent, PositionContentResult, position_content
     from probes.evidence.probing import (
-        antecedent_gender, antecedent_identity, control_labels, previous_token_identity, probe, probe_activations,
-        save_table,
+        ProbeResult, antecedent_gender, antecedent_identity, control_labels, previous_token_identity, probe,
+        probe_activations, save_table,
     )
-    from probes.evidence.rotary import RotaryBands, rotary_bands
+    from probes.evidence.rotary import RotaryBands, RotaryBandsResult, rotary_bands
     from probes.models import toy
     from probes.models.architecture import kv_groups
     from probes.models.bridge import load_bridge

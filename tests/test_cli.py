@@ -367,7 +367,7 @@ def test_a_selected_heads_probe_evidence_comes_from_its_confirmation_prompts(sel
     model = load_model(spec.model)
     held_out = build_prompts(model, spec).subset(result.confirmation)
     store = harvest(model, held_out, tmp_path / "acts", kinds=("z",), at=ALL_POSITIONS)
-    table = probing.probe_activations(store, [probing.previous_token_identity], seed=0)
+    table = probing.probe_activations(store, [probing.previous_token_identity], seed=0).table
     layer, head = result.claim.head
     mine = table[(table["layer"] == layer) & (table["head"] == head) & table["attachable"]]
     best = mine.sort_values("selectivity", ascending=False).iloc[0]

@@ -20,6 +20,7 @@ from probes.evidence.probing import (
     MIN_TYPES,
     NO_HEAD,
     TYPE_DETERMINED,
+    ProbeResult,
     Target,
     antecedent_gender,
     antecedent_identity,
@@ -92,7 +93,7 @@ def test_previous_token_head_decodes_the_previous_token(toy_model: toy.ToyModel,
     store = harvest(toy_model.model, prompts, tmp_path / "acts", ["z"], layers=[0], at=ALL_POSITIONS)
     planted, untouched = toy_model.heads.previous_token, toy_model.heads.untouched[0]
     points = [ProbePoint("blocks.0.attn.hook_z", "z", 0, head) for _, head in (planted, untouched)]
-    table = probe_activations(store, [previous_token_identity], points, n_boot=300)
+    table = probe_activations(store, [previous_token_identity], points, n_boot=300).table
     good, other = (_row(table, 0, head, "previous_token") for _, head in (planted, untouched))
     # a row per position that has a previous token (1..end); the previous token also takes <bos> (at position 1)
     n_rows = int(prompts.end.sum())  # positions 1..end of each prompt
@@ -127,7 +128,7 @@ def test_a_label_the_probed_token_determines_is_refused(toy_model: toy.ToyModel,
     prompts = tasks.pronoun_prompts(toy_model, 96, seed=0)
     store = harvest(toy_model.model, prompts, tmp_path / "acts", ["resid_post"], layers=[0], at="antecedent")
     by_name = functools.partial(antecedent_gender, group_by="antecedent")  # 12 names: too few for name+template
-    resid = probe_activations(store, [by_name], n_boot=300).iloc[0]
+    resid = probe_activations(store, [by_name], n_boot=300).table.iloc[0]
     assert resid.n_types == len(toy.FEMALE_NAMES) + len(toy.MALE_NAMES) >= MIN_TYPES  # refused for the function
     assert resid.type_purity == 1.0 and resid.selectivity_ci_low > 0
     assert not resid.attachable and "function of the probed token" in resid.reason
@@ -165,7 +166,7 @@ def test_antecedent_identity_is_in_the_antecedent_head_not_the_decoy(
     toy_model: toy.ToyModel, pronoun_store: Activations
 ) -> None:
     by_name = functools.partial(antecedent_gender, group_by="antecedent")
-    table = probe_activations(pronoun_store, [antecedent_identity, by_name], n_boot=300)
+    table = probe_activations(pronoun_store, [antecedent_identity, by_name], n_boot=300).table
     (layer, head), (_, decoy) = toy_model.heads.antecedent, toy_model.heads.decoy
     copied = _row(table, layer, head, "antecedent_identity")
     n_names = len(toy.FEMALE_NAMES) + len(toy.MALE_NAMES)  # the pronoun prompts use every name
@@ -183,7 +184,8 @@ def test_antecedent_identity_is_in_the_antecedent_head_not_the_decoy(
 
 
 def test_table_is_tidy_and_saves(toy_model: toy.ToyModel, pronoun_store: Activations, tmp_path: Path) -> None:
-    table = probe_activations(pronoun_store, [antecedent_identity], n_boot=100)
+    result = probe_activations(pronoun_store, [antecedent_identity], n_boot=100)
+    table = result.to_frame()
     assert list(table.columns) == COLUMNS
     with_ci = {f"{m}{s}" for m in PROBE_MEASURES for s in ("", "_ci_low", "_ci_high")}
     assert {"layer", "head", "target"} | with_ci <= set(table.columns)  # what probes.run.rundir expects
@@ -199,6 +201,8 @@ def test_table_is_tidy_and_saves(toy_model: toy.ToyModel, pronoun_store: Activat
     pd.testing.assert_frame_equal(pd.read_parquet(parquet), table)
     pd.testing.assert_frame_equal(pd.read_csv(csv), table, check_dtype=False)
     assert sorted(p.name for p in csv.parent.iterdir()) == ["probes.csv", "probes.parquet"]
+    result.save(tmp_path / "kept" / "probes")
+    pd.testing.assert_frame_equal(ProbeResult.load(tmp_path / "kept" / "probes").table, table)
 
 
 def test_probe_in_one_call_matches_harvest_then_probe(
@@ -210,12 +214,12 @@ def test_probe_in_one_call_matches_harvest_then_probe(
     )
     points = [p for p in pronoun_store.points() if p.hook == "blocks.1.hook_resid_post"]
     stored = probe_activations(pronoun_store, [antecedent_identity], points, n_boot=100)
-    pd.testing.assert_frame_equal(direct, stored)
+    pd.testing.assert_frame_equal(direct.table, stored.table)
     kept = probe(
         toy_model.model, prompts, [antecedent_identity], ["resid_post"], [1], "pronoun", out_dir=tmp_path / "a",
         n_boot=100,
     )
-    pd.testing.assert_frame_equal(kept, stored)
+    pd.testing.assert_frame_equal(kept.table, stored.table)
     assert Activations(tmp_path / "a").hooks == ["blocks.1.hook_resid_post"]
 
 
@@ -320,7 +324,7 @@ def test_smollm2_carries_antecedent_gender(smollm2, role: str) -> None:
     """At the pronoun the gender is the pronoun's own; at the last token (" to") the model must have carried it.
     None is evidence for a head: She/He or the name give the label away, at " to" there is one token type."""
     prompts = tasks.pronoun_resolution(smollm2, 48, seed=0)
-    table = probes.probe(smollm2, prompts, [antecedent_gender], ["resid_post"], layers=[0, 2], at=role, n_boot=300)
+    table = probes.probe(smollm2, prompts, [antecedent_gender], ["resid_post"], layers=[0, 2], at=role, n_boot=300).table
     assert (table.accuracy_ci_low > table.chance).any()
     why = "only 1 token type" if role == "end" else "function of the probed token"
     assert not table.attachable.any() and table.reason.str.contains(why).all()

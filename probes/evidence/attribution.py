@@ -72,8 +72,8 @@ def _attribute_batch(model: HookedModel, prompts: PromptSet) -> Float[Tensor, "p
     ).float()
 
 
-@dataclass
-class Screening:
+@dataclass(frozen=True)
+class ScreeningResult:
     """Attribution over all heads, and exact patching of the ``heads`` it ranks highest."""
 
     attribution: Float[Tensor, "prompt layer head"]
@@ -113,10 +113,13 @@ class Screening:
         return result_html("Screening", sentence, numbers, grid_html(mean, "mean attribution (logits)"))
 
 
+Screening = ScreeningResult  # its name before the result contract (every result's name ends in Result)
+
+
 @frozen_model
 def screen_then_verify(
     model: HookedModel, prompts: PromptSet, top_k: int = 10, batch_size: int = 16, **patching_kwargs
-) -> Screening:
+) -> ScreeningResult:
     """Rank all heads by attribution patching, then patch the ``top_k`` exactly (denoising, head outputs).
 
     The exact effects are measured on the prompts that ranked the heads: they check the linear approximation, not
@@ -135,4 +138,4 @@ def screen_then_verify(
     order = attribution.mean(0).abs().flatten().argsort(descending=True)[:top_k]
     heads = [divmod(int(i), model.cfg.n_heads) for i in order]
     patching = patch_activations(model, prompts, "z", "denoising", cells=heads, **patching_kwargs)
-    return Screening(attribution, heads, patching)
+    return ScreeningResult(attribution, heads, patching)

@@ -15,7 +15,7 @@ from probes.prompts.promptset import PromptSet
 
 
 @dataclass(frozen=True)
-class Behaviour:
+class BehaviourResult:
     """The task baseline: logit differences (answer minus foil), accuracies and the answer's place in the output
     distribution, each with a bootstrap interval over groups of prompts.
 
@@ -46,7 +46,7 @@ class Behaviour:
         }
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per number: value and interval."""
+        """One row per number: ``measure`` (a field name), ``value``, ``ci_low``, ``ci_high``, ``n`` (groups)."""
         return pd.DataFrame(
             [{"measure": name, "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n}
              for name, e in self.estimates().items()]
@@ -59,10 +59,13 @@ class Behaviour:
         return result_html(f"{self.task}: how the model does the task", sentence, numbers)
 
 
+Behaviour = BehaviourResult  # its name before the result contract (every result's name ends in Result)
+
+
 @frozen_model
 def behaviour(
     model: HookedModel, prompts: PromptSet, confidence: float = CONFIDENCE, seed: int = 0
-) -> Behaviour:
+) -> BehaviourResult:
     """Run the clean and corrupt prompts once and summarise (percentile-bootstrap intervals over groups, seeded)."""
     prompts.check_model(model)
     prompts.check_pairs()
@@ -74,7 +77,7 @@ def behaviour(
     def estimate(values) -> Estimate:
         return estimate_mean(values.double().numpy(), seed=seed, groups=prompts.group_index, confidence=confidence)
 
-    return Behaviour(
+    return BehaviourResult(
         task=prompts.task,
         n=len(prompts),
         clean_logit_diff=estimate(clean),

@@ -40,8 +40,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probes.core.errors import ProbesError
-from probes.core.stats import cluster_bootstrap_means, percentile_interval, ratio_draws
+from probes.core.notebook import grid_html, result_html
+from probes.core.stats import Estimate, cluster_bootstrap_means, percentile_interval, ratio_draws
 from probes.models.frozen import frozen_model
+from probes.models.heads import Head
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear, use_onednn
 from probes.models.protocol import HookedModel
@@ -59,13 +61,11 @@ DEFAULT_FILLER = (" really", " very", " quite", " just")
 DEFAULT_REPLACEMENTS = (" table", " river", " window", " paper")
 SRC, DST = "__src", "__dst"  # roles added to a prompt set so that the bookkeeping moves them like any other role
 
-Head = tuple[int, int]
 
-
-@dataclass
-class PositionContent:
+@dataclass(frozen=True)
+class PositionContentResult:
     """Per-prompt attention under each counterfactual, ``[prompt, ..., layer, head]``, NaN for heads not asked
-    for, and ``table``: one row per head asked for (see :func:`position_content`)."""
+    for, and ``table``: one row per head asked for (its columns: :func:`position_content`)."""
 
     table: pd.DataFrame
     attention: Float[Tensor, "prompt layer head"]
@@ -75,6 +75,31 @@ class PositionContent:
     sink: Float[Tensor, "prompt layer head"]
     self_mass: Float[Tensor, "prompt layer head"]
     shifts: tuple[int, ...]
+
+    def to_frame(self) -> pd.DataFrame:
+        """``table``: one row per head asked for (columns: :func:`position_content`)."""
+        return self.table.copy()
+
+    def _repr_html_(self) -> str:
+        """In a notebook: how many heads got each label, the heads attending most with their shares, and a
+        heatmap of positional minus content share."""
+        table = self.table
+        counts = table["label"].value_counts()
+        sentence = (f"{len(table)} heads split by a content swap and by moving the target {', '.join(map(str, self.shifts))} "
+                    f"tokens away: " + ", ".join(f"{c} {label}" for label, c in counts.items()))
+        numbers: dict[str, Estimate | str] = {}
+        for _, row in table.nlargest(3, "attention").iterrows():
+            name = f"head {int(row['layer'])}.{int(row['head'])} ({row['label']}, attention {row['attention']:.2f})"
+            for share in ("positional_share", "content_share"):
+                numbers[f"{name} {share.replace('_', ' ')}"] = Estimate(
+                    float(row[share]), float(row[f"{share}_ci_low"]), float(row[f"{share}_ci_high"]))
+        grid = np.full(tuple(self.attention.shape[1:]), np.nan)
+        grid[table["layer"], table["head"]] = table["positional_share"] - table["content_share"]
+        extra = grid_html(grid, "positional share minus content share")
+        return result_html("position or content", sentence, numbers, extra)
+
+
+PositionContent = PositionContentResult  # its name before the result contract (every result's name ends in Result)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +343,7 @@ def position_content(
     shifts: Sequence[int] = (1, 2, 4),
     seed: int = 0,
     batch_size: int = 32,
-) -> PositionContent:
+) -> PositionContentResult:
     """Split each head's ``src -> dst`` attention into what survives a content swap at ``dst`` (positional share)
     and what follows ``dst`` when fillers push it ``s`` tokens away, for each ``s`` in ``shifts`` (content share).
 
@@ -345,7 +370,7 @@ def measure_shares(
     heads: Sequence[Head] | None = None,
     seed: int = 0,
     batch_size: int = 32,
-) -> PositionContent:
+) -> PositionContentResult:
     """The forward passes of :func:`position_content` on counterfactuals already checked."""
     heads = check_heads(model, heads)
     base = plan.base
@@ -370,7 +395,7 @@ def measure_shares(
         tensor[..., ~mask] = torch.nan
     uniform = float((1.0 / (src_pos + 1)).mean())
     table = _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, base.group_index, seed)
-    return PositionContent(table, attention, swapped, moved, offset, sink, self_mass, plan.shifts)
+    return PositionContentResult(table, attention, swapped, moved, offset, sink, self_mass, plan.shifts)
 
 
 def _table(heads, attention, swapped, moved, offset, sink, self_mass, uniform, groups, seed) -> pd.DataFrame:

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from probes.core.errors import ProbesError
 from probes.core.io import write_table
 from probes.core.memory import require_fits
-from probes.core.stats import cluster_bootstrap_means, percentile_interval
+from probes.core.notebook import result_html
+from probes.core.stats import Estimate, cluster_bootstrap_means, percentile_interval
 from probes.evidence.activations import NO_PREVIOUS, Activations, ProbePoint, harvest
 from probes.models.frozen import frozen_model
 from probes.models.protocol import HookedModel
@@ -67,6 +68,43 @@ COLUMNS = [
 ]  # fmt: skip
 
 Folds = list[tuple[Int[np.ndarray, " train"], Int[np.ndarray, " test"]]]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Probes of a harvest: ``table`` has one row per (point, target), columns :data:`COLUMNS` (``layer``,
+    ``head`` (:data:`NO_HEAD` for the residual stream), ``hook``, ``position``, ``target``, ``group_by``; accuracy,
+    control accuracy and selectivity each with ``_ci_low``/``_ci_high`` over groups; ``chance`` (majority class),
+    ``type_purity``, ``n_classes``, ``n_types``, ``n_folds``, ``train_kept``, ``n`` (rows), ``n_prompts``;
+    ``attachable`` and ``reason``: whether a row may be evidence for a head, and why not)."""
+
+    table: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        """``table`` (a copy)."""
+        return self.table.copy()
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """``path.csv`` and ``path.parquet``, each written atomically (:func:`save_table`)."""
+        return save_table(self.table, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeResult:
+        """What :meth:`save` wrote (its parquet file)."""
+        return cls(pd.read_parquet(Path(path).with_suffix(".parquet")))
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the most selective points that may be evidence for a head, with their intervals."""
+        table = self.table
+        usable = table[table["attachable"]] if "attachable" in table else table
+        sentence = (f"{len(table)} probes ({table['target'].nunique()} targets); {len(usable)} may be evidence for a "
+                    "head; selectivity is accuracy above a control task that memorises word types")
+        numbers: dict[str, Estimate | str] = {}
+        for _, row in usable.nlargest(5, "selectivity").iterrows():
+            where = "resid" if row["head"] == NO_HEAD else f"head {int(row['head'])}"
+            numbers[f"{row['target']} at layer {int(row['layer'])} {row['hook']} {where}"] = Estimate(
+                float(row["selectivity"]), float(row["selectivity_ci_low"]), float(row["selectivity_ci_high"]))
+        return result_html("probes: selectivity", sentence, numbers)
 
 
 @dataclass(frozen=True)
@@ -386,7 +424,7 @@ def probe_activations(
     n_boot: int = 1000,
     seed: int = 0,
     strict: bool = False,
-) -> pd.DataFrame:
+) -> ProbeResult:
     """Probe every target at every point (default: all residual hooks and every head) of a harvest: a tidy table.
 
     ``targets`` are :class:`Target` objects or functions of the store (``antecedent_gender``,
@@ -429,7 +467,7 @@ def probe_activations(
                     **asdict(score),
                 )
             )
-    return pd.DataFrame.from_records(records, columns=COLUMNS)
+    return ProbeResult(pd.DataFrame.from_records(records, columns=COLUMNS))
 
 
 def probe_bytes(n_rows: int, shape: Sequence[int]) -> int:
@@ -450,8 +488,8 @@ def probe(
     out_dir: str | Path | None = None,
     batch_size: int = 32,
     **probe_kwargs,
-) -> pd.DataFrame:
-    """Harvest and probe: one call, one table.
+) -> ProbeResult:
+    """Harvest and probe: one call, one table (:class:`ProbeResult`).
 
     Activations go to a temporary directory removed afterwards, or to ``out_dir`` (replacing an earlier harvest
     there) to be kept for more probes.

@@ -31,9 +31,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probes.core.errors import ProbesError
-from probes.evidence.position import Head, check_heads
+from probes.core.notebook import result_html
+from probes.evidence.position import check_heads
+from probes.models.heads import Head
 from probes.core.stats import (
-    CONFIDENCE, bootstrap_mean, cluster_bootstrap_means, percentile_interval, resamples_for,
+    CONFIDENCE, Estimate, bootstrap_mean, cluster_bootstrap_means, percentile_interval, resamples_for,
     simultaneous_confidence,
 )
 from probes.models.architecture import kv_head_of
@@ -47,8 +49,8 @@ N_BANDS = 4
 UNROTATED = "unrotated"  # the band name of dims past rotary_dim (no position at all)
 
 
-@dataclass
-class RotaryBands:
+@dataclass(frozen=True)
+class RotaryBandsResult:
     """Per prompt, per head, per band (fastest first; an ``unrotated`` band last where ``rotary_dim < d_head``):
     the ``src -> dst`` and ``src -> foil`` logit terms, and the ``src -> dst`` attention with the band ablated.
     ``table`` has one row per (head, band); ``wavelengths[layer]`` gives each band's period range in tokens."""
@@ -60,6 +62,27 @@ class RotaryBands:
     ablated: Float[Tensor, "prompt layer head band"]
     bands: list[str]
     wavelengths: dict[int, list[tuple[float, float]]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """``table``: one row per (head, band) (columns: :func:`rotary_bands`)."""
+        return self.table.copy()
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the bands that win (margin above 0 simultaneously over every head and band), and each
+        band's margin for the heads tested."""
+        table = self.table
+        wins = table[table["wins"]]
+        sentence = (f"{len(table)} (head, band) pairs of the src -> dst logit over {len(self.bands)} bands "
+                    f"(fastest first); {len(wins)} win (margin above 0, simultaneously over all of them)")
+        numbers: dict[str, Estimate | str] = {
+            f"head {int(r['layer'])}.{int(r['head'])} band {r['band']} margin": Estimate(
+                float(r["margin"]), float(r["margin_ci_low"]), float(r["margin_ci_high"]))
+            for _, r in table.nlargest(5, "margin").iterrows()
+        }
+        return result_html("rotary bands", sentence, numbers)
+
+
+RotaryBands = RotaryBandsResult  # its name before the result contract (every result's name ends in Result)
 
 
 def pair_angles(model: HookedModel, layer: int) -> Float[Tensor, " pair"]:
@@ -110,7 +133,7 @@ def rotary_bands(
     seed: int = 0,
     batch_size: int = 32,
     alpha: float = 1 - CONFIDENCE,
-) -> RotaryBands:
+) -> RotaryBandsResult:
     """Band decomposition of each head's ``src -> dst`` logit (and margin over ``foil``; without a foil, over the
     mean of the other keys after position 0, the sink), and the attention change when a band is ablated.
 
@@ -159,7 +182,7 @@ def rotary_bands(
     wavelengths = {layer: masks[layer][1] for layer in layers}
     table = _table(heads, bands, wavelengths, attention, dst_logit, foil_logit, ablated, prompts.group_index, seed,
                    alpha)
-    return RotaryBands(table, attention, dst_logit, foil_logit, ablated, bands, wavelengths)
+    return RotaryBandsResult(table, attention, dst_logit, foil_logit, ablated, bands, wavelengths)
 
 
 def _layer_bands(

@@ -122,7 +122,7 @@ def _probe_table(
     targets = [PROBE_TARGETS[t] for t in names]
     with tempfile.TemporaryDirectory(prefix="probes-acts-") as tmp:
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
-        table = probing.probe_activations(store, targets, seed=spec.seed)
+        table = probing.probe_activations(store, targets, seed=spec.seed).table
     return table[table["head"] >= 0].reset_index(drop=True)
 
 

@@ -49,7 +49,7 @@ PATHS_BATCH = 8  # prompts a batch (lowered to fit the memory budget)
 Receiver = tuple[int, int, str] | str  # (layer, head, "q" | "k" | "v"), or "logits" for the direct path
 
 
-@dataclass
+@dataclass(frozen=True)
 class PathsResult(PatchedMetric):
     """``patched[i, s, r]``: the metric of prompt ``i`` with sender ``s``'s path to receiver ``r`` patched (every
     receiver comes after every sender: :func:`patch_paths` refuses other pairs)."""

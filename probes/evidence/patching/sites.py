@@ -76,7 +76,7 @@ class Edge:
         return SITES["z"] if self.intervention == "z_at" else SITES["pattern"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchedMetric:
     """Per-prompt metric of patched runs, with the two unpatched runs it is read against, and each prompt's group
     (the prompt set's ``group_index``: the unit the displayed intervals resample; None: each prompt its own)."""
@@ -153,7 +153,7 @@ class PatchedMetric:
         return result_html(title, sentence, numbers, extra)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchingResult(PatchedMetric):
     """A sweep: ``patched[i, layer, j]`` is the metric of prompt ``i`` with variant ``j`` of ``layer`` patched
     (``j`` is a head, a key/value head or a position, see ``index``); NaN where the sweep did not run it."""
@@ -170,7 +170,7 @@ class PatchingResult(PatchedMetric):
         return ("layer", self.index)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunsResult(PatchedMetric):
     """Runs that each patch several sites at once: ``patched[i, r]`` is the metric of prompt ``i`` under run ``r``,
     whose patches are ``runs[r]`` (a list of ``(component, layer, index)``)."""
