@@ -226,6 +226,11 @@ def test_rotary_head_is_positional_and_uses_only_the_fastest_band(rotary):
     others = rows.drop(index="band 0")
     assert np.allclose(others[["dst_logit", "foil_logit", "margin", "attention_change"]], 0, atol=1e-6)
     assert rows.loc["band 0", "wavelength_min"] == pytest.approx(2 * np.pi)  # 1 radian a token
+    # the result contract: to_frame is the table, and a notebook shows what the assertions above read
+    pd.testing.assert_frame_equal(shares.to_frame(), shares.table)
+    pd.testing.assert_frame_equal(bands.to_frame(), bands.table)
+    assert f"head {head[0]}.{head[1]} (positional" in shares._repr_html_()
+    assert f"head {head[0]}.{head[1]} band 0 margin" in bands._repr_html_()
 
 
 def rotary_prompts(name_at: list[int]) -> PromptSet:

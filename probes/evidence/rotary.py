@@ -75,7 +75,7 @@ class RotaryBandsResult:
         sentence = (f"{len(table)} (head, band) pairs of the src -> dst logit over {len(self.bands)} bands "
                     f"(fastest first); {len(wins)} win (margin above 0, simultaneously over all of them)")
         numbers: dict[str, Estimate | str] = {
-            f"head {int(r['layer'])}.{int(r['head'])} band {r['band']} margin": Estimate(
+            f"head {int(r['layer'])}.{int(r['head'])} {r['band']} margin": Estimate(
                 float(r["margin"]), float(r["margin_ci_low"]), float(r["margin_ci_high"]))
             for _, r in table.nlargest(5, "margin").iterrows()
         }
