@@ -1,8 +1,10 @@
 """Claims about heads and their verdicts: "head L.H attends from the pronoun to its antecedent", tested.
 
 :mod:`.types` (Claim, Thresholds, ClaimResult, Verdict), :mod:`.measures` (the registry of evidence quantities),
-:mod:`.verdicts` (the rule and its words), :mod:`.evaluation` (gather, estimate, decide). Names are imported lazily
-so the report can read the registry and the rule without loading a model stack.
+:mod:`.verdicts` (the rule and its words), :mod:`.gathering` (every measure per prompt and head),
+:mod:`.estimation` (estimates over groups, the discovery/confirmation split), :mod:`.evaluation` (judge,
+select_and_confirm, evaluate). Names are imported lazily so the report can read the registry and the rule without
+loading a model stack.
 """
 
 from __future__ import annotations
