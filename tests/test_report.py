@@ -7,6 +7,7 @@ the expected numbers come from the data we wrote, not from a model.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -351,10 +352,10 @@ def test_bad_runs_fail_with_one_clear_line(tmp_path):
     with pytest.raises(ProbesError, match="no results.json"):
         render(tmp_path)
     run = synthetic_run(tmp_path)
-    run.claims[0].verdict = "plausible"
+    run.claims[0] = dataclasses.replace(run.claims[0], verdict="plausible")
     with pytest.raises(ProbesError, match="verdict 'plausible'"):
         write_run(tmp_path, run)
-    run.claims[0].verdict = "supported"
+    run.claims[0] = dataclasses.replace(run.claims[0], verdict="supported")
     run.heads = run.heads.drop(columns="effect_z_ci_low")
     with pytest.raises(ProbesError, match="lacks columns effect_z_ci_low"):
         write_run(tmp_path, run)
@@ -419,8 +420,8 @@ def test_the_answer_table_leads_with_one_row_per_claim_and_its_legs(full_run):
 
 def test_selection_column_shows_how_each_head_was_chosen(tmp_path):
     run = synthetic_run(tmp_path)
-    run.claims[0].selected, run.claims[0].confirmation = True, [3, 4, 5]
-    run.claims[1].selected, run.claims[1].confirmation = False, None
+    run.claims[0] = dataclasses.replace(run.claims[0], selected=True, confirmation=[3, 4, 5])
+    run.claims[1] = dataclasses.replace(run.claims[1], selected=False, confirmation=None)
     from probes.report.render import render_html
 
     header, *rows = _answer_table(render_html(run))
