@@ -52,7 +52,6 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_doctor(args: argparse.Namespace) -> None:
     """One screen: what is installed (with versions), which models are cached and under which licence, and
     whether the optional pieces (chromium for the browser test, Ray for sweeps, a GPU) are there."""
-    import importlib.util
     import shutil
     from importlib import metadata
 

@@ -27,8 +27,8 @@ from probes.claims.verdicts import (
 )
 from probes.core.errors import ProbesError
 from probes.core.stats import (
-    CONFIDENCE, Estimate, bootstrap_mean, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p,
-    group_means, level_text, n_units, percentile_interval, ratio_draws, ratio_estimate, resamples_for,
+    CONFIDENCE, Estimate, bootstrap_spearman, cluster_bootstrap_means, estimate_mean, family_p,
+    level_text, n_units, percentile_interval, ratio_draws, ratio_estimate, resamples_for,
     share_of_groups_above_zero, signed_rank_p, simultaneous_confidence,
 )
 from probes.evidence.attention import norm_weighted_attention, role_attention
@@ -335,7 +335,7 @@ def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate
     type determines, or with too few types, is never evidence for a head: ``attachable`` is False)."""
     if probe_table is None:
         return None
-    attachable = probe_table["attachable"] if "attachable" in probe_table else True
+    attachable = probe_table.get("attachable", True)
     rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1]) & attachable]
     if rows.empty:
         return None

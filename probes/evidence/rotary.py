@@ -22,7 +22,7 @@ global layers are banded by the frequencies they really use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
-from probes.prompts.roles import Role, positions, src_dst_positions
+from probes.prompts.roles import Role, src_dst_positions
 
 N_BANDS = 4
 UNROTATED = "unrotated"  # the band name of dims past rotary_dim (no position at all)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float

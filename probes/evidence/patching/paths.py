@@ -22,7 +22,7 @@ receiver's layer on; only the metric is read (no full-vocabulary logits).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch

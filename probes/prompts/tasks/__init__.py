@@ -14,7 +14,7 @@ template with its names): the unit every interval resamples.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 from probes.core.errors import ProbesError
