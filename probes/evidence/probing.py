@@ -236,7 +236,7 @@ def refusal(target: Target) -> str:
 
 def refusals(table: pd.DataFrame) -> list[str]:
     """One line per target of a probe table that may not be evidence for a head: what, and why (its ``reason``)."""
-    refused = table[~table["attachable"].astype(bool)].drop_duplicates("target")
+    refused = table.loc[~table["attachable"].astype(bool)].drop_duplicates(subset="target")
     return [f"probe target {t} not attached to head verdicts: {r}" for t, r in zip(refused["target"], refused["reason"])]
 
 

@@ -147,6 +147,7 @@ class AnalysisSpec:
         if self.task is not None:
             roles, whose = {*TASK_ROLES[self.task], END}, f"task {self.task}"
         else:
+            assert self.prompts is not None, "a spec names a task or a prompt file (checked on reading)"
             roles, whose = {*read_records(self.prompts)[0][0]["roles"], END}, f"prompt file {self.prompts}"
         named = [("src", self.src, False), ("dst", self.dst, True), ("foil", self.foil, False)]
         for item in self.claims:
