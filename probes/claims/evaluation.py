@@ -170,7 +170,7 @@ def split_groups(
     return np.flatnonzero(~confirmation), np.flatnonzero(confirmation)
 
 
-def _measure_draws(g: Gathered, name: str, rows: Rows, cols: list[int], n_resamples: int, seed: int) -> tuple:
+def _measure_draws(g: Gathered, name: str, rows: Rows, cols: np.ndarray, n_resamples: int, seed: int) -> tuple:
     """A measure's point estimate per column and its bootstrap draws over groups (ratios drawn with the gap)."""
     x = g.values[name][np.ix_(rows, cols)]
     if not MEASURES[name].of_gap:
@@ -183,7 +183,7 @@ def estimates(
 ) -> list[dict[str, Estimate]]:
     """Each head's measures on ``rows``: means (effects as fractions of the gap, a ratio of means) with intervals
     over groups, simultaneous over ``family`` claims, and signed-rank p-values over groups, adjusted for it."""
-    cols = [g.column(h) for h in heads]
+    cols = np.array([g.column(h) for h in heads])
     groups = g.groups[rows]
     confidence = simultaneous_confidence(alpha, family)
     n_resamples = resamples_for(confidence)
@@ -204,6 +204,7 @@ def estimates(
     correlations = bootstrap_spearman(g.values["attention_target"][np.ix_(rows, cols)],
                                       g.values["effect_z"][np.ix_(rows, cols)], seed=seed, groups=groups,
                                       confidence=confidence)
+    assert isinstance(correlations, list), "a 2-d input gives one estimate per head"
     attends = share_of_groups_above_zero(g.values["attention"][np.ix_(rows, cols)], groups, confidence, seed)
     for est, correlation, share in zip(out, correlations, attends):
         est |= context | {"attention_effect_correlation": correlation, "attends_fraction": share}
@@ -284,6 +285,7 @@ def _per_prompt(g: Gathered, head: Head, rows: Rows) -> dict[str, Float[np.ndarr
 def _sentence(result: ClaimResult, direction: Direction) -> str:
     """The verdict in words, quoting the statistics it rests on and saying which intervention asked what."""
     claim, ev, t = result.claim, result.evidence, result.thresholds
+    assert isinstance(claim, Claim), "a head claim's sentence (a composition has its own)"
     foil = "uniform attention (the non-sink attention spread over the earlier tokens)" if claim.foil is None else f"the {claim.foil}"
     margin, attends = ev["attention"], ev["attends_fraction"]
     edge, effect, logits = ev["edge_knockout"], ev["effect_z"], ev["effect_z_logits"]
@@ -336,7 +338,7 @@ def _probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate
     if probe_table is None:
         return None
     attachable = probe_table.get("attachable", True)
-    rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1]) & attachable]
+    rows = probe_table.loc[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1]) & attachable]
     if rows.empty:
         return None
     best = rows.sort_values("selectivity", ascending=False).iloc[0]

@@ -40,6 +40,7 @@ class Claim:
 
     def describe(self) -> dict:
         """The columns that name this claim in a table."""
+        assert self.head is not None, "a judged claim names its head"
         return {"layer": self.head[0], "head": self.head[1]}
 
     @classmethod
@@ -128,6 +129,7 @@ class ClaimResult:
         """Where the numbers come from, in words: "selected on N discovery prompts, tested on M held-out prompts"."""
         if not self.selected:
             return f"tested on all prompts; one of {self.family} claims tested together"
+        assert self.discovery is not None and self.confirmation is not None, "a selected claim has both splits"
         return (f"selected on {len(self.discovery)} discovery prompts, tested on {len(self.confirmation)} held-out "
                 f"prompts; one of {self.family} claims tested together")
 
@@ -153,7 +155,7 @@ class ClaimResult:
         extra = ""
         if self.heads:
             frame = self.to_frame()
-            grid = np.full((frame["layer"].max() + 1, frame["head"].max() + 1), np.nan)
+            grid = np.full((int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1), np.nan)
             grid[frame["layer"], frame["head"]] = frame["effect_z"]
             counts = frame["verdict"].value_counts()
             numbers = {"heads tested": str(len(frame)), **{f"heads {v}": str(c) for v, c in counts.items()}, **numbers}

@@ -53,10 +53,11 @@ def build_prompts(model: HookedModel, spec: AnalysisSpec) -> PromptSet:
     vocab = None
     if spec.prompts is None and spec.task in tasks.RANDOM_SHAPES and "previous_token" in spec.probe_targets:
         vocab = tasks.class_pool(model, spec.task, spec.n, MIN_CLASS_ROWS, seed=spec.seed)
-    prompts = (
-        PromptSet.from_jsonl(spec.prompts, model) if spec.prompts is not None
-        else tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates, vocab=vocab)
-    )
+    if spec.prompts is not None:
+        prompts = PromptSet.from_jsonl(spec.prompts, model)
+    else:
+        assert spec.task is not None, "a spec names a task or a prompt file (checked on reading)"
+        prompts = tasks.generate(model, spec.task, spec.n, seed=spec.seed, templates=spec.templates, vocab=vocab)
     prompts.check_model(model)
     return prompts
 
@@ -79,7 +80,7 @@ def _named_heads(spec: AnalysisSpec, n_layers: int, n_heads: int) -> list[tuple[
 
 def _selectors(spec: AnalysisSpec) -> list[tuple[str, int]]:
     parsed = (parse_selector(item, "claims") for item in spec.claims)
-    return [sel for sel in parsed if isinstance(sel, tuple) and isinstance(sel[0], str)]
+    return [(sel[0], sel[1]) for sel in parsed if isinstance(sel, tuple) and isinstance(sel[0], str)]
 
 
 def _head_of(selector, spec: AnalysisSpec):
@@ -121,7 +122,7 @@ def _probe_table(
     with tempfile.TemporaryDirectory(prefix="probes-acts-") as tmp:
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("z",), at=at)
         table = probing.probe_activations(store, targets, seed=spec.seed)
-    return table[table["head"] >= 0].reset_index(drop=True)
+    return table.loc[table["head"] >= 0].reset_index(drop=True)
 
 
 def _held_out_probes(
@@ -162,6 +163,7 @@ def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
         if isinstance(r.claim, Composition):
             (layer, head), path, kept = r.claim.receiver, r.claim.head_name, {PATH.measure}
         else:
+            assert r.claim.head is not None, "each judged head has its own result"
             (layer, head), path, kept = r.claim.head, "", {m for m in r.per_prompt if MEASURES[m].panel}
         for measure, values in r.per_prompt.items():
             if measure in kept:
@@ -173,7 +175,8 @@ def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
 
 def _prompt_records(model: HookedModel, prompts: PromptSet) -> list[dict]:
     """What the report shows of each prompt: its text record (decoded tokens for token-id prompts) and labels."""
-    decode = (lambda ids: model.tokenizer.decode(ids)) if model.tokenizer is not None else (lambda ids: str(ids))
+    tokenizer = model.tokenizer
+    decode = tokenizer.decode if tokenizer is not None else (lambda ids: str(ids))
     records = []
     for i in range(len(prompts)):
         end = int(prompts.end[i]) + 1

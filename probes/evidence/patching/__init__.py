@@ -100,7 +100,7 @@ def _require_row_fits(buckets: list[Bucket]) -> None:
     require_fits(max(bucket.row_bytes for bucket in buckets), "one patched run", FIX)
 
 
-def check_inputs(model: HookedModel, prompts: PromptSet, component: str, direction: str, memory_mb: float) -> Site:
+def check_inputs(model: HookedModel, prompts: PromptSet, component: str, direction: str, memory_mb: float | None) -> Site:
     if component not in SITES:
         raise ProbesError(f"unknown component '{component}'; choose one of: {', '.join(SITES)}")
     if direction not in DIRECTIONS:
@@ -345,7 +345,7 @@ def _reference_runs(
     with onednn_linear(onednn):
         for members, end, split in bucket_keys(prompts, start):
             group = group_of(prompts, members, end)
-            runs = [side_run(model, target, group, end, resid_names), side_run(model, source, group, end, site_names)]
+            runs = (side_run(model, target, group, end, resid_names), side_run(model, source, group, end, site_names))
             rows = torch.searchsorted(group, members)
             buckets.append(prepare_bucket(model, prompts, members, end, split, *runs, rows, sites, layers, metric))
     target_metric, source_metric = torch.empty(len(prompts)), torch.empty(len(prompts))
