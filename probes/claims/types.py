@@ -155,7 +155,7 @@ class ClaimResult:
         extra = ""
         if self.heads:
             frame = self.to_frame()
-            grid = np.full((int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1), np.nan)
+            grid = np.full((frame["layer"].to_numpy().max() + 1, frame["head"].to_numpy().max() + 1), np.nan)
             grid[frame["layer"], frame["head"]] = frame["effect_z"]
             counts = frame["verdict"].value_counts()
             numbers = {"heads tested": str(len(frame)), **{f"heads {v}": str(c) for v, c in counts.items()}, **numbers}

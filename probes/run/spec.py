@@ -42,6 +42,7 @@ from probes.prompts.roles import END, PREVIOUS
 
 if TYPE_CHECKING:
     from probes.claims.types import Claim, Composition
+    from probes.evidence.patching.sites import Direction
 
 # Light on purpose (no torch, no TransformerLens): the CLI validates a spec in well under 2 s, before any model.
 SELECTORS = ("top_attention", "top_effect")
@@ -63,7 +64,7 @@ class AnalysisSpec:
     templates: list[int] | None = None
     seed: int = 0
     foil: str | None = None
-    direction: str = "denoising"
+    direction: Direction = "denoising"  # checked on reading
     claims: list = field(default_factory=lambda: ["top_attention:3", "top_effect:3"])
     compositions: list = field(default_factory=list)
     probe_targets: list[str] = field(default_factory=list)
