@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -419,19 +420,23 @@ def evaluate(
             prompts.role(role)
     every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
     heads = [claim.head] if claim.head is not None else every
-    options = dict(thresholds=thresholds, direction=direction, seed=seed, probe_table=probe_table)
-    if claim.head is None:  # fail before any model work when the split cannot be made
-        discovery, confirmation = split_groups(prompts.group_index, thresholds.confirm_fraction, seed, thresholds.min_prompts)
+    options: dict[str, Any] = dict(thresholds=thresholds, direction=direction, seed=seed, probe_table=probe_table)
+    # for "some head", before any model work: fail when the split cannot be made
+    split = None if claim.head is not None else split_groups(
+        prompts.group_index, thresholds.confirm_fraction, seed, thresholds.min_prompts
+    )
     ctx = EvidenceContext(model, prompts, claim.src, claim.dst, claim.foil, [claim.head] if claim.head else None, direction)
     with shared_runs():  # the sweeps of one claim share their clean and corrupt passes
         g = gather(ctx, heads)
-    if claim.head is not None:
+    if split is None:  # the one head named
         return judge(claim, g, heads, family=family, **options)[0]
+    discovery, confirmation = split
     screened = judge(claim, g, heads, family=len(heads), **options)
     on_discovery = judge(claim, g, heads, discovery, family=len(heads), **options)
     order = {v: i for i, v in enumerate(VERDICTS)}
     best = min(on_discovery, key=lambda r: (order[r.verdict], -abs(np.nan_to_num(r.evidence["effect_z"].value))))
     held_out = options | {"probe_table": None}  # the table's folds were not the confirmation prompts alone
+    assert isinstance(best.claim, Claim) and best.claim.head is not None, "judge settles one head per result"
     confirmed = judge(claim, g, [best.claim.head], confirmation, family=family, discovery=discovery, **held_out)[0]
     confirmed.claim, confirmed.heads = claim, screened
     return confirmed

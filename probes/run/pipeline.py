@@ -17,6 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
+from typing import Any
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,7 +239,7 @@ def run_analysis(
     plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept,
                         len(spec.compositions))
     plan.require()
-    for line in plan.lines() if announce else []:
+    for line in plan.lines() if announce is not None else []:
         announce(line)
     with stage("probes"):
         probes_table = _probe_table(model, prompts, spec, targets)
@@ -246,7 +247,7 @@ def run_analysis(
     notes += [] if probes_table is None else probing.refusals(probes_table)
     claim = Claim(None, spec.src, spec.dst, spec.foil)
     every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    options = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
+    options: dict[str, Any] = dict(thresholds=thresholds, direction=spec.direction, seed=spec.seed, probe_table=probes_table)
     with shared_runs():  # every sweep and attention measure of the run shares the clean and corrupt passes
         with stage("evidence, every head"):
             context = EvidenceContext(model, prompts, spec.src, spec.dst, spec.foil, None, spec.direction)
@@ -278,7 +279,7 @@ def run_analysis(
     run = RunResults(
         model=ModelInfo(spec.model, model.cfg.n_layers, model.cfg.n_heads,
                         provenance.weights_sha256 if provenance else None),
-        task=spec.task or Path(spec.prompts).name,
+        task=spec.task or Path(str(spec.prompts)).name,  # a spec names a task or a prompt file
         n_prompts=len(prompts),
         seed=spec.seed,
         command=command or " ".join(shlex.quote(a) for a in ["probes", *sys.argv[1:]]),
