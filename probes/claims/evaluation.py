@@ -435,7 +435,7 @@ def evaluate(
     on_discovery = judge(claim, g, heads, discovery, family=len(heads), **options)
     order = {v: i for i, v in enumerate(VERDICTS)}
     best = min(on_discovery, key=lambda r: (order[r.verdict], -abs(np.nan_to_num(r.evidence["effect_z"].value))))
-    held_out = options | {"probe_table": None}  # the table's folds were not the confirmation prompts alone
+    held_out: dict[str, Any] = {**options, "probe_table": None}  # the table's folds were not the confirmation prompts alone
     assert isinstance(best.claim, Claim) and best.claim.head is not None, "judge settles one head per result"
     confirmed = judge(claim, g, [best.claim.head], confirmation, family=family, discovery=discovery, **held_out)[0]
     confirmed.claim, confirmed.heads = claim, screened

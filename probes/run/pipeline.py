@@ -239,8 +239,9 @@ def run_analysis(
     plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept,
                         len(spec.compositions))
     plan.require()
-    for line in plan.lines() if announce is not None else []:
-        announce(line)
+    if announce is not None:
+        for line in plan.lines():
+            announce(line)
     with stage("probes"):
         probes_table = _probe_table(model, prompts, spec, targets)
         held_out_probes = _held_out_probes(model, prompts.subset(confirmation), spec, targets, notes) if selectors else None
