@@ -17,11 +17,12 @@ import shlex
 import sys
 import tempfile
 import time
-from typing import Any
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from probes.claims.evaluation import EvidenceContext, evaluate, gather, judge, rank_heads, split_groups
@@ -230,10 +231,10 @@ def run_analysis(
         if role is not None and role != PREVIOUS:
             prompts.role(role)
     position_plan = _position_content_plan(model, prompts, spec)
-    if selectors:  # before any model work: a split that cannot confirm anything is an input error
-        discovery, confirmation = split_groups(
-            prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
-        )
+    # before any model work: a split that cannot confirm anything is an input error (no selection: no split)
+    discovery, confirmation = split_groups(
+        prompts.group_index, thresholds.confirm_fraction, spec.seed, thresholds.min_prompts
+    ) if selectors else (np.arange(0), np.arange(0))
     targets, notes = probe_targets(spec, prompts)
     swept = ("z", "pattern") if spec.pattern_patching else ("z",)
     plan = estimate_run(model, prompts, ("z",) if targets else (), _every_position(targets), swept,
@@ -261,8 +262,8 @@ def run_analysis(
         family = len(named) + len(selected) + len(own) + len(spec.compositions)
         claimed = judge(claim, gathered, named, family=family, **options)
         if selected:
-            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery,
-                             **options | {"probe_table": held_out_probes})
+            held_out: dict[str, Any] = {**options, "probe_table": held_out_probes}
+            claimed += judge(claim, gathered, selected, confirmation, family=family, discovery=discovery, **held_out)
         chosen = named + selected
         with stage("claims with their own roles, compositions"):
             claimed += [evaluate(model, prompts, c, family=family, **options) for c in own]
