@@ -69,7 +69,7 @@ class Attention(Protocol):
     """A block's attention, as the kit reads it: its output weights, score scale and (rotary models) rotary tables,
     its hook points, and its query/key/value projection (which the engine calls to get keys and values alone)."""
 
-    # read-only properties (as every member a class offers below): a class may hold a subtype (a Parameter)
+    # members a class holds are read-only properties here and below: a class may hold a subtype (a Parameter)
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]: ...
     @property
