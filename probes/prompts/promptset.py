@@ -219,8 +219,8 @@ class PromptSet:
             raise ProbesError(f"unknown role '{name}'; this prompt set has roles: {', '.join(sorted(self.roles))}")
         return self.roles[name]
 
-    def subset(self, index: slice | Int[Tensor, " k"] | list[int]) -> PromptSet:
-        """The prompts at ``index`` (a slice, list or tensor), keeping labels and texts aligned."""
+    def subset(self, index: slice | Int[Tensor, " k"] | Int[np.ndarray, " k"] | list[int]) -> PromptSet:
+        """The prompts at ``index`` (a slice, list, tensor or array), keeping labels and texts aligned."""
         idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         ids = idx.tolist()
         return PromptSet(
