@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers test test-tl4 test-fast demo lab position-content bench clean
+.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab position-content bench clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,17 @@ browser:
 layers: setup
 	$(VENV)/bin/lint-imports
 
-test: setup browser layers test-tl4
+# ruff's lint rules on the code and tests, pyright on probes/ (pyproject.toml [tool.ruff], [tool.pyright]); pyright
+# runs on the Node.js of its nodejs extra, and IGNORE_WARNINGS skips its check for a newer release online.
+lint: setup
+	$(VENV)/bin/ruff check probes tests bench
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright
+
+# The formatter's check ([tool.ruff.format]); joins `lint` once the tree has been formatted.
+format-check: setup
+	$(VENV)/bin/ruff format --check probes tests bench
+
+test: setup browser layers lint test-tl4
 	$(PY) -m pytest -q --durations=15
 
 # The kit beside TransformerLens 4.x, in its own venv: the bridge path's tests (those comparing with the

@@ -1,4 +1,4 @@
-"""probe kit: settle claims about attention heads with attention, causal and representational evidence.
+r"""probe kit: settle claims about attention heads with attention, causal and representational evidence.
 
 Every function that takes a model takes any object offering the kit's model protocol, :class:`probes.HookedModel`
 (:mod:`probes.models.protocol`: the config, hooks by TransformerLens name, ``run_with_hooks``/``run_with_cache``,

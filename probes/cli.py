@@ -52,7 +52,6 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_doctor(args: argparse.Namespace) -> None:
     """One screen: what is installed (with versions), which models are cached and under which licence, and
     whether the optional pieces (chromium for the browser test, Ray for sweeps, a GPU) are there."""
-    import importlib.util
     import shutil
     from importlib import metadata
 
@@ -198,7 +197,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="probes", description=__doc__.splitlines()[0])
+    parser = Parser(prog="probes", description=(__doc__ or "probes").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     models = sub.add_parser("models", help="list packaged models, whether each is cached, size and licence")
     models.set_defaults(func=cmd_models)

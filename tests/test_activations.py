@@ -106,7 +106,7 @@ def test_shards_hold_only_gathered_rows(store: Activations) -> None:
     sizes = []
     for shard in store.manifest["shards"]:
         with safe_open(str(store.directory / shard["file"]), framework="pt") as f:
-            sizes.append({f.get_slice(k).get_shape()[0] for k in f.keys()})
+            sizes.append({f.get_slice(k).get_shape()[0] for k in f.keys()})  # noqa: SIM118 (safe_open is not iterable)
     assert sizes == [{6}, {6}, {6}, {2}]
 
 

@@ -17,7 +17,7 @@ from probes.evidence.circuits.graph import build_graph
 def node_times(graph, parallel_attn_mlp: bool) -> dict[str, float]:
     """When each node is written (upstream) or read (downstream) within a forward pass."""
     times = {}
-    for node, side, kind, layer in graph.nodes[["node", "side", "kind", "layer"]].itertuples(index=False):
+    for node, _side, kind, layer in graph.nodes[["node", "side", "kind", "layer"]].itertuples(index=False):
         base = 4 * layer
         times[node] = {
             "input": -1.0, "logits": float("inf"),

@@ -63,14 +63,14 @@ class Leg:
     def judge(self, estimate: Estimate, t: Thresholds) -> bool | None:
         """True (holds), False (fails) or None (undecided)."""
         clears, misses = self._sides(estimate, t)
-        if clears and estimate.p_value < t.alpha:
+        if clears and estimate.p_value is not None and estimate.p_value < t.alpha:
             return True
         return False if misses else None
 
     def held_back_by_p(self, estimate: Estimate, t: Thresholds) -> bool:
         """The interval clears the threshold but the adjusted p is not below alpha: the test alone leaves the leg
         undecided (a sentence must then quote p, or the verdict has no visible reason)."""
-        return self._sides(estimate, t)[0] and not estimate.p_value < t.alpha
+        return self._sides(estimate, t)[0] and not (estimate.p_value is not None and estimate.p_value < t.alpha)
 
     def _sides(self, estimate: Estimate, t: Thresholds) -> tuple[bool, bool]:
         """(the interval clears the threshold on the claimed side, it lies wholly on the other side)."""

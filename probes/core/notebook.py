@@ -9,6 +9,7 @@ renders in JupyterLab, VS Code and a static nbconvert page alike. All text is es
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from html import escape
 
 import numpy as np
@@ -71,7 +72,7 @@ def grid_html(values: Float[np.ndarray, "layer head"], title: str, row: str = "l
     )
 
 
-def result_html(title: str, sentence: str, numbers: dict[str, Estimate | str], extra: str = "") -> str:
+def result_html(title: str, sentence: str, numbers: Mapping[str, Estimate | str], extra: str = "") -> str:
     """A result card: bold title, its sentence, a two-column table of key numbers, then ``extra`` HTML."""
     cells = "".join(
         f"<tr><td style='padding:1px 12px 1px 0;color:#59636e'>{escape(name)}</td>"

@@ -68,7 +68,7 @@ def bootstrap_mean(
     mean = x.mean(axis=0)
     if x.shape[0] < 2:
         return mean, mean.copy(), mean.copy()
-    if not independent(groups, x.shape[0]):
+    if groups is not None and not independent(groups, x.shape[0]):
         flat = x.reshape(x.shape[0], -1)
         draws = cluster_bootstrap_means(flat, groups, resamples_for(confidence), seed)
         low, high = percentile_interval(draws, confidence)
@@ -77,7 +77,7 @@ def bootstrap_mean(
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant columns: handled below
         res = stats.bootstrap(
         (x,), np.mean, axis=0, vectorized=True, confidence_level=confidence,
-        n_resamples=resamples_for(confidence), method="percentile", random_state=np.random.default_rng(seed),
+        n_resamples=resamples_for(confidence), method="percentile", rng=np.random.default_rng(seed),
         )
     low, high = res.confidence_interval
     # zero spread: every resample equals the mean, scipy reports NaN
@@ -176,7 +176,7 @@ def signed_rank_p(
     for j in range(flat.shape[1]):
         col = flat[:, j]
         if np.any(col != 0) and len(col) > 1:
-            out[j] = stats.wilcoxon(col, alternative=alternative, zero_method="zsplit").pvalue
+            out[j] = stats.wilcoxon(col, alternative=alternative, zero_method="zsplit").pvalue  # pyright: ignore[reportAttributeAccessIssue]  # scipy result bunches are untyped
     return out.reshape(x.shape[1:])
 
 
@@ -239,9 +239,9 @@ def bootstrap_spearman(
         if len(a) < 3 or np.ptp(x2[:, j]) == 0 or np.ptp(y2[:, j]) == 0:
             out.append(Estimate(math.nan, math.nan, math.nan, n=n))
             continue
-        rho = stats.spearmanr(x2[:, j], y2[:, j]).statistic
+        rho = stats.spearmanr(x2[:, j], y2[:, j]).statistic  # pyright: ignore[reportAttributeAccessIssue]  # as above
         defined = len(gx) >= 3 and np.ptp(gx[:, j]) > 0 and np.ptp(gy[:, j]) > 0
-        p = stats.spearmanr(gx[:, j], gy[:, j]).pvalue if defined else math.nan
+        p = stats.spearmanr(gx[:, j], gy[:, j]).pvalue if defined else math.nan  # pyright: ignore[reportAttributeAccessIssue]
         ma, mb = w @ a, w @ b
         cov = w @ (a * b) - ma * mb
         with np.errstate(divide="ignore", invalid="ignore"):

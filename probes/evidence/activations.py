@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import einops
 import numpy as np
@@ -125,6 +125,7 @@ def _harvest_batch(
 
     def gather(act: Tensor, hook: HookPoint) -> None:
         rows = act[batch_idx.to(act.device), pos_idx.to(act.device)]
+        assert hook.name is not None, "TransformerLens names every hook point of a model"
         for kind, layer in by_source[hook.name]:
             out = head_results(model, layer, rows) if kind == "result" else rows
             gathered[hook_name(kind, layer)] = out.detach().to("cpu", copy=True).contiguous()
@@ -158,7 +159,8 @@ def _json_value(value: object) -> object:
     """Labels come as Python, numpy or torch scalars: store them as plain JSON values (anything else as text)."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return value.item() if hasattr(value, "item") else str(value)
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
 
 
 @frozen_model

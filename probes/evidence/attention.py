@@ -16,7 +16,7 @@ no full activation cache is ever built.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -245,7 +245,7 @@ def attention_patterns(model: HookedModel, prompts: PromptSet, heads: list[tuple
             if model.tokenizer is not None
             else [str(t) for t in tokens[0].tolist()]
         )
-        patterns = {f"{l}.{h}": cache[get_act_name("pattern", l)][0, h].tolist() for l, h in heads}
+        patterns = {f"{layer}.{h}": cache[get_act_name("pattern", layer)][0, h].tolist() for layer, h in heads}
         roles = {name: int(pos[i]) for name, pos in prompts.roles.items()}
         out.append({"tokens": labels, "patterns": patterns, "prompt": i, "roles": roles})
     return out

@@ -44,7 +44,7 @@ def _attribute_batch(model: HookedModel, prompts: PromptSet) -> Float[Tensor, "p
     n_layers = model.cfg.n_layers
     n_pos = int(prompts.end.max()) + 1  # later positions cannot reach any read-off position
     z_hooks = {get_act_name("z", layer) for layer in range(n_layers)}
-    is_z = lambda name: name in z_hooks
+    is_z = z_hooks.__contains__
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(prompts.clean[:, :n_pos], stop_at_layer=n_layers, names_filter=is_z)
 

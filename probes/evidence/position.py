@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -176,6 +176,7 @@ def _check_retokenises(model: HookedModel, base: PromptSet, variant: PromptSet, 
     """A text prompt's variant must read back as text of the same token count, else it is not the prompt it
     pretends to be (a filler merged with its neighbour, say)."""
     tokenizer = model.tokenizer
+    assert tokenizer is not None, "text prompts come from the model's tokenizer"
     skip = 1 if model.cfg.default_prepend_bos and tokenizer.bos_token_id is not None else 0
 
     def n_tokens(p: PromptSet, i: int) -> int:
@@ -264,14 +265,14 @@ def share_estimates(
 def check_heads(model: HookedModel, heads: Sequence[Head] | None) -> list[Head]:
     if heads is None:
         return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
-    heads = [tuple(h) for h in heads]
-    bad = [h for h in heads if len(h) != 2 or not (0 <= h[0] < model.cfg.n_layers and 0 <= h[1] < model.cfg.n_heads)]
-    if bad or not heads:
+    given = [tuple(h) for h in heads]
+    bad = [h for h in given if len(h) != 2 or not (0 <= h[0] < model.cfg.n_layers and 0 <= h[1] < model.cfg.n_heads)]
+    if bad or not given:
         raise ProbesError(
-            f"heads {bad or heads} are not (layer, head) pairs of this model "
+            f"heads {bad or given} are not (layer, head) pairs of this model "
             f"({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)"
         )
-    return heads
+    return [(layer, head) for layer, head in given]
 
 
 @dataclass

@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -274,7 +274,7 @@ def refusal(target: Target) -> str:
 
 def refusals(table: pd.DataFrame) -> list[str]:
     """One line per target of a probe table that may not be evidence for a head: what, and why (its ``reason``)."""
-    refused = table[~table["attachable"].astype(bool)].drop_duplicates("target")
+    refused = table.loc[~table["attachable"].astype(bool)].drop_duplicates(subset="target")
     return [f"probe target {t} not attached to head verdicts: {r}" for t, r in zip(refused["target"], refused["reason"])]
 
 

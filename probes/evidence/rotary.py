@@ -22,7 +22,7 @@ global layers are banded by the frequencies they really use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
-from probes.prompts.roles import Role, positions, src_dst_positions
+from probes.prompts.roles import Role, src_dst_positions
 
 N_BANDS = 4
 UNROTATED = "unrotated"  # the band name of dims past rotary_dim (no position at all)
@@ -93,9 +93,15 @@ def pair_angles(model: HookedModel, layer: int) -> Float[Tensor, " pair"]:
     return torch.atan2(sin[dims[:, 0]], cos[dims[:, 0]])
 
 
+def rotary_dim(model: HookedModel) -> int:
+    """The head dims a rotary model rotates (TransformerLens sets ``rotary_dim`` for every rotary model)."""
+    assert model.cfg.rotary_dim is not None, "a rotary model has a rotary_dim"
+    return model.cfg.rotary_dim
+
+
 def pair_dims(model: HookedModel) -> Int[Tensor, "pair 2"]:
     """The two head dims each rotary pair rotates: ``(2j, 2j+1)`` (GPT-J) or ``(j, j + rotary_dim/2)`` (NeoX)."""
-    r = model.cfg.rotary_dim
+    r = rotary_dim(model)
     j = torch.arange(r // 2)
     return torch.stack([2 * j, 2 * j + 1], 1) if model.cfg.rotary_adjacent_pairs else torch.stack([j, j + r // 2], 1)
 
@@ -113,9 +119,9 @@ def band_masks(model: HookedModel, layer: int, n_bands: int) -> tuple[Float[Tens
         masks.append(mask)
         period = (2 * np.pi / angles[group]).numpy()
         wavelengths.append((float(period.min()), float(period.max())))
-    if model.cfg.rotary_dim < model.cfg.d_head:
+    if rotary_dim(model) < model.cfg.d_head:
         mask = torch.zeros(model.cfg.d_head)
-        mask[model.cfg.rotary_dim :] = 1.0
+        mask[rotary_dim(model) :] = 1.0
         masks.append(mask)
         wavelengths.append((float("inf"), float("inf")))
     return torch.stack(masks), wavelengths
@@ -149,8 +155,8 @@ def rotary_bands(
             f"rotary_bands needs a rotary model; this one has '{model.cfg.positional_embedding_type}' positions "
             "(position_content works for any scheme)"
         )
-    if isinstance(n_bands, bool) or not isinstance(n_bands, int) or not 1 <= n_bands <= model.cfg.rotary_dim // 2:
-        raise ProbesError(f"n_bands must be a whole number from 1 to {model.cfg.rotary_dim // 2}, got {n_bands!r}")
+    if isinstance(n_bands, bool) or not isinstance(n_bands, int) or not 1 <= n_bands <= rotary_dim(model) // 2:
+        raise ProbesError(f"n_bands must be a whole number from 1 to {rotary_dim(model) // 2}, got {n_bands!r}")
     heads = check_heads(model, heads)
     src_pos, dst_pos = src_dst_positions(prompts, src, dst)
     foil_pos = None if foil is None else src_dst_positions(prompts, src, foil)[1]
@@ -208,7 +214,7 @@ def _layer_bands(
     cap = model.cfg.attn_scores_soft_cap
     soft = (lambda x: cap * torch.tanh(x / cap)) if cap and cap > 0 else (lambda x: x)
     allowed = torch.isfinite(scores)
-    if not torch.allclose(soft(raw)[allowed], scores[allowed], rtol=1e-3, atol=1e-3 * scores[allowed].abs().max()):
+    if not torch.allclose(soft(raw)[allowed], scores[allowed], rtol=1e-3, atol=1e-3 * float(scores[allowed].abs().max())):
         raise ProbesError(
             f"layer {layer}: the attention scores are not the rotated q.k / scale this decomposition assumes "
             f"(architecture {model.cfg.original_architecture}); rotary_bands cannot split them"

@@ -75,10 +75,10 @@ def keys_values_separate(model: HookedModel) -> bool:
     )
 
 
-def shortformer_positions(model: HookedTransformer, start: int, n: int) -> Float[Tensor, "1 pos d_model"] | None:
+def shortformer_positions(model: HookedModel, start: int, n: int) -> Float[Tensor, "1 pos d_model"] | None:
     """The positional embedding of positions ``start..start + n - 1`` that a shortformer block adds to its query and
     key inputs (``shortformer_pos_embed``, broadcast over the batch); None for every other positional scheme."""
     if model.cfg.positional_embedding_type != "shortformer":
         return None
     positions = torch.zeros(1, n, dtype=torch.long, device=model.cfg.device)  # PosEmbed reads only the shape
-    return model.pos_embed(positions, past_kv_pos_offset=start)
+    return model.get_submodule("pos_embed")(positions, past_kv_pos_offset=start)

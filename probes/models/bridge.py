@@ -25,6 +25,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ def check_bridge(model) -> None:
 
 
 def final_resid(
-    model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = (), names: set[str] = frozenset()
+    model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = (), names: AbstractSet[str] = frozenset()
 ) -> tuple[Float[Tensor, "batch pos d_model"], dict[str, Tensor]]:
     """The residual stream after the last block (before the final norm), with ``hooks`` applied and the
     activations ``names`` kept. A HookedTransformer stops there with ``stop_at_layer=n_layers``; a bridge's

@@ -5,6 +5,6 @@ TransformerLens stays inside :mod:`probes.models`.
 """
 
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import get_act_name
+from transformer_lens.utilities.components_utils import get_act_name  # re-exported by utilities, not in its __all__
 
 __all__ = ["HookPoint", "get_act_name"]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +72,11 @@ def onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _routable(x: object, weight: object, bias: object) -> bool:
+def _routable(x: Tensor, weight: Tensor, bias: object) -> bool:
     """Float32 strided CPU tensors in the shapes oneDNN's kernel takes, none of which needs a gradient; the
     rest (other dtypes, devices or layouts, odd biases, anything autograd must see) stays with ``F.linear``."""
+    if bias is not None and not isinstance(bias, Tensor):
+        return False
     tensors = [x, weight] if bias is None else [x, weight, bias]
     if not all(
         isinstance(t, Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided
@@ -92,7 +95,7 @@ class _OneDNNLinear(TorchFunctionMode):
         if func is F.linear:
             bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
             x, weight, bias = bound.get("input"), bound.get("weight"), bound.get("bias")
-            if _routable(x, weight, bias):
+            if isinstance(x, Tensor) and isinstance(weight, Tensor) and _routable(x, weight, bias):
                 return onednn_product(x, weight, None if bias is None else bias.contiguous())
         return func(*args, **kwargs)
 
@@ -113,7 +116,10 @@ def linear_shapes(cfg: object) -> tuple[Shape, ...]:
     """(d_in, d_out) of each ``F.linear`` one block runs, for a TransformerLens config (its object, or the dict of
     a cached model's ``config.json``): Q, K, V, O, and gate, in, out of a gated MLP (TransformerLens runs a plain
     MLP through ``addmm``, which no routing touches)."""
-    get = cfg.get if isinstance(cfg, Mapping) else lambda name: getattr(cfg, name, None)
+
+    def get(name: str) -> Any:
+        return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+
     d_model, attn = get("d_model"), get("n_heads") * get("d_head")
     kv = (get("n_key_value_heads") or get("n_heads")) * get("d_head")
     shapes = [(d_model, attn), (d_model, kv), (d_model, kv), (attn, d_model)]
@@ -124,7 +130,7 @@ def linear_shapes(cfg: object) -> tuple[Shape, ...]:
 
 def candidates() -> dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]]:
     """The float32 linear kernels this torch can run here, torch's default first."""
-    found = {DEFAULT: F.linear}
+    found: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {DEFAULT: F.linear}
     if torch.backends.mkldnn.enabled and onednn_available():
         found["onednn"] = onednn_product
     return found
@@ -209,7 +215,7 @@ def choice_path(key: Mapping) -> Path:
 
 def choose_kernel(shapes: Sequence[Shape]) -> KernelChoice:
     """The kernel for these shapes on this machine: measured on first use, then read from the cache."""
-    shapes = tuple(tuple(shape) for shape in shapes)
+    shapes = tuple((int(d_in), int(d_out)) for d_in, d_out in shapes)
     if len(candidates()) == 1:
         return KernelChoice(DEFAULT, "the only float32 linear kernel here (oneDNN unavailable or disabled)")
     if sum(d_in * d_out for d_in, d_out in shapes) < MIN_MACS:
@@ -222,8 +228,8 @@ def choose_kernel(shapes: Sequence[Shape]) -> KernelChoice:
 def _measured(path: str, key_json: str) -> KernelChoice:
     """Read the choice for ``key`` from ``path``, or measure it and write it there (whole or not at all); once
     per process."""
-    key, path = json.loads(key_json), Path(path)
-    known = _read_choice(path, key)
+    key, file = json.loads(key_json), Path(path)
+    known = _read_choice(file, key)
     if known is not None:
         return known
     shapes = [tuple(shape) for shape in key["shapes"]]
@@ -232,7 +238,7 @@ def _measured(path: str, key_json: str) -> KernelChoice:
     choice = KernelChoice(decide(times), f"measured {utc_now()}, {len(times[DEFAULT])} interleaved rounds", gflops)
     record = {"key": key, "kernel": choice.kernel, "reason": choice.reason, "gflops": gflops, "seconds": times}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(file) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
     except OSError:  # a read-only cache: the choice holds for this process and is measured again in the next
         pass

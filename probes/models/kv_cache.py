@@ -25,7 +25,7 @@ def run_keeping_keys_values(
     """The residual stream after the last block, the activations of the hooks ``names``, and every layer's keys
     and values, from one run of ``tokens``."""
     # TransformerLens wants an attention mask with a key/value cache; all ones masks nothing.
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))  # pyright: ignore[reportArgumentType]  # TransformerLens's own config: the protocol names only what the kit reads
     final, acts = model.run_with_cache(
         tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=model.cfg.n_layers,
         names_filter=lambda name: name in names,

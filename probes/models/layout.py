@@ -9,7 +9,7 @@ every hook are unchanged; only strides differ.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor
 
 from probes.models import tl
 
@@ -20,7 +20,7 @@ OUT_ORDER = (2, 0, 1)  # [head, d_head, d_model] -> [d_model, head, d_head]
 TRANSPOSE = (1, 0)
 
 
-def _store_permuted(param: nn.Parameter, order: tuple[int, ...]) -> None:
+def _store_permuted(param: Tensor, order: tuple[int, ...]) -> None:
     """Make ``param.permute(order)`` contiguous while ``param`` keeps its shape and values."""
     base = param.data.permute(order).contiguous()
     inverse = tuple(sorted(range(len(order)), key=order.__getitem__))

@@ -76,8 +76,8 @@ def gguf_hf_model(spec: PackagedModel, scratch: Path):
     # The GGUF loader records its quantisation; TransformerLens refuses quantised configs, and the weights
     # are float32 by now.
     if hasattr(hf_model.config, "quantization_config"):
-        del hf_model.config.quantization_config
-    hf_model.hf_quantizer = None  # else save_pretrained writes the GGUF quantisation back into config.json
+        delattr(hf_model.config, "quantization_config")
+    hf_model.hf_quantizer = None  # pyright: ignore[reportArgumentType]  # torch types Module.__setattr__ for tensors and modules only; else save_pretrained writes the GGUF quantisation back into config.json
     return hf_model.eval(), tokenizer
 
 
@@ -187,7 +187,7 @@ def save_model_dir(model: tl.HookedTransformer, path: str | Path) -> Path:
 
 
 def _ready(model: tl.HookedTransformer, device: str, provenance: Provenance) -> tl.HookedTransformer:
-    model.provenance = provenance
+    model.provenance = provenance  # pyright: ignore[reportArgumentType]  # as above: a plain attribute
     model.to(device, print_details=False)
     model.eval()
     model.requires_grad_(False)

@@ -12,7 +12,7 @@ Types only: nothing here runs, and ``isinstance(model, HookedModel)`` checks onl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -23,8 +23,10 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-# (activation, hook point) -> the activation to use instead, or None to leave it: TransformerLens's hook functions
-HookFn = Callable[[Tensor, nn.Module], Tensor | None]
+# (hook name, or a test on names; hook function): the function takes (activation, hook point) and returns the
+# activation to use instead, or None to leave it. Typed as loosely as TransformerLens types it, as a protocol
+# member's list parameter must be (a list is invariant).
+Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
 
 
 class ModelConfig(Protocol):
@@ -39,7 +41,9 @@ class ModelConfig(Protocol):
     n_ctx: int
     n_key_value_heads: int | None  # None without grouped-query attention
     ungroup_grouped_query_attention: bool  # hooks then show one key/value head per query head
-    device: torch.device | str | None
+
+    @property
+    def device(self) -> torch.device | str | None: ...  # read-only here: TransformerLens's is a str
     dtype: torch.dtype  # of the key/value cache (probes.models.kv_cache)
     model_name: str
     default_prepend_bos: bool
@@ -65,11 +69,17 @@ class Attention(Protocol):
     """A block's attention, as the kit reads it: its output weights, score scale and (rotary models) rotary tables,
     its hook points, and its query/key/value projection (which the engine calls to get keys and values alone)."""
 
-    W_O: Float[Tensor, "head d_head d_model"]
-    b_O: Float[Tensor, " d_model"]
-    attn_scale: float
-    rotary_sin: Float[Tensor, "pos rotary_half"]  # rotary models only
-    rotary_cos: Float[Tensor, "pos rotary_half"]  # rotary models only
+    # members a class holds are read-only properties here and below: a class may hold a subtype (a Parameter)
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]: ...
+    @property
+    def b_O(self) -> Float[Tensor, " d_model"]: ...
+    @property
+    def attn_scale(self) -> float: ...
+    @property
+    def rotary_sin(self) -> Float[Tensor, "pos rotary_half"]: ...  # rotary models only
+    @property
+    def rotary_cos(self) -> Float[Tensor, "pos rotary_half"]: ...  # rotary models only
 
     def calculate_qkv_matrices(self, query_input: Tensor, key_input: Tensor, value_input: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
 
@@ -82,17 +92,38 @@ class Block(Protocol):
     Post-norm models' blocks also have the norms :func:`probes.models.writes.post_norms` names (``ln1_post``,
     ``ln2_post``, ``ln2``)."""
 
-    attn: Attention
-    ln1: Callable[[Tensor], Tensor]
+    @property
+    def attn(self) -> Attention: ...
+    @property
+    def ln1(self) -> Callable[[Tensor], Tensor]: ...
 
-    def __call__(self, resid: Float[Tensor, "batch pos d_model"], past_kv_cache_entry: Any = None) -> Tensor: ...
+    def get_submodule(self, target: str) -> nn.Module: ...
+
+    def __call__(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        shortformer_pos_embed: Tensor | None = None,
+        past_kv_cache_entry: Any = None,
+    ) -> Tensor: ...
 
 
 class Unembed(Protocol):
-    W_U: Float[Tensor, "d_model d_vocab"]
-    b_U: Float[Tensor, " d_vocab"]
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]: ...
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]: ...
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]: ...
+
+
+class Blocks(Protocol):
+    """The blocks in order (TransformerLens's ``nn.ModuleList``)."""
+
+    def __getitem__(self, index: int, /) -> Block: ...
+
+    def __iter__(self) -> Iterator[Block]: ...
+
+    def __len__(self) -> int: ...
 
 
 class ActivationCache(Protocol):
@@ -100,7 +131,7 @@ class ActivationCache(Protocol):
 
     cache_dict: dict[str, Tensor]
 
-    def __getitem__(self, name: str) -> Tensor: ...
+    def __getitem__(self, name: str, /) -> Tensor: ...
 
 
 @runtime_checkable
@@ -114,10 +145,14 @@ class HookedModel(Protocol):
     normalisation; absent means none) and ``provenance`` (where the weights came from, for run records).
     """
 
-    cfg: ModelConfig
-    tokenizer: PreTrainedTokenizerBase | None  # None for models built from token ids (the toy models)
-    blocks: Sequence[Block]
-    unembed: Unembed
+    @property
+    def cfg(self) -> ModelConfig: ...
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None: ...  # None for models built from token ids (toy models)
+    @property
+    def blocks(self) -> Blocks: ...
+    @property
+    def unembed(self) -> Unembed: ...
 
     def __call__(self, input: Tensor, *, stop_at_layer: int | None = None) -> Tensor: ...
 
@@ -125,9 +160,10 @@ class HookedModel(Protocol):
         self,
         input: Tensor,
         *,
-        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        fwd_hooks: Hooks = ...,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        shortformer_pos_embed: Tensor | None = None,  # a shortformer's positions, with start_at_layer
     ) -> Tensor: ...
 
     def run_with_cache(
@@ -138,9 +174,9 @@ class HookedModel(Protocol):
         stop_at_layer: int | None = None,
         past_kv_cache: Any = None,  # what probes.models.kv_cache passes to keep keys and values
         attention_mask: Tensor | None = None,
-    ) -> tuple[Tensor, ActivationCache]: ...
+    ) -> tuple[Any, ActivationCache]: ...  # TransformerLens types the output as a union (None, losses): a Tensor here
 
-    def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> AbstractContextManager[Any]:
+    def hooks(self, fwd_hooks: Hooks = ...) -> AbstractContextManager[Any]:
         """Hooks added for the ``with`` block only (what ``run_with_cache`` cannot take itself)."""
         ...
 

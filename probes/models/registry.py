@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from probes.core.errors import ProbesError
 

@@ -89,8 +89,11 @@ def official_names() -> dict[str, str]:
     ``get_official_model_name`` looks up), read from TransformerLens's data-only ``supported_models.py`` without
     importing TransformerLens, which imports torch: a spec's model is checked in well under a second."""
     package = importlib.util.find_spec("transformer_lens")  # a top-level spec: found, not imported
+    if package is None or not package.submodule_search_locations:
+        raise ProbesError("TransformerLens is not installed here; install the kit with its dependencies (make setup)")
     path = Path(list(package.submodule_search_locations)[0]) / "supported_models.py"
     spec = importlib.util.spec_from_file_location("probes_tl_supported_models", path)
+    assert spec is not None and spec.loader is not None, "a .py file path always has a spec with a loader"
     names = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(names)
     return {alias.lower(): official for official in names.OFFICIAL_MODEL_NAMES

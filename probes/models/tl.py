@@ -18,6 +18,9 @@ from probes.core.errors import ProbesError
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401
     from transformer_lens.components.mlps.gated_mlp import GatedMLP  # noqa: F401
+    from transformer_lens.loading_from_pretrained import (  # noqa: F401
+        get_official_model_name, get_pretrained_model_config, get_pretrained_state_dict,
+    )
 
 VERSION = version("transformer-lens")  # the distribution's metadata: read without importing torch
 HAS_HOOKED_TRANSFORMER = int(VERSION.split(".")[0]) < 4

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from jaxtyping import Float
@@ -85,12 +86,15 @@ class PlantedHeads:
     untouched: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 3), (1, 0))
 
 
+H = TypeVar("H")  # the builder's planted-heads class
+
+
 @dataclass
-class ToyModel:
+class ToyModel(Generic[H]):
     """The planted model, where its heads are, and the names of its tokens (it has no tokenizer)."""
 
     model: tl.HookedTransformer
-    heads: PlantedHeads
+    heads: H
     vocab: list[str]
 
 
@@ -182,7 +186,7 @@ def _plant_untouched(w: _HeadWeights, gen: torch.Generator) -> None:
         weight.copy_(torch.randn(weight.shape, generator=gen) * UNTOUCHED_STD)
 
 
-def build(seed: int = 0) -> ToyModel:
+def build(seed: int = 0) -> ToyModel[PlantedHeads]:
     """The planted model; ``seed`` only sets the untouched heads' small random weights."""
     model = _blank_model(n_layers=2, n_heads=4)
     cfg = model.cfg
@@ -251,7 +255,7 @@ def _plant_token_class(w: _HeadWeights, attn_scale: float, tokens: range) -> Non
     _plant_sink(w, attn_scale, dim=1)
 
 
-def build_position_content(seed: int = 0) -> ToyModel:
+def build_position_content(seed: int = 0) -> ToyModel[PositionContentHeads]:
     """One layer: a purely positional head and a purely content head (see :class:`PositionContentHeads`), both
     copying what they attend to into the output block; ``seed`` sets the untouched heads."""
     model = _blank_model(n_layers=1, n_heads=4)
@@ -282,7 +286,7 @@ class RotaryHeads:
     untouched: tuple[tuple[int, int], ...] = ((0, 1),)
 
 
-def build_rotary(seed: int = 0) -> ToyModel:
+def build_rotary(seed: int = 0) -> ToyModel[RotaryHeads]:
     """One layer, rotary positions (NeoX pairs ``(j, j + d/2)``, base 10000), no learned positions.
 
     The planted head's query and key are biases in pair 0 (angle 1 radian per token): the query ``(a, 0)`` and the
@@ -317,7 +321,7 @@ class ShortformerHeads:
     untouched: tuple[tuple[int, int], ...] = ((0, 0), (1, 1))
 
 
-def build_shortformer(seed: int = 0) -> ToyModel:
+def build_shortformer(seed: int = 0) -> ToyModel[ShortformerHeads]:
     """Two attention-only layers with shortformer positions, as TransformerLens's classic induction-head models:
     the position one-hots (``W_pos``) are added to each layer's query and key inputs only, never to the residual
     stream or the values, so the previous-token head finds ``i - 1`` by position while what it copies, and all the

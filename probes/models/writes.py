@@ -30,9 +30,9 @@ def post_norms(model: HookedModel, layer: int, sublayer: Sublayer) -> list[nn.Mo
     block, cfg = model.blocks[layer], model.cfg
     norms = []
     if cfg.use_normalization_before_and_after:
-        norms.append(block.ln1_post if sublayer == "attn" else block.ln2_post)
+        norms.append(block.get_submodule("ln1_post" if sublayer == "attn" else "ln2_post"))
     if cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        norms.append(block.ln1 if sublayer == "attn" else block.ln2)
+        norms.append(block.get_submodule("ln1" if sublayer == "attn" else "ln2"))
     return norms
 
 

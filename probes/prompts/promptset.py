@@ -55,7 +55,7 @@ class PromptSet:
     task: str = "custom"
     labels: dict[str, list] = field(default_factory=dict)
     texts: list[dict] = field(default_factory=list)
-    groups: list | None = None
+    groups: list = field(default_factory=list)  # empty: each prompt its own group
     tokenizer: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,9 +64,9 @@ class PromptSet:
         self.answer = torch.as_tensor(self.answer, dtype=torch.long).reshape(-1)
         self.foil = torch.as_tensor(self.foil, dtype=torch.long).reshape(-1)
         self.roles = {k: torch.as_tensor(v, dtype=torch.long).reshape(-1) for k, v in self.roles.items()}
-        n, n_pos = self.clean.shape if self.clean.ndim == 2 else (None, None)
-        if n is None:
+        if self.clean.ndim != 2:
             raise ProbesError(f"clean tokens must be a 2-d [prompt, pos] tensor, got shape {tuple(self.clean.shape)}")
+        n, n_pos = self.clean.shape
         if self.corrupt.shape != self.clean.shape:
             raise ProbesError(
                 f"clean and corrupt must have the same shape, got {tuple(self.clean.shape)} and "
@@ -91,7 +91,7 @@ class PromptSet:
         for key, values in self.labels.items():
             if len(values) != n:
                 raise ProbesError(f"label '{key}' has {len(values)} entries but there are {n} prompts")
-        self.groups = list(range(n)) if self.groups is None else list(self.groups)
+        self.groups = list(self.groups) if self.groups else list(range(n))
         if len(self.groups) != n:
             raise ProbesError(f"groups has {len(self.groups)} entries but there are {n} prompts")
         for i, g in enumerate(self.groups):
@@ -112,7 +112,7 @@ class PromptSet:
     ) -> PromptSet:
         """Build a prompt set from token ids, for toy models that have no tokenizer (or ids drawn from a
         tokenizer's vocabulary: pass its :func:`tokenizer_fingerprint`)."""
-        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}), groups=groups,
+        return cls(clean, corrupt, answer, foil, dict(roles), task=task, labels=dict(labels or {}), groups=groups or [],
                    tokenizer=tokenizer)
 
     @classmethod
@@ -219,8 +219,8 @@ class PromptSet:
             raise ProbesError(f"unknown role '{name}'; this prompt set has roles: {', '.join(sorted(self.roles))}")
         return self.roles[name]
 
-    def subset(self, index: slice | Int[Tensor, " k"] | list[int]) -> PromptSet:
-        """The prompts at ``index`` (a slice, list or tensor), keeping labels and texts aligned."""
+    def subset(self, index: slice | Int[Tensor, " k"] | Int[np.ndarray, " k"] | list[int]) -> PromptSet:
+        """The prompts at ``index`` (a slice, list, tensor or array), keeping labels and texts aligned."""
         idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         ids = idx.tolist()
         return PromptSet(
@@ -311,7 +311,7 @@ def _from_records(model: HookedModel, records: list[dict], where: list[str], tas
         offsets = encoded["offset_mapping"][i]
         for name in role_names:
             roles[name].append(len(bos) + role_position(record["clean"], offsets, name, record["roles"][name], loc))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
     label_keys = list(dict.fromkeys(key for r in records for key in r.get("labels", {})))
     return PromptSet(
         _right_pad(clean_ids, pad),

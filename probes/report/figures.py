@@ -39,7 +39,7 @@ def plot_text(s: str) -> str:
 def figure_spec(div_id: str, fig: go.Figure) -> dict:
     """A figure as the plain data the page's loader hands to ``Plotly.newPlot``."""
     fig.update_layout(font_family=FONT, template="plotly_white")
-    spec = json.loads(pio.to_json(fig, validate=False))
+    spec = json.loads(pio.to_json(fig, validate=False))  # pyright: ignore[reportArgumentType]  # a str, as plotly documents; its inferred type admits None
     return {"id": div_id, "data": spec["data"], "layout": spec["layout"]}
 
 
@@ -55,6 +55,12 @@ class Panel:
     ci_high: Float[np.ndarray, "layer head"]
     extra: dict[str, Float[np.ndarray, "layer head"]]
     level: str  # the intervals' confidence, e.g. "99.98%" (simultaneous over every head screened)
+
+
+def _interval_grids(df: pd.DataFrame, measure: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A measure's estimate, interval low and interval high (the columns :func:`ci_columns` names) as grids."""
+    value, low, high = (_grid(df, column, *shape) for column in ci_columns([measure]))
+    return value, low, high
 
 
 def _grid(df: pd.DataFrame, column: str, n_layers: int, n_heads: int) -> Float[np.ndarray, "layer head"]:
@@ -73,20 +79,20 @@ def evidence_panels(run: RunResults, alpha: float) -> list[Panel]:
         return level_text(interval_level(name, alpha, len(run.heads)))
 
     panels = [
-        Panel(name, m.leg, m.description, *(_grid(run.heads, c, *shape) for c in ci_columns([name])), {}, level(name))
+        Panel(name, m.leg, m.description, *_interval_grids(run.heads, name, shape), {}, level(name))
         for name, m in run.evidence.items()
         if m.panel
     ]
     if run.probes is not None:
         for target, df in run.probes.groupby("target", sort=False):
-            refused = df.loc[~df["attachable"].astype(bool), "reason"] if "attachable" in df else df["target"][:0]
+            refused = list(df.loc[~df["attachable"].astype(bool), "reason"]) if "attachable" in df else []
             panels.append(
                 Panel(
                     f"probe selectivity: {target}",
                     "representational",
                     f"linear-probe accuracy for '{target}' from the head's output, minus a control task's accuracy"
-                    + (f"; not attached to head verdicts: {refused.iloc[0]}" if len(refused) else ""),
-                    *(_grid(df, c, *shape) for c in ci_columns(["selectivity"])),
+                    + (f"; not attached to head verdicts: {refused[0]}" if refused else ""),
+                    *_interval_grids(df, "selectivity", shape),
                     {"accuracy": _grid(df, "accuracy", *shape), "control": _grid(df, "control_accuracy", *shape)},
                     level("probe_selectivity"),
                 )
@@ -158,10 +164,10 @@ def scatter_figure(
     df = run.heads.dropna(subset=[attention, effect]).set_index(["layer", "head"], drop=False)
     fig = go.Figure()
     is_claimed = df.index.isin([h for heads in claimed.values() for h in heads])
-    groups = [("other heads", df[~is_claimed], "rgba(90,100,115,0.45)", False)]
+    groups = [("other heads", df.loc[~is_claimed], "rgba(90,100,115,0.45)", False)]
     evidence = _claimed_evidence(run.claims, [attention, effect])
     for verdict, heads in claimed.items():
-        groups.append((verdict, evidence[evidence.index.isin(heads)], VERDICT_COLOURS[verdict], True))
+        groups.append((verdict, evidence.loc[evidence.index.isin(heads)], VERDICT_COLOURS[verdict], True))
     for name, subset, colour, highlight in groups:
         if subset.empty:
             continue
@@ -308,6 +314,7 @@ def position_content_heads(run: RunResults) -> tuple[pd.DataFrame, int]:
     leaves out: a head whose shares are undefined (no clean ``src -> dst`` attention to divide by)."""
     verdicts = run.heads.set_index(["layer", "head"])["verdict"] if "verdict" in run.heads else None
     table = run.position_content
+    assert table is not None, "for runs with a position/content table"
     df = table.dropna(subset=["positional_share", "content_share"]).copy()
     df["verdict"] = [
         verdicts.get((layer, head), "inconclusive") if verdicts is not None else "inconclusive"

@@ -137,6 +137,7 @@ def selection(result: ClaimResult) -> str:
     on held-out prompts only)."""
     if not result.selected:
         return "named"
+    assert result.confirmation is not None, "a selected head is judged on held-out prompts"
     return f"selected, confirmed on {len(result.confirmation)} held-out prompts"
 
 
@@ -176,7 +177,7 @@ def render_html(run: RunResults) -> str:
     figures = [figure_spec(f"fig-heatmap-{i}", heatmap_figure(p, claimed)) for i, p in enumerate(panels)]
     attention, effect = _headline(run, "attention"), _headline(run, "causal")
     scatter = attention is not None and effect is not None
-    if scatter:
+    if attention is not None and effect is not None:
         figures.append(figure_spec("fig-scatter", scatter_figure(run, attention, effect, claimed)))
     examples = [e for e in run.examples if e.patterns]
     figures += [figure_spec(f"fig-example-{i}", pattern_figure(e)) for i, e in enumerate(examples)]

@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import jsonschema.exceptions
 import pandas as pd
 
 from probes.claims.measures import LEGS, Measure
@@ -193,7 +194,7 @@ class RunResults:
 
     def _require_heads_in_model(self, df: pd.DataFrame, table: str) -> None:
         for column, size in [("layer", self.model.n_layers), ("head", self.model.n_heads)]:
-            bad = df[(df[column] < 0) | (df[column] >= size)]
+            bad = df.loc[(df[column] < 0) | (df[column] >= size)]
             if len(bad):
                 raise ProbesError(
                     f"the {table} table has {column} {bad[column].iloc[0]} but {self.model.name} has {size} "

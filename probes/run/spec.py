@@ -42,6 +42,7 @@ from probes.prompts.roles import END, PREVIOUS
 
 if TYPE_CHECKING:
     from probes.claims.types import Claim, Composition
+    from probes.evidence.patching.sites import Direction
 
 # Light on purpose (no torch, no TransformerLens): the CLI validates a spec in well under 2 s, before any model.
 SELECTORS = ("top_attention", "top_effect")
@@ -63,7 +64,7 @@ class AnalysisSpec:
     templates: list[int] | None = None
     seed: int = 0
     foil: str | None = None
-    direction: str = "denoising"
+    direction: Direction = "denoising"  # checked on reading
     claims: list = field(default_factory=lambda: ["top_attention:3", "top_effect:3"])
     compositions: list = field(default_factory=list)
     probe_targets: list[str] = field(default_factory=list)
@@ -147,6 +148,7 @@ class AnalysisSpec:
         if self.task is not None:
             roles, whose = {*TASK_ROLES[self.task], END}, f"task {self.task}"
         else:
+            assert self.prompts is not None, "a spec names a task or a prompt file (checked on reading)"
             roles, whose = {*read_records(self.prompts)[0][0]["roles"], END}, f"prompt file {self.prompts}"
         named = [("src", self.src, False), ("dst", self.dst, True), ("foil", self.foil, False)]
         for item in self.claims:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 import ray
+import ray.exceptions
 
 import probes
 from probes.core.errors import ProbesError
@@ -259,7 +260,7 @@ def run_cells(
     while queue or pending:
         while queue and actors:
             actor, cell = actors.pop(), queue.pop(0)
-            pending[actor.run.remote(cell, f"{command} (cell {cell.name})")] = (cell, actor)
+            pending[actor.run.remote(cell, f"{command} (cell {cell.name})")] = (cell, actor)  # pyright: ignore[reportFunctionMemberAccess]  # Ray adds .remote to an actor's methods
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # returns each second: Ctrl-C works
         if not ready:
             continue

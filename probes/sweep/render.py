@@ -30,22 +30,22 @@ def claim_figure(entry: ClaimStability) -> go.Figure:
         text=[c.verdict.replace("_", " ") for c in entry.cells], hovertemplate="%{x}: %{text}<extra></extra>",
         showlegend=False,
     ), row=1, col=1)
-    shown = [c for c in entry.cells if c.effect is not None]
+    shown = [(c, c.effect) for c in entry.cells if c.effect is not None]
     fig.add_trace(go.Scatter(
-        x=[plot_text(c.cell) for c in shown], y=[c.effect.value for c in shown], mode="markers",
-        marker={"size": 9, "color": [VERDICT_COLOURS.get(c.verdict, NOT_SELECTED_COLOUR) for c in shown]},
-        error_y={"type": "data", "symmetric": False, "array": [c.effect.ci_high - c.effect.value for c in shown],
-                 "arrayminus": [c.effect.value - c.effect.ci_low for c in shown], "thickness": 1.2, "width": 4},
+        x=[plot_text(c.cell) for c, _ in shown], y=[e.value for _, e in shown], mode="markers",
+        marker={"size": 9, "color": [VERDICT_COLOURS.get(c.verdict, NOT_SELECTED_COLOUR) for c, _ in shown]},
+        error_y={"type": "data", "symmetric": False, "array": [e.ci_high - e.value for _, e in shown],
+                 "arrayminus": [e.value - e.ci_low for _, e in shown], "thickness": 1.2, "width": 4},
         hovertemplate="%{x}: %{y:.3f}<extra></extra>", showlegend=False,
     ), row=2, col=1)
     pooled = entry.pooled.get(entry.effect_measure)
     if pooled is not None:
         fig.add_hrect(y0=pooled.ci_low, y1=pooled.ci_high, fillcolor="rgba(9,105,218,0.12)", line_width=0,
-                      row=2, col=1)
-        fig.add_hline(y=pooled.value, line_color="rgba(9,105,218,0.8)", row=2, col=1)
+                      row=2, col=1)  # pyright: ignore[reportArgumentType]  # plotly takes an int; "all" (its default) makes it infer str
+        fig.add_hline(y=pooled.value, line_color="rgba(9,105,218,0.8)", row=2, col=1)  # pyright: ignore[reportArgumentType]
     bound = entry.claim.thresholds.effect
     for y in (-bound, bound):
-        fig.add_hline(y=y, line_dash="dot", line_color="rgba(90,100,115,0.6)", row=2, col=1)
+        fig.add_hline(y=y, line_dash="dot", line_color="rgba(90,100,115,0.6)", row=2, col=1)  # pyright: ignore[reportArgumentType]
     fig.update_yaxes(visible=False, row=1, col=1)
     fig.update_yaxes(title=plot_text(entry.effect_measure), zeroline=True, row=2, col=1)
     fig.update_layout(height=320, margin={"l": 60, "r": 20, "t": 10, "b": 80})

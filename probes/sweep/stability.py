@@ -107,8 +107,9 @@ def _groups(run: RunResults) -> list[str]:
 def _rows(pp: pd.DataFrame, claim: Claim | Composition) -> pd.DataFrame:
     """The claim's rows of a per-prompt table: a head's by layer and head, a composition's by its ``path``."""
     if isinstance(claim, Composition):
-        return pp[pp["path"] == claim.head_name]
-    return pp[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (pp["path"].fillna("") == "")]
+        return pp.loc[pp["path"] == claim.head_name]
+    assert claim.head is not None, "a sweep tracks the heads each run judged"
+    return pp.loc[(pp["layer"] == claim.head[0]) & (pp["head"] == claim.head[1]) & (pp["path"].fillna("") == "")]
 
 
 def _pooled(claim: Claim | Composition, results: list[tuple[RunResults, ClaimResult]], family: int,
@@ -133,7 +134,9 @@ def _pooled(claim: Claim | Composition, results: list[tuple[RunResults, ClaimRes
         if not values:
             return {}
         x, ids = np.array(values, dtype=float), np.array(groups)
-        p = float(family_p(signed_rank_p(x, alternative=MEASURES[measure].test, groups=ids), family))
+        test = MEASURES[measure].test
+        assert test is not None, "a leg's measure and the path effect are tested"
+        p = float(family_p(signed_rank_p(x, alternative=test, groups=ids), family))
         confidence = simultaneous_confidence(alpha, family)
         if MEASURES[measure].of_gap:
             out[measure] = ratio_estimate(x, np.array(gaps, dtype=float), ids, seed=seed, p_value=p,

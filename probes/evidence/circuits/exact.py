@@ -85,13 +85,13 @@ class GraphIndex:
         upstream_frame = nodes[nodes["side"] == "upstream"]
         upstream = list(upstream_frame["node"])
         segments, start = [], 0
-        for (layer, kind), frame in upstream_frame.groupby(["layer", "kind"], sort=False):
+        for (layer, kind), frame in upstream_frame.groupby(["layer", "kind"], sort=False):  # pyright: ignore[reportGeneralTypeIssues]  # pandas types a key as Hashable (here a tuple)
             sublayer = {"input": None, "head": "attn", "mlp": "mlp"}[kind]
             segments.append(Segment(slice(start, start + len(frame)), int(layer), sublayer))
             start += len(frame)
         downstream = nodes[nodes["side"] == "downstream"]
-        rows = {int(layer): list(frame["node"]) for layer, frame in downstream.groupby("layer", sort=True)}
-        kinds = {int(layer): list(frame["kind"]) for layer, frame in downstream.groupby("layer", sort=True)}
+        rows = {int(layer): list(frame["node"]) for layer, frame in downstream.groupby("layer", sort=True)}  # pyright: ignore[reportArgumentType]  # as above (an int)
+        kinds = {int(layer): list(frame["kind"]) for layer, frame in downstream.groupby("layer", sort=True)}  # pyright: ignore[reportArgumentType]
         return cls(graph, upstream, segments, rows, kinds)
 
     @cached_property
@@ -333,6 +333,7 @@ def _ablated_values(clean: RunValues, corrupt: RunValues | None, prompts: Prompt
     from the same group (the next one, cyclically)."""
     values = clean.values[0]
     if ablation == "corrupt":
+        assert corrupt is not None, "the corrupt ablation runs the corrupt prompts"
         return corrupt.values[0]
     key = prompts.end.tolist() if ablation == "mean" else prompts.group_index.tolist()
     members: dict = {}

@@ -77,7 +77,7 @@ class CircuitGraph:
         return checked
 
     def _repr_html_(self) -> str:
-        counts = self.edges["kind"].value_counts()
+        counts = self.edges["kind"].value_counts().to_dict()
         numbers = {f"edges into {kind} inputs": str(int(counts.get(kind, 0))) for kind in ("q", "k", "v", "mlp_in", "logits")}
         grouped = self.n_kv_heads < self.n_heads
         sentence = (

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -390,10 +390,9 @@ def patch_hook(slot: Slot, rows: Int[Tensor, " new"], values: Tensor | None):
         if threading.get_ident() != owner:
             return activation
         view = activation.movedim(slot.site.variant_axis, 1)  # [batch, variant, (query) position, ...]
-        if slot.position is None:
-            view[rows, slot.at] = values
-        elif slot.knockout_key is None:
-            view[rows, slot.at, slot.position] = values
+        if slot.position is None or slot.knockout_key is None:
+            assert values is not None, "only a knockout patches no values"
+            view[(rows, slot.at) if slot.position is None else (rows, slot.at, slot.position)] = values
         else:
             weights = view[rows, slot.at, slot.position]  # [new, key]
             total = weights.sum(-1, keepdim=True)  # 1, or less where attention sinks take a share

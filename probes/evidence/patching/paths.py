@@ -21,13 +21,13 @@ receiver's layer on; only the metric is read (no full-vocabulary logits).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from probes.core.errors import ProbesError
@@ -39,7 +39,7 @@ from probes.models.architecture import keys_values_separate, kv_head_of, shortfo
 from probes.models.frozen import frozen_model
 from probes.models.hooks import get_act_name
 from probes.models.kernels import onednn_linear, use_onednn
-from probes.models.protocol import HookedModel
+from probes.models.protocol import ActivationCache, HookedModel
 from probes.models.writes import attention_sum, residual_change
 from probes.prompts.promptset import PromptSet
 
@@ -54,8 +54,8 @@ class PathsResult(PatchedMetric):
     """``patched[i, s, r]``: the metric of prompt ``i`` with sender ``s``'s path to receiver ``r`` patched (every
     receiver comes after every sender: :func:`patch_paths` refuses other pairs)."""
 
-    senders: list[tuple[int, int]] | None = None
-    receivers: list[Receiver] | None = None
+    senders: list[tuple[int, int]] = field(default_factory=list)
+    receivers: list[Receiver] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (prompt, sender, receiver) that was run: patched metric, effect and normalised effect."""
@@ -73,7 +73,7 @@ class PathsResult(PatchedMetric):
 
 
 def receiver_name(receiver: Receiver) -> str:
-    return receiver if receiver == LOGITS else f"{receiver[0]}.{receiver[1]}.{receiver[2]}"
+    return receiver if isinstance(receiver, str) else f"{receiver[0]}.{receiver[1]}.{receiver[2]}"
 
 
 def _check(model: HookedModel, senders: Sequence[tuple[int, int]], receivers: Sequence[Receiver]) -> None:
@@ -189,7 +189,7 @@ def _paths_batch(
     deltas = _sender_deltas(model, senders, target_cache, source_cache)
     out = torch.full((len(prompts), len(senders), len(receivers)), float("nan"))
     for r, receiver in enumerate(receivers):
-        if receiver == LOGITS:
+        if isinstance(receiver, str):  # LOGITS
             final = (target_final[None] + deltas).flatten(0, 1)
             out[:, :, r] = read(final, final.shape[0]).reshape(len(senders), -1).T
             continue
@@ -205,8 +205,8 @@ def _paths_batch(
 def _sender_deltas(
     model: HookedModel,
     senders: list[tuple[int, int]],
-    target_cache: Mapping[str, Tensor],
-    source_cache: Mapping[str, Tensor],
+    target_cache: ActivationCache,
+    source_cache: ActivationCache,
 ) -> Float[Tensor, "sender prompt pos d_model"]:
     """What each sender's change (its ``z`` from the source run) adds to the base run's residual stream at every
     position, through its layer's post-norm where the model has one."""
@@ -228,7 +228,11 @@ def _receiver_inputs(
     (shortformer positions added to the query and key inputs, as the block adds them)."""
     block = model.blocks[layer]
     captured: list[Tensor] = []
-    hook = block.attn.get_submodule(f"hook_{component}").register_forward_hook(lambda m, i, o: captured.append(o))
+
+    def keep(module: nn.Module, inputs: object, output: Tensor) -> None:
+        captured.append(output)
+
+    hook = block.attn.get_submodule(f"hook_{component}").register_forward_hook(keep)
     try:
         x = block.ln1(resid.flatten(0, 1))
         positions = shortformer_positions(model, 0, x.shape[1])

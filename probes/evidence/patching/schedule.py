@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
@@ -37,7 +37,7 @@ def n_workers(model: HookedModel, workers: int | None) -> int:
         if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
             raise ProbesError(f"workers must be a whole number of at least 1, got {workers!r}")
         return int(workers)
-    device = torch.device(model.cfg.device).type
+    device = torch.device(model.cfg.device or "cpu").type
     if device != "cpu" or model.cfg.use_dynamic_ntk_rope or torch.is_autocast_enabled(device):
         return 1
     if torch.overrides._get_current_function_mode_stack():
@@ -55,7 +55,7 @@ def run_windows(
     run: Callable[[Window, Bucket, threading.Event], None],
     workers: int,
     onednn: bool,
-) -> Iterator[Window]:
+) -> Generator[Window, None, None]:  # a generator: the caller closes it to stop the workers
     """Each window, as soon as ``run(window, bucket, stop)`` has finished for every bucket.
 
     With several workers, (window, bucket) jobs run on that many threads, torch's threads split among them.

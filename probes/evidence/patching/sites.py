@@ -113,7 +113,11 @@ class PatchedMetric:
         frame["effect"] = self.effect.reshape(-1).numpy()
         frame["normalised"] = self.normalised.reshape(-1).numpy()
         frame["direction"] = self.direction
-        return frame[frame["patched"].notna()].reset_index(drop=True)
+        return frame.dropna(subset=["patched"]).reset_index(drop=True)
+
+    def _axes(self) -> tuple[str, ...]:
+        """The names of the variant axes, after the prompt axis: each result names its own."""
+        raise NotImplementedError
 
     def _cell_name(self, index: tuple[int, ...]) -> str:
         return ".".join(map(str, index))

@@ -14,7 +14,7 @@ template with its names): the unit every interval resamples.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 from probes.core.errors import ProbesError
@@ -47,12 +47,13 @@ GENERATORS = {
 
 # How many distinct prompts each generator can make for a model (its tokenizer's single-token words, its vocabulary)
 # within a template subset (None: all its templates).
-MAX_DISTINCT: dict[str, Callable[[HookedModel, Sequence[int] | None], int]] = {
+MAX_DISTINCT: dict[str, Callable[[HookedModel | None, Sequence[int] | None], int]] = {
     "ioi": ioi_max_distinct,
     "pronoun_resolution": pronoun_max_distinct,
     "gender_tag": gender_max_distinct,
-} | {task: functools.partial(random_max_distinct, copies=copies, default=default)
-     for task, (copies, default) in RANDOM_SHAPES.items()}
+    **{task: functools.partial(random_max_distinct, copies=copies, default=default)
+       for task, (copies, default) in RANDOM_SHAPES.items()},
+}
 # What a run keeps per prompt, beyond the model: text and token records (RECORD_BYTES), and per-prompt values of
 # every measure for every head (float64), counted generously.
 MEASURE_BYTES_PER_HEAD = 16 * 8

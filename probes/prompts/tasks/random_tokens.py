@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Set as AbstractSet
 
 import torch
 from jaxtyping import Int
@@ -39,7 +40,7 @@ def _pool_of(model: HookedModel, vocab: Tensor | None, need: int) -> Int[Tensor,
     return pool
 
 
-def _draw(rng: random.Random, pool: Int[Tensor, " token"], k: int, exclude: set[int] = frozenset()) -> list[int]:
+def _draw(rng: random.Random, pool: Int[Tensor, " token"], k: int, exclude: AbstractSet[int] = frozenset()) -> list[int]:
     """``k`` distinct tokens from ``pool``, none in ``exclude``; O(k), even for Gemma's 262k-token pool."""
     picks: list[int] = []
     while len(picks) < k:
@@ -52,7 +53,7 @@ def _draw(rng: random.Random, pool: Int[Tensor, " token"], k: int, exclude: set[
 
 def _bos(model: HookedModel) -> int:
     tokenizer = model.tokenizer
-    return 0 if tokenizer is None or tokenizer.bos_token_id is None else tokenizer.bos_token_id
+    return tokenizer.bos_token_id if tokenizer is not None and isinstance(tokenizer.bos_token_id, int) else 0
 
 
 def _length(model: HookedModel, length: int | None, default: int, copies: int) -> int:
@@ -68,9 +69,10 @@ def _length(model: HookedModel, length: int | None, default: int, copies: int) -
 RANDOM_SHAPES = {"previous_token": (1, 32), "induction": (2, 20)}  # task -> (copies of the sequence, default length)
 
 
-def random_max_distinct(model: HookedModel, templates=None, *, copies: int, default: int) -> int:
+def random_max_distinct(model: HookedModel | None, templates=None, *, copies: int, default: int) -> int:
     """How many distinct sequences of distinct ordinary tokens fit the default length: astronomically many for
     a real vocabulary, fewer for a toy one (random tasks have no templates: ``templates`` is None)."""
+    assert model is not None, "the bound needs the model's vocabulary: check_distinct waits for the model"
     return math.perm(len(ordinary_token_ids(model)), _length(model, None, default, copies))
 
 

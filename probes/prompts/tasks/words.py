@@ -7,6 +7,7 @@ never changes a prompt's length, and answers are single tokens.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 
 from probes.core.errors import ProbesError
@@ -36,7 +37,7 @@ ADJECTIVES = (
 
 # {A} and {B} are the two names, {P}/{p} the pronoun (capitalised or not): the answer is the name the pronoun
 # does NOT refer to, because the antecedent is the one giving something to the other.
-def single_tokens(model: HookedModel, words: list[str] | tuple[str, ...], task: str) -> list[str]:
+def single_tokens(model: HookedModel, words: Sequence[str], task: str) -> list[str]:
     """The words (deduplicated, in order) that are one token when preceded by a space, as they appear mid-text."""
     tokenizer = tokenizer_of(model, task)
     words = list(dict.fromkeys(words))
@@ -44,7 +45,7 @@ def single_tokens(model: HookedModel, words: list[str] | tuple[str, ...], task: 
     return [w for w, i in zip(words, ids) if len(i) == 1]
 
 
-def words_kept(model: HookedModel | None, words: list[str] | tuple[str, ...], task: str) -> list[str]:
+def words_kept(model: HookedModel | None, words: Sequence[str], task: str) -> list[str]:
     """:func:`single_tokens`, or with no model every (distinct) word: the upper bound that lets a count of
     distinct prompts refuse an impossible ``n`` before a model is loaded."""
     return list(dict.fromkeys(words)) if model is None else single_tokens(model, words, task)
@@ -59,7 +60,7 @@ def tokenizer_of(model: HookedModel, task: str):
     return model.tokenizer
 
 
-def single_token_pool(model: HookedModel, words: tuple[str, ...], what: str, task: str, need: int) -> list[str]:
+def single_token_pool(model: HookedModel, words: Sequence[str], what: str, task: str, need: int) -> list[str]:
     kept = single_tokens(model, words, task)
     if len(kept) < need:
         raise ProbesError(
