@@ -32,6 +32,7 @@ layers: setup
 
 test: setup browser layers test-tl4
 	$(PY) -m pytest -q --durations=15
+	$(MAKE) docs
 
 # The kit beside TransformerLens 4.x, in its own venv: the bridge path's tests (those comparing with the
 # HookedTransformer path skip there; docs/models.md "TransformerLens versions").
@@ -64,7 +65,8 @@ lab: setup
 	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # The documentation as a static site in site/ (open site/index.html: no server, no CDN), built with --strict so a
-# broken link or anchor fails. The notebooks are rendered as tests/test_notebooks.py executed them (build/notebooks/);
+# broken link or anchor, or a page fetching from another host, fails. `make test` ends with it (the suite has just
+# executed the notebooks, so it only builds). The notebooks are rendered as tests/test_notebooks.py executed them (build/notebooks/);
 # one whose executed copy is missing or older than the notebook is executed first by its test (minutes each).
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 docs: $(NOTEBOOKS:%=build/%) | setup
