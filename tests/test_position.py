@@ -109,16 +109,16 @@ def test_label_thresholds_hold_at_their_boundaries_and_flip_just_past_them():
 
 
 def test_the_documented_label_thresholds_are_the_constants():
-    """position_content's docstring and the README state the numbers: a constant changed without them fails."""
+    """position_content's docstring and docs/position-content.md state the numbers: a constant changed without them fails."""
     from pathlib import Path
 
     doc = " ".join(position_content.__doc__.split())
     for name, value in (("SHARE_HIGH", SHARE_HIGH), ("SHARE_LOW", SHARE_LOW), ("MIN_LIFT", MIN_LIFT)):
         assert f"``{name}`` = {value:g}" in doc
     assert "mean over all shifts of that shift's share" in doc and "``.moved``" in doc
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
-    assert f"(positional share >= {SHARE_HIGH:g}, content share <= {SHARE_LOW:g})" in readme
-    assert f"both <= {SHARE_LOW:g}, or attention under {MIN_LIFT:g} times uniform" in readme
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "position-content.md").read_text().split())
+    assert f"(positional share >= {SHARE_HIGH:g}, content share <= {SHARE_LOW:g})" in page
+    assert f"both <= {SHARE_LOW:g}, or attention under {MIN_LIFT:g} times uniform" in page
     assert LABEL_THRESHOLDS == {"share_high": SHARE_HIGH, "share_low": SHARE_LOW, "min_lift": MIN_LIFT}
 
 

@@ -38,7 +38,7 @@ from probes.sweep.spec import Cell
 
 CELL_RECORD = "cell.json"
 # A worker holds one float32 model plus torch, TransformerLens and a run's activations: sized from the weights
-# file (measured peak resident memory: README "Replication sweeps"); a model not on disk yet is assumed 2 GB.
+# file (measured peak resident memory: docs/sweeps.md "Speed and memory"); a model not on disk yet is assumed 2 GB.
 OVERHEAD_BYTES = 1.2e9
 WEIGHTS_FACTOR = 2.5  # Gemma-3-270m (1.74 GB of weights): 4.5-5.6 GB peak per worker, measured
 UNKNOWN_WEIGHTS_BYTES = 2e9
