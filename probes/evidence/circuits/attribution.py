@@ -16,15 +16,17 @@ the answer; a score has the same sign and unit (logits).
   node: its scores summed over every input it feeds tend to ``m(corrupt) - m(clean)`` as ``steps`` grows.
 
 Post-norm models (Gemma-3: ``ln1_post``/``ln2_post``): exact.py lets an input read ``post(sum + delta) - post(sum)``
-for an ablated head or MLP, the post-norm of the mixed sum. Its linearisation is ``J_post(sum) delta``, so the
-gradient that multiplies the upstream difference is ``J_post(sum)^T d metric / d input_v``, taken at the run's own
-pre-norm sum of that sublayer (per step, for EAP-IG). Grouped keys/values: a key/value head's k and v input is one
-downstream input, its gradient summed over the query heads it serves (the graph's ``a13.kv0.k``).
+for an ablated head or MLP, the post-norm of the mixed sum. Its linearisation is ``J_post(sum) delta`` at the run's
+own pre-norm sum of that sublayer (per step, for EAP-IG), so the score is ``(J_post(sum) delta) . d metric / d
+input_v``: one Jacobian-vector product per node and pass, shared by every input that reads the node. Grouped
+keys/values: a key/value head's k and v input is one downstream input (the graph's ``a13.kv0.k``), its gradient
+the sum over the query heads it serves.
 
 How: the gradient reaches each downstream input (each query head's q input, key/value head's k and v input, MLP
 input, the final residual stream) through a hook on that input's own copy of the residual stream
 (:func:`probes.models.inputs.split_inputs`); each hook scores its rows against every upstream difference with one
-batched product as the backward pass reaches it, so no input's gradient outlives its layer.
+batched product as the backward pass reaches it, so no input's gradient outlives its layer. EAP costs about the
+time of two forward passes (each run's node values) and one forward + backward pass; EAP-IG ``steps`` of the latter.
 """
 
 from __future__ import annotations
@@ -136,18 +138,19 @@ def edge_attribution(model: HookedModel, prompts: PromptSet, method: Method = "e
         return 4 * batch * length * d_model * (3 * len(index.upstream) + 40 * model.cfg.n_layers)
 
     out = []
-    with split_inputs(model):
-        for part in batches([prompts.n_pos] * len(prompts), 32, need, "edge attribution",
-                            "give fewer or shorter prompts, or raise PROBES_MEMORY_FRACTION"):  # fmt: skip
-            chunk = prompts.subset(part)
-            clean = run_values(model, index, chunk, chunk.clean)
-            corrupt = run_values(model, index, chunk, chunk.corrupt)
-            diff = (corrupt.values[0] - clean.values[0]).transpose(1, 2).contiguous()  # batch upstream pos d_model
-            ends = (clean.resid_pre[0][0], corrupt.resid_pre[0][0])
-            dense = torch.zeros(len(chunk), int(offsets[-1]), len(index.upstream), dtype=diff.dtype)
+    for part in batches([prompts.n_pos] * len(prompts), 32, need, "edge attribution",
+                        "give fewer or shorter prompts, or raise PROBES_MEMORY_FRACTION"):  # fmt: skip
+        chunk = prompts.subset(part)
+        # node values need no split inputs (the split copies cost a forward pass up to twice as much)
+        clean = run_values(model, index, chunk, chunk.clean)
+        corrupt = run_values(model, index, chunk, chunk.corrupt)
+        diff = (corrupt.values[0] - clean.values[0]).transpose(1, 2).contiguous()  # batch upstream pos d_model
+        ends = (clean.resid_pre[0][0], corrupt.resid_pre[0][0])
+        dense = torch.zeros(len(chunk), int(offsets[-1]), len(index.upstream), dtype=diff.dtype)
+        with split_inputs(model):
             for alpha in alphas:
                 dense += _scores(model, index, chunk, diff, first_row, ends, alpha) / len(alphas)
-            out.append(dense.reshape(len(chunk), -1)[:, flat].double().cpu())
+        out.append(dense.reshape(len(chunk), -1)[:, flat].double().cpu())
     edges = tuple(zip(graph.edges["upstream"], graph.edges["downstream"], strict=True))
     return EdgeScores(edges, torch.cat(out).numpy(), method, len(alphas), list(prompts.groups))
 
@@ -164,6 +167,7 @@ def _scores(
     segment_of = {(seg.layer, seg.sublayer): s for s, seg in enumerate(index.segments)}
     normed = [s for s, seg in enumerate(index.segments) if seg.sublayer and post_norms(model, seg.layer, seg.sublayer)]
     start: list[Tensor] = []
+    moved: list[Tensor] = []  # the upstream differences as each input receives them, set between the two passes
 
     def score(grad: Tensor, layer: int, kind: str) -> None:
         """Score this input kind's rows of ``layer`` from the gradient at their residual-stream copies."""
@@ -172,13 +176,7 @@ def _scores(
         upto = len(index.upstream) if layer == n_layers else index.segments[segment_of[(layer, "attn")]].nodes.stop
         if kind in ("q", "k", "v"):
             upto = index.segments[segment_of[(layer, "attn")]].nodes.start
-        target = [first_row[layer] + r for r in rows]
-        block = torch.einsum("brpd,bupd->bru", grad, diff[:, :upto])
-        for s in normed:
-            nodes = index.segments[s].nodes
-            if nodes.start < upto:
-                block[:, :, nodes] = torch.einsum("brpd,bupd->bru", _through_post_norm(model, index, s, sums[s], grad), diff[:, nodes])
-        dense[:, target, :upto] = block
+        dense[:, [first_row[layer] + r for r in rows], :upto] = torch.einsum("brpd,bupd->bru", grad, moved[0][:, :upto])
 
     def on_input(layer: int, kind: str):
         def hook(act: Tensor, hook) -> Tensor:
@@ -214,6 +212,7 @@ def _scores(
             final = model.run_with_hooks(prompts.clean, fwd_hooks=fwd_hooks, stop_at_layer=n_layers)
             final.register_hook(lambda grad: score(grad[:, :, None], n_layers, "logits"))
             metric = logit_diff_from_resid(model, resid_at(final, prompts.end), prompts.answer, prompts.foil)
+            moved.append(_through_post_norms(model, index, normed, sums, diff))
             # prompts are independent rows: the gradient of the sum is each prompt's own; ``inputs`` keeps any
             # parameter that requires grad free of a .grad
             torch.autograd.backward(metric.sum(), inputs=start)
@@ -223,18 +222,28 @@ def _scores(
     return dense
 
 
-def _through_post_norm(
-    model: HookedModel, index: GraphIndex, segment: int, base: Float[Tensor, "batch pos d_model"],
-    grad: Float[Tensor, "batch row pos d_model"],
-) -> Float[Tensor, "batch row pos d_model"]:  # fmt: skip
-    """``J_post(base)^T grad`` per row: the gradient with respect to a change of the sublayer's pre-norm sum that
-    reaches only this input (what exact.py's ``residual_change`` linearises to)."""
-    seg = index.segments[segment]
-    batch, rows, pos, d = grad.shape
-    with torch.enable_grad():
-        x = base[:, None].expand(batch, rows, pos, d).reshape(batch * rows, pos, d).detach().requires_grad_(True)
-        y = x
-        for norm in post_norms(model, seg.layer, seg.sublayer):
-            y = norm(y)
-        (out,) = torch.autograd.grad(y, x, grad.reshape(batch * rows, pos, d))
-    return out.reshape(batch, rows, pos, d)
+def _through_post_norms(
+    model: HookedModel, index: GraphIndex, normed: list[int], sums: dict[int, Tensor],
+    diff: Float[Tensor, "batch upstream pos d_model"],
+) -> Float[Tensor, "batch upstream pos d_model"]:  # fmt: skip
+    """Each upstream difference as an input receives it, to first order: ``J_post(sum) delta`` for a node of a
+    post-normed sublayer (the linearisation of exact.py's ``post(sum + delta) - post(sum)``, at this run's pre-norm
+    sum), ``delta`` elsewhere. One Jacobian-vector product per sublayer, shared by every input that reads it."""
+    if not normed:
+        return diff
+    out = diff.clone()
+    for s in normed:
+        segment = index.segments[s]
+        norms = post_norms(model, segment.layer, segment.sublayer)
+
+        def post(x: Tensor, norms=norms) -> Tensor:
+            for norm in norms:
+                x = norm(x)
+            return x
+
+        delta = diff[:, segment.nodes]
+        batch, n, pos, d = delta.shape
+        base = sums[s][:, None].expand(batch, n, pos, d).reshape(batch * n, pos, d)
+        _, tangent = torch.func.jvp(post, (base,), (delta.reshape(batch * n, pos, d),))
+        out[:, segment.nodes] = tangent.reshape(batch, n, pos, d)
+    return out
