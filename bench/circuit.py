@@ -30,6 +30,14 @@ from probes import tasks
 from probes.models.kernels import KERNEL_LABELS, candidates, linear_shapes, rates, time_kernels
 
 
+MIN_N = {"ioi": 14, "pronoun_resolution": 12}  # each task's one prompt per template
+
+
+def task_prompts(model, task: str, n: int):
+    """``n`` prompts of ``task`` (seed 0): the first ``n`` of the smallest set that covers every template."""
+    return getattr(tasks, task)(model, max(n, MIN_N.get(task, n)), seed=0).subset(list(range(n)))
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -42,7 +50,7 @@ def load() -> str:
 
 def timing(name: str, task: str, n: int, steps: int, exact_sample: int) -> None:
     model = probes.load_model(name)
-    prompts = getattr(tasks, task)(model, max(n, 12), seed=0).subset(list(range(n)))
+    prompts = task_prompts(model, task, n)
     shapes = linear_shapes(model.cfg)
     gemm = rates(shapes, time_kernels(shapes, candidates()))
     n_edges = len(probes.circuit_graph(model).edges)
@@ -70,7 +78,7 @@ def correlations(name: str, task_names: list[str], n: int, steps: int, n_sample:
     print(f"{name}: float32 GEMM on its linear shapes: "
           + ", ".join(f"{KERNEL_LABELS[k]} {rate:.0f} GFLOP/s" for k, rate in gemm.items()) + f"; {load()}")  # fmt: skip
     for task in task_names:
-        prompts = getattr(tasks, task)(model, max(n, 12), seed=0).subset(list(range(n)))  # tasks need >= 12
+        prompts = task_prompts(model, task, n)
         scores, seconds = {}, {}
         for method in ("eap", "eap-ig"):
             scores[method], seconds[method] = timed(lambda: probes.edge_attribution(model, prompts, method, steps=steps))
