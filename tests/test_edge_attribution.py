@@ -81,6 +81,7 @@ def reference_derivative(model: HookedTransformer, prompts: PromptSet, edge: tup
 
 def check_against_reference(model: HookedTransformer, prompts: PromptSet, edges, atol: float) -> None:
     scores = edge_attribution(model, prompts)
+    assert all(param.grad is None for param in model.parameters())  # post_norm_model's parameters require grad
     column = {edge: e for e, edge in enumerate(scores.edges)}
     for edge in edges:
         expected = reference_derivative(model, prompts, edge)

@@ -212,7 +212,7 @@ def _scores(
             final = model.run_with_hooks(prompts.clean, fwd_hooks=fwd_hooks, stop_at_layer=n_layers)
             final.register_hook(lambda grad: score(grad[:, :, None], n_layers, "logits"))
             metric = logit_diff_from_resid(model, resid_at(final, prompts.end), prompts.answer, prompts.foil)
-            moved.append(_through_post_norms(model, index, normed, sums, diff))
+            moved.append(_through_post_norms(model, index, normed, sums, diff).detach())  # no graph through it
             # prompts are independent rows: the gradient of the sum is each prompt's own; ``inputs`` keeps any
             # parameter that requires grad free of a .grad
             torch.autograd.backward(metric.sum(), inputs=start)
