@@ -56,6 +56,8 @@ _EXPORTS = {
     "EdgeAblationResult": "probes.evidence.circuits",
     "run_circuit": "probes.evidence.circuits",
     "CircuitRunResult": "probes.evidence.circuits",
+    "find_circuit": "probes.evidence.circuits",
+    "CircuitResult": "probes.evidence.circuits",
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
@@ -90,7 +92,8 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import behaviour
     from probes.evidence.circuits import (
-        CircuitGraph, CircuitRunResult, EdgeAblationResult, circuit_graph, edge_ablation, run_circuit,
+        CircuitGraph, CircuitResult, CircuitRunResult, EdgeAblationResult, circuit_graph, edge_ablation, find_circuit,
+        run_circuit,
     )
     from probes.evidence.patching import (
         PatchingResult, edge_effects, patch_activations, patch_heads, patch_paths, patch_resid,
