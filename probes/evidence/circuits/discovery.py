@@ -194,7 +194,8 @@ def _scores(model: HookedModel, prompts: PromptSet, edges: list[Edge], method: s
     """Per prompt and edge, the score ranked on: the exact single-edge effect or its attribution estimate."""
     if method == "exact":
         return edge_ablation(model, prompts, edges).effect.double().numpy()
-    from probes.evidence.circuits.attribution import edge_attribution  # noqa: I001 (loaded when asked)
+    # the attribution engine, loaded only when asked for
+    from probes.evidence.circuits.attribution import edge_attribution
 
     scores = edge_attribution(model, prompts, method=method, steps=steps)
     column = {tuple(edge): e for e, edge in enumerate(scores.edges)}
