@@ -388,17 +388,17 @@ def build_two_hop() -> ToyModel:
 
 
 RESID_MARKER = D_MODEL  # the redundant model's one extra residual dim: "this position holds a name"
-MARKER_SCORE = 2 * SCORE  # the reader's score per unit of marker: one marker beats the sink by 30, saturating
+MARKER_SCORE = 2 * SCORE  # the reader's score per unit of marker: one marker beats its sink (SCORE) by 20
 
 
 @dataclass(frozen=True)
 class RedundantHeads:
     """The redundant model's heads (:func:`probes.tasks.marked_name_prompts`): L0H1 and L0H3 each attend to their
     own position and write 1 into the marker dim at a name; L1H2 reads the marker through its KEY (score
-    ``MARKER_SCORE`` per unit against the ``<bos>`` sink's ``SINK_SCORE``) and copies the marked name (+COPY).
+    ``MARKER_SCORE`` per unit against a ``<bos>`` sink at ``SCORE``) and copies the marked name (+COPY).
 
-    Either marker head alone saturates the reader's softmax (attention 1 - e^-30 on the name), so ablating one
-    changes the logit difference by ~COPY e^-30 (zero in float32): each alone is sufficient, neither is necessary,
+    Either marker head alone saturates the reader's softmax (attention 1 - e^-20 on the name; an unmarked name gets
+    e^-20 of the sink's), so ablating one changes the logit difference by ~COPY e^-20 (zero in float32): each alone is sufficient, neither is necessary,
     and only removing both removes the behaviour. What methods see: exact single-edge ablation and EAP (the
     gradient at the clean run, where the saturated softmax is flat) score each marker head's edges ~0; EAP-IG
     integrates the gradient from the corrupt input (no marker, attention on the sink) to the clean one and crosses
@@ -437,7 +437,7 @@ def build_redundant() -> ToyModel:
         reader = _head(model, *heads.reader)
         reader.b_Q[0] = MARKER_SCORE * scale
         reader.W_K[RESID_MARKER, 0] = 1.0
-        _plant_sink(reader, scale, dim=1)
+        _plant_sink(reader, 2 * scale, dim=1)  # at SCORE, not SINK_SCORE: an unmarked name's leak is e^-20
         _plant_copy_to_output(reader)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
 

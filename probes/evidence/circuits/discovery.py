@@ -289,7 +289,7 @@ def find_circuit(
     """The smallest circuit with ``|1 - faithfulness| <= 1 - target`` on a discovery split of the groups, judged
     on the held-out ones (see the module docstring). ``sizes``: the circuit sizes (edge counts) of the curve
     (default: log-spaced); every edge is always added last. ``steps``: EAP-IG's integration points."""
-    if not (isinstance(target, int | float) and 0 < target <= 1):
+    if isinstance(target, bool) or not (isinstance(target, int | float) and 0 < target <= 1):
         raise ProbesError(f"target must lie in (0, 1] (the faithfulness to reach, e.g. 0.8), got {target!r}")
     if method not in METHODS:
         raise ProbesError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
