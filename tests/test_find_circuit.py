@@ -151,6 +151,37 @@ def test_templates_can_be_held_out_whole(redundant: ToyModel) -> None:
     assert len(set(template[result.confirmation])) == 3 and abs(result.faithfulness.value - 1) < TOL
 
 
+def _attribution():
+    """The EAP engine (issue 24, point 2): these tests run once probes.evidence.circuits.attribution is merged."""
+    return pytest.importorskip("probes.evidence.circuits.attribution", reason="edge_attribution not merged yet")
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_attribution_rankings_find_the_planted_circuit(two_hop: ToyModel, repeats: PromptSet, method: str) -> None:
+    _attribution()
+    result = find_circuit(two_hop.model, repeats, method=method, sizes=[4, 8])
+    assert sorted(result.edges) == sorted(two_hop.heads.circuit) and abs(result.faithfulness.value - 1) < TOL
+
+
+def test_eap_misses_the_saturated_pair_and_eap_ig_scores_it_equally(redundant: ToyModel, names: PromptSet) -> None:
+    attribution = _attribution()
+    heads = redundant.heads
+    pair = heads.path(heads.markers[0]) + heads.path(heads.markers[1])
+
+    def mean_scores(method: str) -> np.ndarray:
+        scores = attribution.edge_attribution(redundant.model, names, method=method, steps=5)
+        column = {tuple(edge): e for e, edge in enumerate(scores.edges)}
+        return np.asarray(scores.scores)[:, [column[edge] for edge in pair]].mean(0)
+
+    eap, ig = mean_scores("eap"), mean_scores("eap-ig")
+    assert np.abs(eap).max() < TOL  # the clean run's softmax is flat: no gradient reaches either marker head
+    assert (ig < -0.1).all() and np.ptp(ig) < TOL  # the path from corrupt crosses the slope: both, equally
+    found = find_circuit(redundant.model, names, method="eap-ig", sizes=[4, 8])
+    assert abs(found.faithfulness.value - 1) < TOL and len(found.edges) == 4  # the reader and one marker's path
+    marker = next(node for node in found.nodes if node != head(heads.reader))
+    assert abs(found.nodes_frame().set_index("node").loc[marker, "incompleteness"] - 1) < TOL  # the other does it too
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

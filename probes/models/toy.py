@@ -398,12 +398,13 @@ class RedundantHeads:
     ``MARKER_SCORE`` per unit against a ``<bos>`` sink at ``SCORE``) and copies the marked name (+COPY).
 
     Either marker head alone saturates the reader's softmax (attention 1 - e^-20 on the name; an unmarked name gets
-    e^-20 of the sink's), so ablating one changes the logit difference by ~COPY e^-20 (zero in float32): each alone is sufficient, neither is necessary,
-    and only removing both removes the behaviour. What methods see: exact single-edge ablation and EAP (the
-    gradient at the clean run, where the saturated softmax is flat) score each marker head's edges ~0; EAP-IG
-    integrates the gradient from the corrupt input (no marker, attention on the sink) to the clean one and crosses
-    the unsaturated region, so it scores the two heads' edges equal and nonzero, together about the key edge's
-    whole effect. Every other head is zero."""
+    e^-20 of the sink's), so ablating one changes the logit difference by ~COPY e^-20 (zero in float32): each alone
+    is sufficient, neither is necessary, and only removing both removes the behaviour. What methods see: exact
+    single-edge ablation and EAP (the gradient at the clean run, where the saturated softmax is flat) score each
+    marker head's edges 0; EAP-IG averages the gradient over inputs from the corrupt run (no marker: attention on
+    the sink) to the clean one, crosses the unsaturated region, and scores the two heads' edges equal and nonzero
+    (more as ``steps`` grows and the midpoint rule resolves the sharp transition). Equal scores tie, and ties keep
+    the graph's order, so a ranking picks one of the two paths. Every other head is zero."""
 
     markers: tuple[tuple[int, int], ...] = ((0, 1), (0, 3))
     reader: tuple[int, int] = (1, 2)
