@@ -39,12 +39,7 @@ from jaxtyping import Float, Int
 from probes.core.errors import ProbesError
 from probes.core.notebook import number, result_html
 from probes.core.stats import Estimate, ratio_estimate, split_groups
-from probes.evidence.circuits.exact import (
-    ABLATIONS,
-    Ablation,
-    edge_ablation,
-    run_circuit,
-)
+from probes.evidence.circuits.exact import ABLATIONS, Ablation, edge_ablation, run_circuits
 from probes.evidence.circuits.graph import INPUT, LOGITS, CircuitGraph, circuit_graph
 from probes.models.frozen import frozen_model
 from probes.models.protocol import HookedModel
@@ -249,26 +244,28 @@ def judge_circuit(
             "its nodes to both (a head's q/k/v input from upstream, its output into 'logits' or a later input)"
         )
     every = sorted(graph.edge_ids)
-    run = run_circuit(model, prompts, edges, ablation)
-    groups, full, empty = prompts.group_index, run.full.double().numpy(), run.empty.double().numpy()
-    faithfulness, gap = run.faithfulness, full - empty
     mine = set(edges)
-    without_circuit = run_circuit(model, prompts, [e for e in every if e not in mine], ablation).circuit.double().numpy()
-    completeness = ratio_estimate(full - without_circuit, gap, groups=groups)
+    nodes = list(dict.fromkeys(up for up, _ in edges if up != INPUT))
+    outs = [{e for e in edges if e[0] == node} for node in nodes]
+    # one batched run: the circuit, the model without it, and per node the circuit and the model without its outputs
+    runs = run_circuits(model, prompts, [edges, [e for e in every if e not in mine]]
+                        + [c for out in outs for c in ([e for e in edges if e not in out], [e for e in every if e not in out])],
+                        ablation)  # fmt: skip
+    faithfulness = runs.result(0).faithfulness  # refused here when the gap's interval includes 0
+    groups, metric = prompts.group_index, runs.circuits.double().numpy()
+    full, empty = runs.full.double().numpy(), runs.empty.double().numpy()
+    gap = full - empty
+    completeness = ratio_estimate(full - metric[1], gap, groups=groups)
     rows = []
-    nodes = graph.nodes.set_index("node")
-    for node in dict.fromkeys(up for up, _ in edges if up != INPUT):
-        out = {e for e in edges if e[0] == node}
-        in_circuit = run_circuit(model, prompts, [e for e in edges if e not in out], ablation).circuit.double().numpy()
-        in_model = run_circuit(model, prompts, [e for e in every if e not in out], ablation).circuit.double().numpy()
-        info = nodes.loc[node]
-        layer, head = int(info["layer"]), int(info["head"])
-        shares = _kv_partners(graph, layer, head) if info["kind"] == "head" else ()
-        row: dict[str, object] = {"node": node, "kind": info["kind"], "layer": layer, "head": head,
-                                  "shares_kv": shares, "out_edges": len(out)}  # fmt: skip
+    frame = graph.nodes.set_index("node")
+    for n, (node, out) in enumerate(zip(nodes, outs, strict=True)):
+        in_circuit, in_model = metric[2 + 2 * n], metric[3 + 2 * n]
+        layer, head, kind = int(frame.loc[node, "layer"]), int(frame.loc[node, "head"]), str(frame.loc[node, "kind"])
+        row: dict[str, object] = {"node": node, "kind": kind, "layer": layer, "head": head, "out_edges": len(out),
+                                  "shares_kv": _kv_partners(graph, layer, head) if kind == "head" else ()}  # fmt: skip
         for name, estimate in (
             ("faithfulness_without", ratio_estimate(in_circuit - empty, gap, groups=groups)),
-            ("minimality", ratio_estimate(run.circuit.double().numpy() - in_circuit, gap, groups=groups)),
+            ("minimality", ratio_estimate(metric[0] - in_circuit, gap, groups=groups)),
             ("incompleteness", ratio_estimate(in_model - in_circuit, gap, groups=groups)),
         ):
             row |= {name: estimate.value, f"{name}_low": estimate.ci_low, f"{name}_high": estimate.ci_high}
@@ -313,16 +310,17 @@ def find_circuit(
     ranked = [every[e] for e in order]
     curve: dict[int, tuple[Estimate, bool]] = {}
 
-    def measure(k: int, on_grid: bool) -> bool:
-        curve[k] = (run_circuit(model, found_on, ranked[:k], ablation).faithfulness, on_grid)
-        return _reaches(curve[k][0], target)
+    def measure(ks: list[int], on_grid: bool) -> list[int]:
+        """Faithfulness of the top ``k`` edges for each ``k`` (one batched run), into the curve; those reaching."""
+        runs = run_circuits(model, found_on, [ranked[:k] for k in ks], ablation)
+        curve.update({k: (runs.result(i).faithfulness, on_grid) for i, k in enumerate(ks)})
+        return [k for k in ks if _reaches(curve[k][0], target)]
 
-    reached = [k for k in grid if measure(k, True)]
-    size = reached[0]
+    size = measure(grid, True)[0]
     below = max((k for k in grid if k < size), default=0)
     while size - below > 1:  # bisect down to the grid point below (the curve need not be monotone there)
         middle = (size + below) // 2
-        size, below = (middle, below) if measure(middle, False) else (size, middle)
+        size, below = (middle, below) if measure([middle], False) else (size, middle)
     edges = connected(graph, ranked[:size])
     judged = judge_circuit(model, held, edges, ablation, graph)
 
