@@ -65,6 +65,8 @@ _EXPORTS = {
     "CircuitRunResult": "probes.evidence.circuits",
     "edge_attribution": "probes.evidence.circuits",
     "EdgeScores": "probes.evidence.circuits",
+    "find_circuit": "probes.evidence.circuits",
+    "CircuitResult": "probes.evidence.circuits",
     "Claim": "probes.claims.types",
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
@@ -100,8 +102,8 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attribution import Screening, ScreeningResult, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import BehaviourResult, behaviour
     from probes.evidence.circuits import (
-        CircuitGraph, CircuitRunResult, EdgeAblationResult, EdgeScores, circuit_graph, edge_ablation, edge_attribution,
-        run_circuit,
+        CircuitGraph, CircuitResult, CircuitRunResult, EdgeAblationResult, EdgeScores, circuit_graph, edge_ablation,
+        edge_attribution, find_circuit, run_circuit,
     )
     from probes.evidence.patching import (
         PatchingResult, PathsResult, SweepOptions, edge_effects, patch_activations, patch_heads, patch_paths,

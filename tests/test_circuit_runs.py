@@ -193,7 +193,9 @@ def test_post_norm_model_equals_brute_force_where_adding_values_does_not() -> No
 def test_bad_input_is_one_line(toy_model: ToyModel, pronouns: PromptSet) -> None:
     model = toy_model.model
     for call, match in [
-        (lambda: edge_ablation(model, pronouns, [("a9.0", "logits")]), "unknown node id"),
+        (lambda: edge_ablation(model, pronouns, [("a9.0", "logits")]), "layer 9 is out of range"),
+        (lambda: edge_ablation(model, pronouns, [("a1.4", "logits")]), "head 4 is out of range"),
+        (lambda: edge_ablation(model, pronouns, [("a1.x", "logits")]), "unknown node id"),
         (lambda: edge_ablation(model, pronouns, [("a1.0", "a0.1.q")]), "no edge"),
         (lambda: edge_ablation(model, pronouns, []), "at least one edge"),
         (lambda: run_circuit(model, pronouns, "a1.1"), "list of"),

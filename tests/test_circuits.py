@@ -67,7 +67,10 @@ def test_the_toy_models_graph_follows_its_config(toy_model):
 @pytest.mark.parametrize(
     "edge, message",
     [
-        (("a9.0", "logits"), "unknown node id 'a9.0'"),
+        (("a9.0", "logits"), "'a9.0': layer 9 is out of range \\(the model has 2 layers, 0..1\\)"),
+        (("input", "a1.4.q"), "'a1.4.q': head 4 is out of range \\(layer 1 has 4 heads, 0..3\\)"),
+        (("m2", "logits"), "'m2': layer 2 is out of range"),
+        (("a1.2.x", "logits"), "unknown node id 'a1.2.x'"),
         (("a1.0", "a0.0.q"), "no edge a1.0 -> a0.0.q"),
         (("a0.0.q", "logits"), "no edge a0.0.q -> logits"),
         (("input",), "a pair"),

@@ -93,6 +93,9 @@ CASES: dict[str, Case] = {
     "edge_ablation": (toy.build, lambda t, m, _: probes.edge_ablation(m, _pronouns(t), CIRCUIT)),
     "run_circuit": (toy.build, lambda t, m, _: probes.run_circuit(m, _pronouns(t), CIRCUIT).circuit),
     "edge_attribution": (toy.build, lambda t, m, _: probes.edge_attribution(m, _pronouns(t), "eap-ig", steps=2)),
+    "find_circuit": (
+        toy.build_two_hop, lambda t, m, _: probes.find_circuit(m, tasks.repeated_prompts(t, 8), method="exact", sizes=[4])
+    ),
     "position_content": (
         toy.build_position_content,
         lambda t, m, _: probes.position_content(m, _name_prompts(), "end", "name", filler=FILLER,

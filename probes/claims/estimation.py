@@ -25,32 +25,10 @@ from probes.core.stats import (
     share_of_groups_above_zero,
     signed_rank_p,
     simultaneous_confidence,
+    split_groups,
 )
 
 Rows = Int[np.ndarray, " row"]
-
-
-def split_groups(
-    groups: Int[np.ndarray, " prompt"], confirm_fraction: float, seed: int, min_units: int
-) -> tuple[Rows, Rows]:
-    """Prompt indices of a discovery and a confirmation split that share no group (seeded).
-
-    Refuses a split that leaves either side fewer than ``min_units`` groups: a head chosen on too little, or
-    confirmed on too little, says nothing.
-    """
-    if not 0 < confirm_fraction < 1:
-        raise ProbesError(f"confirm_fraction must lie strictly between 0 and 1, got {confirm_fraction!r}")
-    units = np.unique(groups)
-    held_out = np.random.default_rng(seed).permutation(units)[: int(round(len(units) * confirm_fraction))]
-    confirmation = np.isin(groups, held_out)
-    n_confirm, n_discover = len(held_out), len(units) - len(held_out)
-    if min(n_confirm, n_discover) < min_units:
-        raise ProbesError(
-            f"choosing heads from data needs at least {min_units} groups of prompts on each side of the "
-            f"discovery/confirmation split; {len(units)} groups at confirm_fraction={confirm_fraction} give "
-            f"{n_discover} and {n_confirm}: raise n (or name the heads instead of selecting them)"
-        )
-    return np.flatnonzero(~confirmation), np.flatnonzero(confirmation)
 
 
 def _measure_draws(g: Gathered, name: str, rows: Rows, cols: list[int], n_resamples: int, seed: int) -> tuple:

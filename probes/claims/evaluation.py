@@ -6,7 +6,7 @@ attention, edge knockout, patching effects, ...) through one :class:`~probes.cla
 that resample whole groups, simultaneous over the claims tested together (:mod:`probes.claims.estimation`), and
 applies the rule of :mod:`probes.claims.verdicts`, which also words the verdict.
 
-A head chosen from data is never judged on the prompts it was chosen on: :func:`~probes.claims.estimation.split_groups`
+A head chosen from data is never judged on the prompts it was chosen on: :func:`~probes.core.stats.split_groups`
 holds out groups, and :func:`select_and_confirm` ranks on the discovery side and judges on the other (``evaluate``
 with ``head=None`` and ``probes run``'s ``top_attention:K`` / ``top_effect:K`` both go through it).
 """

@@ -19,6 +19,8 @@ import numpy as np
 from jaxtyping import Float, Int
 from scipy import stats
 
+from probes.core.errors import ProbesError
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 
@@ -272,3 +274,26 @@ def cluster_bootstrap_means(
     n = len(rows)
     draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)  # [resample, cluster]
     return (draws @ sums) / (draws @ rows)[:, None]
+
+
+def split_groups(
+    groups: Int[np.ndarray, " prompt"], confirm_fraction: float, seed: int, min_units: int, what: str = "heads"
+) -> tuple[Int[np.ndarray, " row"], Int[np.ndarray, " row"]]:
+    """Prompt indices of a discovery and a confirmation split that share no group (seeded).
+
+    Refuses a split that leaves either side fewer than ``min_units`` groups: ``what`` (heads, a circuit's edges)
+    chosen on too little, or confirmed on too little, says nothing.
+    """
+    if not 0 < confirm_fraction < 1:
+        raise ProbesError(f"confirm_fraction must lie strictly between 0 and 1, got {confirm_fraction!r}")
+    units = np.unique(groups)
+    held_out = np.random.default_rng(seed).permutation(units)[: int(round(len(units) * confirm_fraction))]
+    confirmation = np.isin(groups, held_out)
+    n_confirm, n_discover = len(held_out), len(units) - len(held_out)
+    if min(n_confirm, n_discover) < min_units:
+        raise ProbesError(
+            f"choosing {what} from data needs at least {min_units} groups of prompts on each side of the "
+            f"discovery/confirmation split; {len(units)} groups at confirm_fraction={confirm_fraction} give "
+            f"{n_discover} and {n_confirm}: raise n (or name the {what} instead of selecting them)"
+        )
+    return np.flatnonzero(~confirmation), np.flatnonzero(confirmation)

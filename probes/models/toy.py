@@ -339,6 +339,115 @@ def build_shortformer(seed: int = 0) -> ToyModel[ShortformerHeads]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Circuit discovery (probes.evidence.circuits.discovery): planted circuits whose other heads are EXACTLY zero, so
+# the planted edges alone give faithfulness 1 to float precision and every other edge's effect is exactly 0
+
+
+DECOY_WRITE = 10 * COPY  # the decoy's write: twice the norm of everything the planted circuit writes, unread
+
+
+@dataclass(frozen=True)
+class TwoHopHeads:
+    """The two-hop model's heads (``<bos> r r`` induction prompts, :func:`probes.tasks.repeated_prompts`).
+
+    L0H2 is a previous-token head; L1H1 an induction head reading it through its KEY and copying the induced
+    token (+COPY); L1H0 a negative head, the induction head's match with half the copy subtracted (so the full
+    model's logit difference is COPY / 2 and a circuit without the negative head overshoots to faithfulness 2);
+    L1H3 a decoy with the induction head's match (it attends as strongly, to the same position) that writes
+    ``DECOY_WRITE`` times the attended token's one-hot into the token block, which the unembedding does not read.
+    Every other head is zero."""
+
+    previous_token: tuple[int, int] = (0, 2)
+    negative: tuple[int, int] = (1, 0)
+    induction: tuple[int, int] = (1, 1)
+    decoy: tuple[int, int] = (1, 3)
+
+    @property
+    def circuit(self) -> list[tuple[str, str]]:
+        """The planted edges under corrupt ablation (a corrupt prompt changes the first ``r``): the previous-token
+        head's value (the token it copies), its output into the induction and negative heads' keys, and their
+        outputs into the logits. Queries and the previous-token head's query and key read positions or the
+        unchanged second half, so their edges carry nothing the corruption changes."""
+        prev, neg, ind = (f"a{layer}.{head}" for layer, head in (self.previous_token, self.negative, self.induction))
+        return [("input", f"{prev}.v"), (prev, f"{ind}.k"), (prev, f"{neg}.k"), (ind, "logits"), (neg, "logits")]
+
+
+def build_two_hop() -> ToyModel:
+    """The two-hop circuit with a negative head and a decoy (see :class:`TwoHopHeads`); nothing random."""
+    model = _blank_model(n_layers=2, n_heads=4)
+    heads = TwoHopHeads()
+    scale = model.cfg.attn_scale
+    with torch.no_grad():
+        _plant_embeddings(model)
+        _plant_previous_token(_head(model, *heads.previous_token), scale)
+        _plant_induction(_head(model, *heads.induction), scale)
+        negative = _head(model, *heads.negative)
+        _plant_induction(negative, scale)
+        negative.W_O.mul_(-0.5)
+        decoy = _head(model, *heads.decoy)
+        _plant_induction_match(decoy, scale)
+        decoy.W_V[RESID_TOKEN, :D_VOCAB] = torch.eye(D_VOCAB)
+        decoy.W_O[:D_VOCAB, RESID_TOKEN] = DECOY_WRITE * torch.eye(D_VOCAB)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+RESID_MARKER = D_MODEL  # the redundant model's one extra residual dim: "this position holds a name"
+MARKER_SCORE = 2 * SCORE  # the reader's score per unit of marker: one marker beats its sink (SCORE) by 20
+
+
+@dataclass(frozen=True)
+class RedundantHeads:
+    """The redundant model's heads (:func:`probes.tasks.marked_name_prompts`): L0H1 and L0H3 each attend to their
+    own position and write 1 into the marker dim at a name; L1H2 reads the marker through its KEY (score
+    ``MARKER_SCORE`` per unit against a ``<bos>`` sink at ``SCORE``) and copies the marked name (+COPY).
+
+    Either marker head alone saturates the reader's softmax (attention 1 - e^-20 on the name; an unmarked name gets
+    e^-20 of the sink's), so ablating one changes the logit difference by ~COPY e^-20 (zero in float32): each alone
+    is sufficient, neither is necessary, and only removing both removes the behaviour. What methods see: exact
+    single-edge ablation and EAP (the gradient at the clean run, where the saturated softmax is flat) score each
+    marker head's edges 0; EAP-IG averages the gradient over inputs from the corrupt run (no marker: attention on
+    the sink) to the clean one, crosses the unsaturated region, and scores the two heads' edges equal and nonzero
+    (more as ``steps`` grows and the midpoint rule resolves the sharp transition). Equal scores tie, and ties keep
+    the graph's order, so a ranking picks one of the two paths. Every other head is zero."""
+
+    markers: tuple[tuple[int, int], ...] = ((0, 1), (0, 3))
+    reader: tuple[int, int] = (1, 2)
+
+    def path(self, marker: tuple[int, int]) -> list[tuple[str, str]]:
+        """One marker head's edges: its value (the name it marks) and its output into the reader's key."""
+        node, reader = f"a{marker[0]}.{marker[1]}", f"a{self.reader[0]}.{self.reader[1]}"
+        return [("input", f"{node}.v"), (node, f"{reader}.k")]
+
+    @property
+    def reader_edges(self) -> list[tuple[str, str]]:
+        """The reader's edges the corruption (the name replaced by a filler) changes: its value and its output."""
+        reader = f"a{self.reader[0]}.{self.reader[1]}"
+        return [("input", f"{reader}.v"), (reader, "logits")]
+
+
+def build_redundant() -> ToyModel:
+    """Two redundant marker heads and a reader (see :class:`RedundantHeads`); nothing random."""
+    model = _blank_model(n_layers=2, n_heads=4, d_model=D_MODEL + 1)
+    heads = RedundantHeads()
+    scale = model.cfg.attn_scale
+    with torch.no_grad():
+        _plant_embeddings(model)
+        for marker in heads.markers:
+            w = _head(model, *marker)
+            for i in range(N_CTX):
+                w.W_Q[RESID_POSITION.start + i, i] = SCORE * scale
+                w.W_K[RESID_POSITION.start + i, i] = 1.0
+            w.W_V[[RESID_TOKEN.start + t for t in range(FEMALE_NAMES.start, MALE_NAMES.stop)], 0] = 1.0
+            w.W_O[0, RESID_MARKER] = 1.0
+        reader = _head(model, *heads.reader)
+        reader.b_Q[0] = MARKER_SCORE * scale
+        reader.W_K[RESID_MARKER, 0] = 1.0
+        _plant_sink(reader, 2 * scale, dim=1)  # at SCORE, not SINK_SCORE: an unmarked name's leak is e^-20
+        _plant_copy_to_output(reader)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Folded weights (what ``from_pretrained`` gives by default): not planted, random, for exactness checks
 
 

@@ -251,13 +251,14 @@ def run_values(model: HookedModel, index: GraphIndex, prompts: PromptSet, tokens
     return _forward(model, index, 0, tokens, values, {}, values[0], {}, prompts, record=True)
 
 
-def _check(model: HookedModel, prompts: PromptSet, edges) -> tuple[GraphIndex, list[tuple[str, str]]]:
+def _check(model: HookedModel, prompts: PromptSet, *edge_sets) -> tuple[GraphIndex, list[list[tuple[str, str]]]]:
     prompts.check_pairs()
     prompts.check_model(model)
-    if isinstance(edges, str) or not isinstance(edges, Iterable):
-        raise ProbesError(f"edges must be a list of (upstream, downstream) node id pairs, got {edges!r}")
+    for edges in edge_sets:
+        if isinstance(edges, str) or not isinstance(edges, Iterable):
+            raise ProbesError(f"edges must be a list of (upstream, downstream) node id pairs, got {edges!r}")
     graph = circuit_graph(model)
-    return GraphIndex.of(graph), graph.check_edges(edges)
+    return GraphIndex.of(graph), [graph.check_edges(edges) for edges in edge_sets]
 
 
 def _variant_chunk(model: HookedModel, index: GraphIndex, prompts: PromptSet) -> int:
@@ -300,7 +301,7 @@ class EdgeAblationResult:
 def edge_ablation(model: HookedModel, prompts: PromptSet, edges: Iterable[tuple[str, str]]) -> EdgeAblationResult:
     """Exact effect of each edge alone (see the module docstring): what EAP approximates, one pass per batch of
     edges into the same layer, starting at that layer from the clean run."""
-    index, edges = _check(model, prompts, edges)
+    index, (edges,) = _check(model, prompts, edges)
     if not edges:
         raise ProbesError("edge_ablation needs at least one edge (circuit_graph(model).edges lists them)")
     effect = torch.empty(len(prompts), len(edges))
@@ -410,6 +411,51 @@ class CircuitRunResult:
         return result_html("CircuitRunResult", sentence, numbers)
 
 
+@dataclass(frozen=True)
+class CircuitRuns:
+    """Several circuits run on the same prompts: ``circuits[c, prompt]`` the metric with only circuit ``c``'s edges
+    kept; ``full`` and ``empty`` as in :class:`CircuitRunResult`; ``edges`` each circuit's checked edges."""
+
+    edges: list[list[tuple[str, str]]]
+    ablation: str
+    circuits: Float[Tensor, "circuit prompt"]
+    full: Float[Tensor, " prompt"]
+    empty: Float[Tensor, " prompt"]
+    groups: list
+
+    def result(self, c: int) -> CircuitRunResult:
+        """Circuit ``c`` as :func:`run_circuit` gives it."""
+        return CircuitRunResult(tuple(self.edges[c]), self.ablation, self.circuits[c], self.full, self.empty, self.groups)
+
+
+@frozen_model
+def run_circuits(
+    model: HookedModel, prompts: PromptSet, circuits: Iterable[Iterable[tuple[str, str]]], ablation: Ablation = "corrupt"
+) -> CircuitRuns:
+    """Run each of ``circuits`` alone (see :func:`run_circuit`): the clean (and corrupt) runs once, the circuits
+    batched as variants of one pass (with the full model and the empty circuit), as many as fit the memory budget."""
+    if ablation not in ABLATIONS:
+        raise ProbesError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
+    index, checked = _check(model, prompts, *circuits)
+    # variants: full (nothing ablated), each circuit, empty (every edge ablated)
+    nothing = {layer: torch.zeros_like(exists) for layer, exists in index.all_edges.items()}
+    variants = [nothing] + [{layer: exists & ~kept[layer] for layer, exists in index.all_edges.items()}
+                            for kept in map(index.edge_masks, checked)] + [index.all_edges]  # fmt: skip
+    chunk, metrics = _variant_chunk(model, index, prompts), []
+    with split_inputs(model):
+        clean = run_values(model, index, prompts, prompts.clean)
+        corrupt = run_values(model, index, prompts, prompts.corrupt) if ablation == "corrupt" else None
+        ablated = _ablated_values(clean, corrupt, prompts, ablation)
+        for begin in range(0, len(variants), chunk):
+            part = variants[begin : begin + chunk]
+            masks = {layer: torch.stack([v[layer] for v in part]) for layer in index.all_edges}
+            values = _empty_values(model, index, len(part), prompts)
+            run = _forward(model, index, 0, prompts.clean.repeat(len(part), 1), values, {}, ablated, masks, prompts)
+            metrics.append(run.metric.float().cpu())
+    metric = torch.cat(metrics)
+    return CircuitRuns(checked, ablation, metric[1:-1], metric[0], metric[-1], list(prompts.groups))
+
+
 @frozen_model
 def run_circuit(
     model: HookedModel, prompts: PromptSet, edges: Iterable[tuple[str, str]], ablation: Ablation = "corrupt"
@@ -417,18 +463,4 @@ def run_circuit(
     """Run only the circuit ``edges`` (see the module docstring): every other edge carries its ablated value
     (``corrupt``: the corrupt run's; ``mean``: the clean runs' mean over prompts of the same length, per position;
     ``resample``: another prompt's of the same group), beside the full model and the empty circuit, in one pass."""
-    if ablation not in ABLATIONS:
-        raise ProbesError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
-    index, edges = _check(model, prompts, edges)
-    kept = index.edge_masks(edges)
-    with split_inputs(model):
-        clean = run_values(model, index, prompts, prompts.clean)
-        corrupt = run_values(model, index, prompts, prompts.corrupt) if ablation == "corrupt" else None
-        ablated = _ablated_values(clean, corrupt, prompts, ablation)
-        # variants: full (nothing ablated), the circuit, empty (every edge ablated)
-        masks = {layer: torch.stack([torch.zeros_like(exists), exists & ~kept[layer], exists])
-                 for layer, exists in index.all_edges.items()}  # fmt: skip
-        values = _empty_values(model, index, 3, prompts)
-        run = _forward(model, index, 0, prompts.clean.repeat(3, 1), values, {}, ablated, masks, prompts)
-    full, circuit, empty = run.metric.float().cpu()
-    return CircuitRunResult(tuple(edges), ablation, circuit, full, empty, list(prompts.groups))
+    return run_circuits(model, prompts, [edges], ablation).result(0)

@@ -14,6 +14,7 @@ it belongs to every query head of the group. Without grouping each head has its 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -63,6 +64,8 @@ class CircuitGraph:
                 raise ProbesError(f"an edge is a pair (upstream, downstream) of node ids, got {edge!r}")
             upstream, downstream = str(edge[0]), str(edge[1])
             for node in (upstream, downstream):
+                if node not in known and (reason := self._out_of_range(node)):
+                    raise ProbesError(f"{reason} in edge {upstream} -> {downstream}: circuit_graph(model).nodes lists the ids")
                 if node not in known:
                     raise ProbesError(
                         f"unknown node id {node!r} in edge {upstream} -> {downstream}: ids look like 'input', "
@@ -75,6 +78,19 @@ class CircuitGraph:
                 )
             checked.append((upstream, downstream))
         return checked
+
+    def _out_of_range(self, node: str) -> str | None:
+        """Why a well-formed head, key/value or MLP id names nothing in this model, or None."""
+        found = re.fullmatch(r"([am])(\d+)(?:\.(?:kv)?(\d+))?(?:\.(?:q|k|v|in))?", node)
+        if not found:
+            return None
+        layer, head = int(found[2]), found[3]
+        if layer >= self.n_layers:
+            return f"{node!r}: layer {layer} is out of range (the model has {self.n_layers} layers, 0..{self.n_layers - 1})"
+        count, what = (self.n_kv_heads, "key/value heads") if ".kv" in node else (self.n_heads, "heads")
+        if head is not None and int(head) >= count:
+            return f"{node!r}: head {head} is out of range (layer {layer} has {count} {what}, 0..{count - 1})"
+        return None
 
     def _repr_html_(self) -> str:
         counts = self.edges["kind"].value_counts().to_dict()

@@ -74,3 +74,28 @@ def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> P
     head) get a causal effect. The foil is a token in neither.
     """
     return induction(toy.model, n, seed, length=length, vocab=torch.tensor(NON_SPECIAL))
+
+
+def marked_name_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> PromptSet:
+    """``<bos>`` and fillers with one name: at the end the redundant model's reader copies the name (the answer;
+    the foil is a name not in the prompt). The corrupt prompt puts a filler in the name's place, so no head marks
+    it. Label ``template``: the name's position (prompts sharing it share a template)."""
+    check_n(n)
+    rng = random.Random(seed)
+    names = list(FEMALE_NAMES) + list(MALE_NAMES)
+    clean, corrupt, answer, foil, at = [], [], [], [], []
+    for i in range(n):
+        name, other = rng.sample(names, 2)
+        fillers = rng.sample(list(FILLERS), length)
+        position = 1 + i % (length - 2)
+        tokens = [BOS, *fillers[: length - 1]]
+        tokens[position] = name
+        clean.append(tokens)
+        corrupt.append(tokens[:position] + [fillers[-1]] + tokens[position + 1 :])
+        answer.append(name)
+        foil.append(other)
+        at.append(position)
+    return PromptSet.from_tokens(
+        torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
+        {"name": torch.tensor(at)}, task="marked_name", labels={"template": at},
+    )
