@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 
 from probes.claims.measures import MEASURES
+from probes.claims.essay import EssayClaim
 from probes.claims.types import Claim, ClaimResult, Composition, Head, Thresholds
 from probes.claims.verdicts import (
     HEAD, PATH, VERDICTS, Leg, decide, decide_composition, gate_failure, held_back_by_p, judge_legs,
@@ -386,7 +387,7 @@ def evaluate_composition(
 def evaluate(
     model: HookedModel,
     prompts: PromptSet,
-    claim: Claim | Composition,
+    claim: Claim | Composition | EssayClaim,
     thresholds: Thresholds = Thresholds(),
     *,
     probe_table: pd.DataFrame | None = None,
@@ -401,12 +402,18 @@ def evaluate(
     all heads), the best-supported head is chosen on a discovery split of the groups, and its verdict comes from
     the held-out confirmation groups only (``thresholds.confirm_fraction`` of them; ``probe_table`` then serves
     the screening only, as it was not fitted on the confirmation prompts alone). A :class:`Composition` is
-    settled by path patching (:func:`evaluate_composition`).
+    settled by path patching (:func:`evaluate_composition`); an essay claim (:mod:`probes.claims.essay`:
+    ``SelfUpdate``, ``ResolutionDepth``, ...) by its kind's settling function
+    (:data:`probes.claims.essay_evaluation.SETTLE`; ``probe_table`` and ``direction`` do not apply to it).
 
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
     *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
     """
     prompts.check_model(model)
+    from probes.claims.essay_evaluation import SETTLE  # it reads split_groups from this module
+
+    if type(claim) in SETTLE:
+        return SETTLE[type(claim)](model, prompts, claim, thresholds, seed, family)
     if isinstance(claim, Composition):
         return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed, family=family)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

@@ -30,6 +30,7 @@ VERDICT_COLOURS = {
     "effect_only": "#6f42c1",
     "refuted": "#cf222e",
     "inconclusive": "#6e7781",
+    "not applicable": "#afb8c1",
 }
 def plot_text(s: str) -> str:
     """Text for plotly labels, which parse a subset of HTML: escape it so tokens like '<b>' show literally."""
