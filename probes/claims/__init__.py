@@ -1,7 +1,8 @@
 """Claims about heads and their verdicts: "head L.H attends from the pronoun to its antecedent", tested.
 
 :mod:`.types` (Claim, Thresholds, ClaimResult), :mod:`.measures` (the registry of evidence quantities),
-:mod:`.verdicts` (the rule and its words), :mod:`.evaluation` (gather, estimate, decide). Names are imported lazily
+:mod:`.verdicts` (the rule and its words), :mod:`.evaluation` (gather, estimate, decide); the essay's claim kinds
+in :mod:`.essay` (SelfUpdate, ResolutionDepth), settled by :mod:`.essay_evaluation`. Names are imported lazily
 so the report can read the registry and the rule without loading a model stack.
 """
 
@@ -14,6 +15,8 @@ _EXPORTS = {
     "Thresholds": "probes.claims.types",
     "ClaimResult": "probes.claims.types",
     "Composition": "probes.claims.types",
+    "SelfUpdate": "probes.claims.essay",
+    "ResolutionDepth": "probes.claims.essay",
     "Measure": "probes.claims.measures",
     "MEASURES": "probes.claims.measures",
     "VERDICTS": "probes.claims.verdicts",

@@ -291,7 +291,7 @@ def bootstrap_partial_spearman(
     rz = stats.rankdata(np.asarray(given, dtype=float))
     rx, ry = stats.rankdata(x2, axis=0), stats.rankdata(y2, axis=0)
     _, index = np.unique(np.asarray(groups), return_inverse=True)
-    n_groups = index.max() + 1
+    n_groups = int(index.max()) + 1
     draws = np.random.default_rng(seed).multinomial(
         n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples_for(confidence)
     )
