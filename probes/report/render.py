@@ -142,13 +142,12 @@ def selection(result: ClaimResult) -> str:
 
 
 def claim_label(result: ClaimResult) -> str:
-    """A claim's name in the answer table and above its sentence."""
+    """A claim's name in the answer table (and, for an essay claim, above its sentence)."""
     claim = result.claim
     if isinstance(claim, Composition):
-        return f"{claim.head_name} (composition)"
+        return claim.head_name
     if isinstance(claim, Claim):
-        foil = f" (foil: {claim.foil})" if claim.foil else ""
-        return f"{claim.head_name.removeprefix('head ')}: {claim.src} → {claim.dst}{foil}"
+        return f"{claim.head_name.removeprefix('head ')}: {claim.src} → {claim.dst}"
     return f"essay: {claim}"
 
 
