@@ -412,7 +412,10 @@ def evaluate(
     prompts.check_model(model)
     from probes.claims.essay_evaluation import SETTLE  # it reads split_groups from this module
 
-    if type(claim) in SETTLE:
+    if not isinstance(claim, (Claim, Composition)):
+        if type(claim) not in SETTLE:
+            raise ProbesError(f"cannot settle a {type(claim).__name__}: claims are Claim, Composition or one of "
+                              f"{', '.join(kind.__name__ for kind in SETTLE)}")
         return SETTLE[type(claim)](model, prompts, claim, thresholds, seed, family)
     if isinstance(claim, Composition):
         return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed, family=family)

@@ -112,13 +112,13 @@ def _probe_curves(
     groups = prompts.group_index
     with tempfile.TemporaryDirectory(prefix="probes-depth-") as tmp:
         store = harvest(model, prompts, Path(tmp) / "activations", kinds=("resid_post",), at=src)
-        target = Target(
+        probed = Target(
             name="first_named", rows=np.arange(n), labels=labels, classes=np.array([0, 1]),
             word_types=word_types(prompts, src, target), groups=groups[:, None], clusters=groups, prompts=np.arange(n),
             group_by="group",
         )
-        control = control_labels(target, seed)
-        folds = grouped_folds(target.groups)
+        control = control_labels(probed, seed)
+        folds = grouped_folds(probed.groups)
         task, ctrl = np.zeros((n, n_layers), dtype=bool), np.zeros((n, n_layers), dtype=bool)
         for layer in range(n_layers):
             features = store.load(hook_name("resid_post", layer)).numpy()
