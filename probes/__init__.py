@@ -72,6 +72,8 @@ _EXPORTS = {
     "ClaimResult": "probes.claims.types",
     "Verdict": "probes.claims.types",
     "Composition": "probes.claims.types",
+    "SelfUpdate": "probes.claims.essay",
+    "ResolutionDepth": "probes.claims.essay",
     "evaluate": "probes.claims.evaluation",
 }
 # short names for the stages' most used modules: ``probes.tasks``, ``probes.toy`` (the contract's names) ...
@@ -93,6 +95,7 @@ __all__ = ["ProbesError", *_EXPORTS, *_SUBMODULES]
 
 if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for type checkers and IDEs
     from probes import claims, evidence, models, prompts, report, run
+    from probes.claims.essay import ResolutionDepth, SelfUpdate
     from probes.claims.evaluation import evaluate
     from probes.claims.types import Claim, ClaimResult, Composition, Thresholds, Verdict
     from probes.core import stats

@@ -114,10 +114,18 @@ CASES: dict[str, Case] = {
     ),
     "evaluate": (toy.build, lambda t, m, _: probes.evaluate(m, _pronouns(t), CLAIM)),
 }
-# evaluate settles compositions through another path (path patching), so it gets a second case
-COMPOSITION = (toy.build, lambda t, m, _: probes.evaluate(
-    m, tasks.repeated_prompts(t, N, seed=2), Composition((0, 2), (1, 2), "k"), direction="noising"
-))
+# evaluate settles compositions (path patching) and the essay's claims through other paths: a case for each
+OTHER_PATHS: dict[str, Case] = {
+    "evaluate:composition": (toy.build, lambda t, m, _: probes.evaluate(
+        m, tasks.repeated_prompts(t, N, seed=2), Composition((0, 2), (1, 2), "k"), direction="noising"
+    )),
+    "evaluate:self_update": (toy.build_self_update, lambda t, m, _: probes.evaluate(
+        m, tasks.token_sequences(t, N), probes.SelfUpdate(0)
+    )),
+    "evaluate:depth": (toy.build_depth, lambda t, m, _: probes.evaluate(
+        m, tasks.pronoun_prompts(t, N), probes.ResolutionDepth(layer=1)
+    )),
+}
 
 
 def _takes_a_model(obj: object) -> bool:
@@ -195,9 +203,9 @@ def _run(case: Case, tmp_path: Path, mode: str | None) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", [*CASES, "evaluate:composition"])
+@pytest.mark.parametrize("name", [*CASES, *OTHER_PATHS])
 def test_grads_on_gives_the_frozen_result_and_leaves_the_model_as_it_was(name, mode, tmp_path):
-    case = COMPOSITION if name == "evaluate:composition" else CASES[name]
+    case = OTHER_PATHS.get(name) or CASES[name]
     if name not in _REFERENCE:
         _REFERENCE[name] = _run(case, tmp_path / "frozen", None)
     expected = _REFERENCE[name]

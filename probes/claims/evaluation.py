@@ -27,6 +27,7 @@ from probes.claims.estimation import (
     split_groups,
     task_estimates,
 )
+from probes.claims.essay import EssayClaim
 from probes.claims.gathering import EvidenceContext, Gathered, gather
 from probes.claims.types import (
     Claim,
@@ -189,7 +190,7 @@ def evaluate_composition(
 def evaluate(
     model: HookedModel,
     prompts: PromptSet,
-    claim: Claim | Composition,
+    claim: Claim | Composition | EssayClaim,
     thresholds: Thresholds = Thresholds(),
     *,
     probe_table: pd.DataFrame | None = None,
@@ -204,12 +205,21 @@ def evaluate(
     all heads), the best-supported head is chosen on a discovery split of the groups, and its verdict comes from
     the held-out confirmation groups only (``thresholds.confirm_fraction`` of them; ``probe_table`` then serves
     the screening only, as it was not fitted on the confirmation prompts alone). A :class:`Composition` is
-    settled by path patching (:func:`evaluate_composition`).
+    settled by path patching (:func:`evaluate_composition`); an essay claim (:mod:`probes.claims.essay`:
+    ``SelfUpdate``, ``ResolutionDepth``, ...) by its kind's settling function
+    (:data:`probes.claims.essay_evaluation.SETTLE`; ``probe_table`` and ``direction`` do not apply to it).
 
     ``direction="noising"`` patches corrupt activations into the clean run instead: it asks whether the head is
     *necessary* (e.g. a previous-token head in induction, which cannot restore the answer on its own).
     """
     prompts.check_model(model)
+    from probes.claims.essay_evaluation import SETTLE  # it imports this module's evidence stages
+
+    if not isinstance(claim, (Claim, Composition)):
+        if type(claim) not in SETTLE:
+            raise ProbesError(f"cannot settle a {type(claim).__name__}: claims are Claim, Composition or one of "
+                              f"{', '.join(kind.__name__ for kind in SETTLE)}")
+        return SETTLE[type(claim)](model, prompts, claim, thresholds, seed, family)
     if isinstance(claim, Composition):
         return evaluate_composition(model, prompts, claim, thresholds, direction=direction, seed=seed, family=family)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

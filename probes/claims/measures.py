@@ -7,6 +7,20 @@ gather it: a function of the evidence context (:class:`probes.claims.gathering.E
 value per prompt and head, ``[prompt, layer, head]``. Claims, ``results.json``, the tables and the report all read
 this registry; adding a measure is one :func:`register` call plus its gather function.
 
+Not every quantity is one value per prompt and head. A measure's ``shape`` says what it is:
+
+- ``"prompt layer head"`` (the default): one value per prompt and head, estimated as a mean over groups (or a
+  fraction of the gap); gathered by :class:`probes.claims.evaluation.EvidenceContext` for every head claim;
+- ``"prompt layer"``: a curve over layers, one value per prompt and layer (a probe's per-row correctness at the
+  pronoun's residual stream, a patching effect at the pronoun's ``resid_pre``), estimated per layer over groups
+  with intervals simultaneous over the layers;
+- ``"layer head"``: one statistic per head over many rows (a partial rank correlation over every prompt and
+  position), its interval from resampled groups: it has no per-prompt value to average.
+
+Only ``"prompt layer head"`` measures are gathered for head claims; the other shapes belong to the essay's claim
+kinds (:mod:`probes.claims.essay`), whose settling functions compute them and keep them in
+:attr:`probes.claims.types.ClaimResult.profile` (one row per measure, layer and head).
+
 A measure with ``of_gap=True`` gathers logits and is estimated as a fraction of the clean-corrupt gap: a ratio
 of means whose numerator and denominator are resampled together. Head-level measures that are not a mean over
 prompts (a correlation, a share of groups, the task gap, a probe's selectivity) have ``gather=None``:
@@ -30,6 +44,9 @@ from probes.core.stats import CONFIDENCE, simultaneous_confidence
 Leg = Literal["attention", "causal", "representational", "context"]
 LEGS: tuple[Leg, ...] = ("attention", "causal", "representational", "context")
 Test = Literal["greater", "two-sided"]
+Shape = Literal["prompt layer head", "prompt layer", "layer head"]
+SHAPES: tuple[Shape, ...] = ("prompt layer head", "prompt layer", "layer head")
+PER_HEAD: Shape = "prompt layer head"
 Gather = Callable[[Any], Float[np.ndarray, "prompt layer head"]]
 
 
@@ -47,6 +64,7 @@ class Measure:
     panel: bool = False  # shown as a per-head heatmap in the report (the first of each leg is its headline)
     of_gap: bool = False  # gathered in logits, estimated as a fraction of the mean clean-corrupt gap
     optional: bool = False  # no verdict or sentence reads it: a quick run may skip it (``pattern_patching = false``)
+    shape: Shape = PER_HEAD  # what one value is per: see the module docstring
 
 
 MEASURES: dict[str, Measure] = {}
@@ -57,6 +75,9 @@ def register(measure: Measure) -> Measure:
         raise ValueError(f"measure '{measure.name}' is registered twice")
     if measure.leg not in LEGS:
         raise ValueError(f"measure '{measure.name}' has leg '{measure.leg}'; legs: {', '.join(LEGS)}")
+    if measure.shape not in SHAPES or (measure.gather is not None and measure.shape != PER_HEAD):
+        raise ValueError(f"measure '{measure.name}' has shape '{measure.shape}' (shapes: {', '.join(SHAPES)}); only "
+                         f"'{PER_HEAD}' measures are gathered by the head claims' context")
     MEASURES[measure.name] = measure
     return measure
 
@@ -152,4 +173,56 @@ register(Measure(
 register(Measure(
     "gap_logits", "context", "clean minus corrupt logit difference: the gap every effect is a fraction of",
     "logits",
+))
+
+
+# The essay's claim kinds (probes.claims.essay). SelfUpdate: per head over every (prompt, position) row past the
+# first positions; the head-level row of a layer (head -1) reads the heads' mean self-attention and the block.
+register(Measure(
+    "self_update_correlation", "attention",
+    "partial rank correlation (Spearman, given position) over prompts and positions of the attention a token pays "
+    "itself with the size of the update there (the head's write; for a layer, the block's relative update)",
+    "rank correlation", threshold="correlation", shape="layer head",
+))
+register(Measure(
+    "self_attention", "context", "attention a token pays itself, mean over prompts and positions",
+    "attention weight", shape="layer head",
+))
+register(Measure(
+    "sink_attention", "context", "attention a token parks on the first token (the sink), mean over prompts and positions",
+    "attention weight", shape="layer head",
+))
+register(Measure(
+    "update_size", "context",
+    "the head's write ||z W_O|| as it enters the residual stream (post-norm models: the change of the normalised "
+    "sum); for a layer, the block's ||resid_post - resid_pre|| / ||resid_pre||", "norm", shape="layer head",
+))
+register(Measure(
+    "forced_self_update", "causal",
+    "the head's write with its attention forced onto the token itself (its pattern row one-hot there)", "norm",
+    shape="layer head",
+))
+register(Measure(
+    "forced_sink_update", "causal",
+    "the head's write with its attention forced onto the first token (the sink)", "norm", shape="layer head",
+))
+# ResolutionDepth: curves over layers at the src token (and the end)
+register(Measure(
+    "depth_selectivity", "representational",
+    "linear probe accuracy minus control-task accuracy for 'the target is the first-named candidate' at the src "
+    "token's resid_post, per layer", "accuracy difference", threshold="selectivity", shape="prompt layer",
+))
+register(Measure(
+    "depth_accuracy", "context", "that probe's accuracy, per layer (chance: the majority class's share)",
+    "accuracy", shape="prompt layer",
+))
+register(Measure(
+    "depth_patch_src", "causal",
+    "patching resid_pre at the src token from the clean run, per layer: fraction of the clean-corrupt gap moved",
+    "fraction of the mean gap", of_gap=True, shape="prompt layer",
+))
+register(Measure(
+    "depth_patch_end", "causal",
+    "patching resid_pre at the end token from the clean run, per layer: fraction of the clean-corrupt gap moved",
+    "fraction of the mean gap", of_gap=True, shape="prompt layer",
 ))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
+from probes.claims.essay import KINDS, EssayClaim, parse_essay
 from probes.core.errors import ProbesError
 from probes.core.notebook import grid_html, result_html
 from probes.core.stats import Estimate
@@ -51,14 +52,21 @@ class Claim:
         return {"layer": self.head[0], "head": self.head[1]}
 
     @classmethod
-    def parse(cls, text: str) -> Claim:
+    def parse(cls, text: str) -> Claim | EssayClaim:
         """A claim as people write it: ``"7.0: pronoun -> antecedent vs distractor"`` (``vs FOIL`` optional;
-        ``*`` for the head tests every head; ``previous`` as the target is the token before the source)."""
+        ``*`` for the head tests every head; ``previous`` as the target is the token before the source), or one of
+        the essay's claim kinds in its written form (:mod:`probes.claims.essay`: ``"self-update 5"``,
+        ``"depth: pronoun -> antecedent from 6"``, ...)."""
+        essay = parse_essay(text) if isinstance(text, str) else None
+        if essay is not None:
+            return essay
         match = CLAIM_PATTERN.fullmatch(text.strip()) if isinstance(text, str) else None
         if match is None:
+            forms = "; ".join(kind.FORM for kind in KINDS)
             raise ProbesError(
                 f"claim {text!r} is not 'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]', "
-                "e.g. '7.0: pronoun -> antecedent vs distractor' (roles are prompt role names; '*' for every head)"
+                "e.g. '7.0: pronoun -> antecedent vs distractor' (roles are prompt role names; '*' for every head), "
+                f"nor an essay claim ({forms})"
             )
         layer, head, src, dst, foil = match.groups()
         return cls(None if layer is None else (int(layer), int(head)), src, dst, foil)
@@ -106,6 +114,8 @@ class Thresholds:
     min_accuracy: float = 0.75  # the task gate: the answer must beat the foil in this share of groups of clean prompts
     min_gap: float = 1.0  # the task gate: the mean clean - corrupt logit difference every effect is a fraction of
     confirm_fraction: float = 0.5  # share of groups held out to confirm a head chosen from data
+    correlation: float = 0.2  # essay claims: a partial rank correlation must lie beyond this (SelfUpdate)
+    selectivity: float = 0.2  # essay claims: a probe's selectivity below this reads "at chance" (ResolutionDepth)
 
 
 def tested_on(selected: bool, discovery: list[int] | None, confirmation: list[int] | None, family: int) -> str:
@@ -125,9 +135,13 @@ class ClaimResult:
     A head chosen from data (``selected``) was ranked on the ``discovery`` prompts and every number of its verdict
     comes from the disjoint ``confirmation`` prompts. ``family``: how many claims were tested together; every
     interval is simultaneous over them (confidence ``1 - alpha / family`` each) and p-values are adjusted for them.
+
+    ``profile`` (essay claims, :mod:`probes.claims.essay`): the evidence that is not one number per claim, tidy:
+    one row per ``measure`` and ``layer`` (and ``head``, -1 for a layer-level row) with ``value``, ``ci_low``,
+    ``ci_high`` (``verdict`` where a row is judged on its own): a curve over layers, a correlation per head.
     """
 
-    claim: Claim | Composition
+    claim: Claim | Composition | EssayClaim
     verdict: Verdict
     sentence: str
     evidence: dict[str, Estimate]
@@ -138,6 +152,7 @@ class ClaimResult:
     discovery: list[int] | None = None
     confirmation: list[int] | None = None
     family: int = 1
+    profile: pd.DataFrame | None = None
 
     @property
     def provenance_note(self) -> str:
@@ -156,7 +171,11 @@ class ClaimResult:
         legs = [leg.measure for leg in (*LEGS, PATH)] + ["gap_logits"]
         numbers = {name: self.evidence[name] for name in legs if name in self.evidence}
         extra = ""
-        if self.heads:
+        if not isinstance(self.claim, (Claim, Composition)):  # an essay claim: its numbers and its profile
+            numbers = dict(self.evidence)
+            if self.profile is not None:
+                extra = self.profile.to_html(index=False, float_format="{:.3g}".format)
+        elif self.heads:
             frame = self.to_frame()
             grid = np.full((frame["layer"].max() + 1, frame["head"].max() + 1), np.nan)
             grid[frame["layer"], frame["head"]] = frame["effect_z"]

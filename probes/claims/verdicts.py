@@ -41,6 +41,8 @@ VERDICTS: dict[Verdict, str] = {
     "does not move it)",
     "inconclusive": "the intervals are too wide to decide with this many groups of prompts, or the model does not do "
     "the task",
+    "not applicable": "the claim's premise does not hold here (an essay claim: e.g. a head whose self-attention does "
+    "not vary, so how its update moves with it cannot be asked)",
 }
 
 
@@ -267,3 +269,69 @@ def composition_sentence(
     held_back = [PATH] if PATH.held_back_by_p(path, t) else []
     sentence += why_not_decided(ev, t, held_back)
     return f"{sentence} [{scope}]: {verdict}"
+
+
+# The essay's claim kinds (probes.claims.essay): each has one rule, on one measure's interval.
+
+
+def decide_self_update(rho: Estimate, varies: bool, t: Thresholds) -> Verdict:
+    """"Attending to itself, a token changes little": the partial rank correlation of self-attention with the
+    update (given position) must lie below ``-t.correlation``; it fails when its interval lies wholly above."""
+    if not varies:
+        return "not applicable"
+    if rho.n is not None and rho.n < t.min_prompts:
+        return "inconclusive"
+    if rho.ci_high < -t.correlation:
+        return "supported"
+    return "refuted" if rho.ci_low > -t.correlation else "inconclusive"
+
+
+def overall_self_update(verdicts: list[Verdict]) -> Verdict:
+    """The sentence over every layer is universal: refuted by one layer that refutes it, supported when every
+    layer it applies to supports it, not applicable when it applies to none."""
+    applicable = [v for v in verdicts if v != "not applicable"]
+    if not applicable:
+        return "not applicable"
+    if "refuted" in applicable:
+        return "refuted"
+    return "supported" if all(v == "supported" for v in applicable) else "inconclusive"
+
+
+def depth_state(selectivity: Estimate, t: Thresholds) -> str:
+    """One layer of the probe curve: ``reads`` (interval above 0: above chance), ``at chance`` (interval below
+    ``t.selectivity``) or ``undecided``."""
+    if selectivity.ci_low > 0:
+        return "reads"
+    return "at chance" if selectivity.ci_high < t.selectivity else "undecided"
+
+
+def decide_depth(states: list[str], depth: int | None, n_groups: int, t: Thresholds) -> Verdict:
+    """"Resolved from layer ``depth`` on and not before": supported when every layer from ``depth`` on reads and
+    every layer before it is at chance; refuted when one layer says otherwise on the other side (reads before, or
+    is at chance from ``depth`` on). ``depth`` None (none found on the discovery groups): refuted when no layer
+    reads (the reference is never resolved), else inconclusive."""
+    if n_groups < t.min_prompts:
+        return "inconclusive"
+    if depth is None:
+        return "refuted" if all(s == "at chance" for s in states) else "inconclusive"
+    before, after = states[:depth], states[depth:]
+    if "reads" in before or "at chance" in after:
+        return "refuted"
+    return "supported" if all(s == "reads" for s in after) and all(s == "at chance" for s in before) else "inconclusive"
+
+
+def essay_rule_lines(t: Thresholds) -> list[str]:
+    """The essay claims' rules as sentences, with this run's thresholds filled in."""
+    return [
+        f"Self-update (a token that attends to itself changes little): per head, the partial rank correlation "
+        f"(Spearman, given position, positions from 2 on) of its self-attention with the size of its write; per layer, "
+        f"of the heads' mean self-attention with the block's relative update. Supported when the interval lies below "
+        f"-{t.correlation}, refuted when it lies above, not applicable when the self-attention does not vary, "
+        f"inconclusive otherwise or with fewer than {t.min_prompts} groups; over every layer, one refuting layer "
+        "refutes it and every applicable layer must support it.",
+        f"Resolution depth (the src knows its target from layer L on): a layer reads when the probe's selectivity "
+        f"interval lies above 0 and is at chance when it lies below {t.selectivity}. Supported when every layer from L "
+        "on reads and every layer before L is at chance; refuted when a layer before L reads or one from L on is at "
+        "chance; L chosen from data is the first layer of the final run of reading layers on discovery groups, "
+        "judged on held-out ones (none found: refuted when no held-out layer reads).",
+    ]

@@ -444,6 +444,104 @@ def build_redundant() -> ToyModel:
         reader.W_K[RESID_MARKER, 0] = 1.0
         _plant_sink(reader, 2 * scale, dim=1)  # at SCORE, not SINK_SCORE: an unmarked name's leak is e^-20
         _plant_copy_to_output(reader)
+
+
+# The essay's claims (probes.claims.essay): a self-update model and a resolution-depth model
+
+
+@dataclass(frozen=True)
+class SelfUpdateHeads:
+    """The self-update model's heads (one layer). Both planted heads attend to the token itself or away from it by
+    the query token's identity, so their self-attention varies from token to token:
+
+    * ``sink_writer``, L0H0: self against the ``<bos>`` sink, with a score that differs per token (self-attention
+      spread over ~0.05..0.95); its value reads only the ``<bos>`` token feature, which no self-attended token has.
+      Attending to itself it writes nothing, attending to the sink it writes a lot: "attending to itself, a token
+      changes little" holds, and the token itself does the do-nothing job.
+    * ``copier``, L0H1: names attend to position 1, other tokens to themselves; the value copies the attended token
+      with a per-token size (0.5..1.5, ``<bos>`` zero), so attending to itself it writes as much as elsewhere (the
+      sentence fails) and the sink would be the place that writes nothing.
+    * ``previous``, L0H2: a previous-token head: its self-attention does not vary (always ~0), so the sentence does
+      not apply to it.
+    """
+
+    sink_writer: tuple[int, int] = (0, 0)
+    copier: tuple[int, int] = (0, 1)
+    previous: tuple[int, int] = (0, 2)
+
+
+SELF_DIMS = N_CTX  # query/key dims 0..N_CTX-1 match a position with itself; dim N_CTX is the "elsewhere" score
+
+
+def _plant_self_or_elsewhere(w: _HeadWeights, attn_scale: float, elsewhere: dict[int, float], key_row: int) -> None:
+    """Score SCORE on the token itself (position one-hots matched with themselves) against ``elsewhere[t]`` (by
+    query token ``t``) on the key that carries residual row ``key_row``."""
+    for i in range(N_CTX):
+        w.W_Q[RESID_POSITION.start + i, i] = SCORE * attn_scale
+        w.W_K[RESID_POSITION.start + i, i] = 1.0
+    for token, score in elsewhere.items():
+        w.W_Q[RESID_TOKEN.start + token, SELF_DIMS] = score * attn_scale
+    w.W_K[key_row, SELF_DIMS] = 1.0
+
+
+def build_self_update(seed: int = 0) -> ToyModel:
+    """The self-update model (:class:`SelfUpdateHeads`); ``seed`` draws the per-token sink scores and copy sizes."""
+    model = _blank_model(n_layers=1, n_heads=3)
+    heads = SelfUpdateHeads()
+    gen = torch.Generator().manual_seed(seed)
+    scale = model.cfg.attn_scale
+    with torch.no_grad():
+        _plant_embeddings(model)
+        sink_writer = _head(model, *heads.sink_writer)
+        offsets = (torch.rand(D_VOCAB, generator=gen) * 6 - 3).tolist()  # self-attention ~0.05..0.95
+        _plant_self_or_elsewhere(sink_writer, scale, {t: SCORE + offsets[t] for t in range(D_VOCAB)},
+                                 RESID_TOKEN.start + BOS)
+        sink_writer.W_V[RESID_TOKEN.start + BOS, 0] = 1.0
+        sink_writer.W_O[0, RESID_OUTPUT.start + BOS] = COPY
+        copier = _head(model, *heads.copier)
+        names = range(FEMALE_NAMES.start, MALE_NAMES.stop)
+        _plant_self_or_elsewhere(copier, scale, {t: SCORE + (10 if t in names else -10) for t in range(D_VOCAB)},
+                                 RESID_POSITION.start + 1)
+        sizes = torch.rand(D_VOCAB, generator=gen) + 0.5
+        sizes[BOS] = 0.0
+        copier.W_V[RESID_TOKEN, :D_VOCAB] = torch.diag(sizes)
+        copier.W_O[:D_VOCAB, RESID_OUTPUT] = torch.eye(D_VOCAB)
+        _plant_previous_token(_head(model, *heads.previous), scale)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+@dataclass(frozen=True)
+class DepthHeads:
+    """The resolution-depth model's heads (three layers; every other head is zero): at the pronoun, ``antecedent``
+    (L1H0) attends to the name of the pronoun's gender and copies it into the output block (the answer);
+    ``position`` (L1H1) attends the same way and copies that name's position one-hot into the (otherwise unused)
+    previous-token block, so from layer 1 on the pronoun's residual stream says where its antecedent stood:
+    "the antecedent is the first-named person" becomes linear there, and nowhere before. Built with
+    ``resolves=False``, the position head's OV circuit is zero: the pronoun never knows (only the answer is
+    copied, which is a name, not an order)."""
+
+    antecedent: tuple[int, int] = (1, 0)
+    position: tuple[int, int] = (1, 1)
+    depth: int = 1
+
+
+def build_depth(resolves: bool = True) -> ToyModel:
+    """The resolution-depth model (:class:`DepthHeads`): prompts from
+    :func:`probes.prompts.tasks.toy.pronoun_prompts`."""
+    model = _blank_model(n_layers=3, n_heads=2)
+    heads = DepthHeads()
+    scale = model.cfg.attn_scale
+    with torch.no_grad():
+        _plant_embeddings(model)
+        antecedent = _head(model, *heads.antecedent)
+        _plant_gender_match(antecedent, scale)
+        _plant_copy_to_output(antecedent)
+        position = _head(model, *heads.position)
+        _plant_gender_match(position, scale)
+        if resolves:
+            position.W_V[RESID_POSITION, :N_CTX] = torch.eye(N_CTX)
+            position.W_V[RESID_POSITION.start, :N_CTX] = 0.0  # the <bos> sink copies nothing
+            position.W_O[:N_CTX, RESID_PREVIOUS.start : RESID_PREVIOUS.start + N_CTX] = torch.eye(N_CTX)
     return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
 
 

@@ -12,8 +12,9 @@ import plotly.io as pio
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 
+from probes.claims.essay import ResolutionDepth, SelfUpdate
 from probes.claims.measures import LEGS, interval_level
-from probes.claims.types import ClaimResult
+from probes.claims.types import Claim, ClaimResult
 from probes.claims.verdicts import VERDICTS
 from probes.core.stats import Estimate, level_text
 from probes.run.rundir import Example, RunResults, ci_columns
@@ -30,6 +31,7 @@ VERDICT_COLOURS = {
     "effect_only": "#6f42c1",
     "refuted": "#cf222e",
     "inconclusive": "#6e7781",
+    "not applicable": "#afb8c1",
 }
 def plot_text(s: str) -> str:
     """Text for plotly labels, which parse a subset of HTML: escape it so tokens like '<b>' show literally."""
@@ -104,7 +106,7 @@ def claimed_heads(claims: list[ClaimResult]) -> dict[str, list[tuple[int, int]]]
     """Claimed heads grouped by verdict (a head claimed twice counts under its first claim's verdict)."""
     seen: dict[tuple[int, int], str] = {}
     for result in claims:
-        head = getattr(result.claim, "head", None)
+        head = result.claim.head if isinstance(result.claim, Claim) else None
         if head is not None:
             seen.setdefault(head, result.verdict)
     return {v: [h for h, verdict in seen.items() if verdict == v] for v in VERDICTS if v in seen.values()}
@@ -355,3 +357,85 @@ def position_content_figure(heads: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title="content share (follows the token when moved)", zeroline=True)
     fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 20, "b": 50}, legend={"orientation": "h", "y": 1.08})
     return fig
+
+
+# The essay's claims (probes.claims.essay): one small panel per claim, drawn from its profile
+
+
+def _profile_rows(result: ClaimResult, measure: str) -> pd.DataFrame:
+    profile = result.profile if result.profile is not None else pd.DataFrame(columns=["measure"])
+    return profile[profile["measure"] == measure]
+
+
+def _unit_name(layer: int, head: int) -> str:
+    return f"{layer} (layer)" if head < 0 else f"{layer}.{head}"
+
+
+def self_update_figure(result: ClaimResult) -> go.Figure:
+    """Per head (and per layer): the partial rank correlation of self-attention with the update, with its interval,
+    coloured by verdict, beside ``-threshold``; and each head's write forced onto itself and onto the sink."""
+    rho = _profile_rows(result, "self_update_correlation")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+        "partial rank correlation: self-attention vs update, given position",
+        "write forced onto the token itself / onto the sink"))
+    names = [_unit_name(layer, head) for layer, head in zip(rho["layer"], rho["head"])]
+    for verdict in VERDICTS:
+        mine = (rho["verdict"] == verdict).to_numpy()
+        if mine.any():
+            part = rho[mine]
+            fig.add_trace(go.Scatter(
+                x=part["value"], y=[n for n, m in zip(names, mine) if m], mode="markers", name=verdict,
+                marker=dict(color=VERDICT_COLOURS[verdict], size=9),
+                error_x=dict(type="data", symmetric=False, array=part["ci_high"] - part["value"],
+                             arrayminus=part["value"] - part["ci_low"]),
+                hovertemplate="%{y}: %{x:+.2f}<extra></extra>",
+            ), row=1, col=1)
+    fig.add_vline(x=-result.thresholds.correlation, line_dash="dot", line_color="rgba(90,100,115,0.6)", row=1, col=1)
+    fig.add_vline(x=0, line_color="rgba(90,100,115,0.9)", row=1, col=1)
+    for measure, colour, label in (("forced_self_update", "#0969da", "onto itself"),
+                                   ("forced_sink_update", "#8250df", "onto the sink")):
+        part = _profile_rows(result, measure)
+        fig.add_trace(go.Scatter(
+            x=part["value"], y=[_unit_name(layer, head) for layer, head in zip(part["layer"], part["head"])],
+            mode="markers", name=label, marker=dict(color=colour, size=8, symbol="diamond"),
+            error_x=dict(type="data", symmetric=False, array=part["ci_high"] - part["value"],
+                         arrayminus=part["value"] - part["ci_low"]),
+            hovertemplate="%{y} " + label + ": %{x:.3g}<extra></extra>",
+        ), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title="rank correlation", row=1, col=1)
+    fig.update_xaxes(title="norm of the head's write", row=1, col=2)
+    fig.update_layout(height=160 + 22 * len(names), margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+DEPTH_CURVES = (
+    ("depth_selectivity", "#1a7f37", "probe selectivity (first-named)"),
+    ("depth_patch_src", "#0969da", "patching resid_pre at the source"),
+    ("depth_patch_end", "#8250df", "patching resid_pre at the end"),
+)
+
+
+def depth_figure(result: ClaimResult) -> go.Figure:
+    """The three curves over layers with their intervals: the probe's selectivity (what the verdict reads) and
+    the two patching curves (fractions of the clean-corrupt gap) beside it; the claimed depth as a line."""
+    fig = go.Figure()
+    for measure, colour, label in DEPTH_CURVES:
+        part = _profile_rows(result, measure)
+        fig.add_trace(go.Scatter(
+            x=part["layer"], y=part["value"], mode="lines+markers", name=label, line=dict(color=colour),
+            error_y=dict(type="data", symmetric=False, array=part["ci_high"] - part["value"],
+                         arrayminus=part["value"] - part["ci_low"]),
+            hovertemplate="layer %{x}: %{y:+.2f}<extra>" + label + "</extra>",
+        ))
+    fig.add_hline(y=0, line_color="rgba(90,100,115,0.9)")
+    fig.add_hline(y=result.thresholds.selectivity, line_dash="dot", line_color="rgba(90,100,115,0.6)")
+    depth = getattr(result.claim, "layer", None)
+    if depth is not None:
+        fig.add_vline(x=depth - 0.5, line_dash="dash", line_color=VERDICT_COLOURS[result.verdict])
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=40), xaxis_title="layer",
+                      yaxis_title="selectivity / fraction of the gap")
+    return fig
+
+
+ESSAY_PANELS = {SelfUpdate: self_update_figure, ResolutionDepth: depth_figure}  # C and D add theirs here

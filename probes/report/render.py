@@ -19,13 +19,14 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from probes.claims.measures import MEASURES, interval_level, thresholds_by_measure
-from probes.claims.types import ClaimResult, Composition, Thresholds
+from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import LEGS, PATH, VERDICTS
 from probes.core.errors import ProbesError
 from probes.core.io import write_text
 from probes.core.notebook import number as fmt
 from probes.core.stats import Estimate, level_text, simultaneous_confidence
 from probes.report.figures import (
+    ESSAY_PANELS,
     VERDICT_COLOURS,
     claimed_heads,
     composition_figure,
@@ -141,13 +142,22 @@ def selection(result: ClaimResult) -> str:
     return f"selected, confirmed on {len(result.confirmation)} held-out prompts"
 
 
+def claim_label(result: ClaimResult) -> str:
+    """A claim's name in the answer table (and, for an essay claim, above its sentence)."""
+    claim = result.claim
+    if isinstance(claim, Composition):
+        return claim.head_name
+    if isinstance(claim, Claim):
+        return f"{claim.head_name.removeprefix('head ')}: {claim.src} → {claim.dst}"
+    return f"essay: {claim}"
+
+
 def answer_rows(claims: list[ClaimResult]) -> list[Row]:
     columns = leg_columns()
     return [
         Row(
             f"claim-{i}",
-            result.claim.head_name if isinstance(result.claim, Composition) else
-            f"{result.claim.head_name.removeprefix('head ')}: {result.claim.src} → {result.claim.dst}",
+            claim_label(result),
             result.verdict,
             [next((result.evidence[m] for m in measures if m in result.evidence), None) for _, measures in columns],
             selection(result),
@@ -190,6 +200,9 @@ def render_html(run: RunResults) -> str:
         figures.append(figure_spec("fig-position-content", position_content_figure(mapped)))
         position_content = {"mapped": len(mapped), "left_out": left_out,
                             "thresholds": run.position_content_thresholds}
+    essay = [ESSAY_PANELS.get(type(result.claim)) for result in run.claims]
+    figures += [figure_spec(f"fig-claim-{i}", panel(result)) for i, (panel, result) in enumerate(zip(essay, run.claims))
+                if panel is not None]
     columns, rows = prompt_table(run.prompts)
     return environment().get_template("report.html.j2").render(
         run=run,
@@ -201,6 +214,8 @@ def render_html(run: RunResults) -> str:
         gate_level=level_text(interval_level("gap_logits", alpha, len(run.heads))),
         screening_level=level_text(interval_level("attention", alpha, len(run.heads))),
         answer=answer_rows(run.claims),
+        claim_labels=[claim_label(result) for result in run.claims],
+        essay_panels=[panel is not None for panel in essay],
         leg_names=[name for name, _ in leg_columns()],
         patched_in=PATCHED_IN[run.direction],
         panels=panels,

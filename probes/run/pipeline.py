@@ -28,7 +28,9 @@ from probes.claims.evaluation import evaluate, judge, select_and_confirm
 from probes.claims.gathering import EvidenceContext, gather
 from probes.claims.measures import MEASURES
 from probes.claims.types import Claim, ClaimResult, Composition, Thresholds, claims_frame
-from probes.claims.verdicts import PATH, rule_lines
+from probes.claims.essay import KINDS as ESSAY_KINDS
+from probes.claims.essay import EssayClaim
+from probes.claims.verdicts import PATH, essay_rule_lines, rule_lines
 from probes.core.errors import ProbesError
 from probes.evidence import probing
 from probes.evidence.activations import ALL_POSITIONS, harvest
@@ -85,16 +87,19 @@ def _selectors(spec: AnalysisSpec) -> list[tuple[str, int]]:
 
 
 def _head_of(selector, spec: AnalysisSpec):
-    """A selector or head as is; a written claim's head when its roles are the spec's, else None."""
+    """A selector or head as is; a written claim's head when its roles are the spec's, else None (also for an
+    essay claim, which names no head of the spec's claim)."""
+    if isinstance(selector, ESSAY_KINDS):
+        return None
     if not isinstance(selector, Claim):
         return selector
     return selector.head if (selector.src, selector.dst, selector.foil) == (spec.src, spec.dst, spec.foil) else None
 
 
-def _own_claims(spec: AnalysisSpec) -> list[Claim]:
-    """Written claims about other roles than the spec's: each is settled on its own, on every prompt."""
+def _own_claims(spec: AnalysisSpec) -> list[Claim | EssayClaim]:
+    """Written claims about other roles than the spec's, and essay claims: each is settled on its own."""
     parsed = [parse_selector(item, "claims") for item in spec.claims]
-    return [c for c in parsed if isinstance(c, Claim) and _head_of(c, spec) is None]
+    return [c for c in parsed if isinstance(c, ESSAY_KINDS) or (isinstance(c, Claim) and _head_of(c, spec) is None)]
 
 
 def probe_targets(spec: AnalysisSpec, prompts: PromptSet) -> tuple[list[str], list[str]]:
@@ -161,6 +166,8 @@ def _per_prompt_table(results: list[ClaimResult]) -> pd.DataFrame | None:
     and name the path in ``path`` (two paths may share a receiver); a head claim's ``path`` is empty."""
     frames = []
     for r in results:
+        if isinstance(r.claim, ESSAY_KINDS):  # its evidence is in its profile, not per prompt
+            continue
         if isinstance(r.claim, Composition):
             (layer, head), path, kept = r.claim.receiver, r.claim.head_name, {PATH.measure}
         else:
@@ -259,7 +266,7 @@ def run_analysis(
         family = besides + len(confirmed)
         claimed = judge(claim, gathered, named, family=family, **options) + confirmed
         chosen = named + [r.claim.head for r in confirmed]
-        with stage("claims with their own roles, compositions"):
+        with stage("claims with their own roles, essay claims, compositions"):
             claimed += [evaluate(model, prompts, c, family=family, **options) for c in own]
             for item in spec.compositions:
                 claimed.append(evaluate(model, prompts, parse_composition(item, "compositions"), thresholds,
@@ -283,7 +290,8 @@ def run_analysis(
         evidence={name: m for name, m in MEASURES.items() if name in heads_table.columns},
         baseline=baseline,
         claims=claimed,
-        verdict_rule=rule_lines(thresholds),
+        verdict_rule=rule_lines(thresholds) + (essay_rule_lines(thresholds) if any(
+            isinstance(c, ESSAY_KINDS) for c in own) else []),
         examples=examples,
         probes=probes_table,
         per_prompt=_per_prompt_table(claimed),

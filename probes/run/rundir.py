@@ -46,7 +46,10 @@ that every file is this run's: the run id the file itself carries where it can c
 Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. ``verdict`` is one of ``VERDICTS``;
 ``thresholds`` are the fields of :class:`probes.claims.types.Thresholds`; ``head`` is ``null`` for a claim about no
 single head. A composition claim has ``"kind": "composition"`` and ``sender``, ``receiver`` ([layer, head]) and
-``via`` (q, k or v) in place of head and roles. ``examples`` hold attention patterns of a few heads on a few prompts
+``via`` (q, k or v) in place of head and roles. An essay claim (:mod:`probes.claims.essay`) has its kind's
+``KIND`` (``"self_update"``: ``layer``, ``head``; ``"depth"``: ``src``, ``target``, ``layer``; null where the claim
+leaves it open) and ``profile``: the rows of ``ClaimResult.profile`` (``measure``, ``layer``, ``head``, ``value``,
+``ci_low``, ``ci_high``, ``verdict``), its curves over layers and per-head statistics. ``examples`` hold attention patterns of a few heads on a few prompts
 (``patterns["L.H"][query][key]``, ``prompt`` indexes ``prompts.jsonl``, ``roles`` marks token positions).
 
 Tables (each ``.parquet`` for pandas, plus ``.csv`` for people and spreadsheets where noted):
@@ -85,7 +88,8 @@ import jsonschema
 import jsonschema.exceptions
 import pandas as pd
 
-from probes.claims.measures import LEGS, Measure
+from probes.claims.essay import BY_KIND as ESSAY_KINDS
+from probes.claims.measures import LEGS, SHAPES, Measure
 from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
 from probes.claims.verdicts import VERDICTS
 from probes.core.errors import ProbesError
@@ -178,7 +182,8 @@ class RunResults:
             self._require_heads_in_model(self.position_content, "position_content")
         for result in self.claims:
             c = result.claim
-            named = [c.sender, c.receiver] if isinstance(c, Composition) else [c.head] if c.head is not None else []
+            named = ([c.sender, c.receiver] if isinstance(c, Composition) else
+                     [c.head] if isinstance(c, Claim) and c.head is not None else [])
             if named:
                 self._require_heads_in_model(pd.DataFrame(named, columns=["layer", "head"]), "claims")
             if result.verdict not in VERDICTS:
@@ -211,8 +216,12 @@ def claim_to_dict(result: ClaimResult) -> dict:
     c = result.claim
     if isinstance(c, Composition):
         named = {"kind": "composition", "sender": c.sender, "receiver": c.receiver, "via": c.via}
-    else:
+    elif isinstance(c, Claim):
         named = {"kind": "attention", "head": c.head, "src": c.src, "dst": c.dst, "foil": c.foil}
+    else:  # an essay claim: its own fields, and the profile behind its verdict
+        named = {"kind": c.KIND, **c.to_dict()}
+        if result.profile is not None:
+            named["profile"] = result.profile.to_dict(orient="records")
     return named | {
         "verdict": result.verdict, "sentence": result.sentence,
         "evidence": {k: asdict(v) for k, v in result.evidence.items()}, "thresholds": asdict(result.thresholds),
@@ -224,6 +233,8 @@ def claim_to_dict(result: ClaimResult) -> dict:
 def claim_from_dict(d: dict) -> ClaimResult:
     if d.get("kind") == "composition":
         claim = Composition(_head(d["sender"]), _head(d["receiver"]), d["via"])
+    elif d.get("kind") in ESSAY_KINDS:
+        claim = ESSAY_KINDS[d["kind"]].from_dict(d)
     else:
         claim = Claim(None if d.get("head") is None else _head(d["head"]), d["src"], d["dst"], d.get("foil"))
     return ClaimResult(
@@ -236,6 +247,7 @@ def claim_from_dict(d: dict) -> ClaimResult:
         discovery=d.get("discovery"),
         confirmation=d.get("confirmation"),
         family=int(d.get("family", 1)),
+        profile=pd.DataFrame(d["profile"]) if "profile" in d else None,
     )
 
 
@@ -381,7 +393,7 @@ RESULTS_SCHEMA = {
                 # every stored field of Measure (a flag unless named here), and no other: Measure(**entry) must work
                 "properties": {f.name: {"type": "boolean"} for f in fields(Measure) if f.name not in ("name", "gather")}
                 | {"leg": {"enum": list(LEGS)}, "description": {"type": "string"}, "unit": {"type": "string"},
-                   "test": _nullable("string"), "threshold": _nullable("string")},
+                   "test": _nullable("string"), "threshold": _nullable("string"), "shape": {"enum": list(SHAPES)}},
                 "additionalProperties": False,
             },
         },
@@ -391,8 +403,10 @@ RESULTS_SCHEMA = {
                 "type": "object",
                 "required": ["verdict", "sentence"],
                 "properties": {
-                    "kind": {"enum": ["attention", "composition"]},
-                    "head": {"anyOf": [_HEAD, {"type": "null"}]}, "sender": _HEAD, "receiver": _HEAD,
+                    "kind": {"enum": ["attention", "composition", *ESSAY_KINDS]},
+                    "layer": _nullable("integer"), "target": {"type": "string"},
+                    "profile": {"type": "array", "items": {"type": "object"}},
+                    "head": {"anyOf": [_HEAD, {"type": ["integer", "null"]}]}, "sender": _HEAD, "receiver": _HEAD,
                     "via": {"enum": ["q", "k", "v"]}, "src": {"type": "string"}, "dst": {"type": "string"},
                     "foil": _nullable("string"), "verdict": {"enum": list(VERDICTS)}, "sentence": {"type": "string"},
                     "evidence": _ESTIMATES,
@@ -403,9 +417,12 @@ RESULTS_SCHEMA = {
                     "confirmation": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}},
                     "tested_on": {"type": "string"},
                 },
-                "if": {"properties": {"kind": {"const": "composition"}}, "required": ["kind"]},
-                "then": {"required": ["sender", "receiver", "via"]},
-                "else": {"required": ["src", "dst"]},
+                "allOf": [
+                    {"if": {"properties": {"kind": {"const": "composition"}}, "required": ["kind"]},
+                     "then": {"required": ["sender", "receiver", "via"]}},
+                    {"if": {"properties": {"kind": {"enum": ["composition", *ESSAY_KINDS]}}, "required": ["kind"]},
+                     "else": {"required": ["src", "dst"]}},
+                ],
             },
         },
         "verdict_rule": {"type": "array", "items": {"type": "string"}},

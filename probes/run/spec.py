@@ -13,7 +13,8 @@
     foil = "distractor"                # optional; without it, attention is compared with uniform attention
     direction = "denoising"            # or "noising": is the head necessary rather than sufficient
     claims = [[5, 2], "top_attention:3", "top_effect:3"]   # named heads: all prompts; selected: held-out groups
-    # a claim may also be written as people say it: "7.0: pronoun -> antecedent vs distractor"
+    # a claim may also be written as people say it: "7.0: pronoun -> antecedent vs distractor", or be one of the
+    # essay's sentences, settled on its own: "self-update 5", "self-update 5.1", "depth: pronoun -> antecedent from 6"
     compositions = [[[0, 2], [1, 2], "k"]]   # optional: "head 1.2 reads head 0.2 through its keys" (path patching)
     probe_targets = ["antecedent_gender"]   # optional: linear probes on every head's output at `src`
     pattern_patching = true            # patch each head's attention pattern alone (no verdict reads it; a sweep as
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from probes.claims.essay import KINDS as ESSAY_KINDS
+from probes.claims.essay import EssayClaim, parse_essay
 from probes.core.errors import ProbesError
 from probes.models.support import check_model_name
 from probes.prompts.catalogue import TASK_ROLES, TASKS, TEMPLATED
@@ -153,7 +156,9 @@ class AnalysisSpec:
         named = [("src", self.src, False), ("dst", self.dst, True), ("foil", self.foil, False)]
         for item in self.claims:
             claim = parse_selector(item, where)
-            if not isinstance(claim, tuple):
+            if isinstance(claim, ESSAY_KINDS):
+                named += [(f"claim {item!r}", role, False) for role in claim.roles()]
+            elif not isinstance(claim, tuple):
                 named += [(f"claim {item!r}", claim.src, False), (f"claim {item!r}", claim.dst, True),
                           (f"claim {item!r}", claim.foil, False)]
         section = self.position_content or {}  # its src and dst default to the spec's
@@ -236,12 +241,16 @@ def read_toml(path: Path, kind: str, examples: str) -> dict:
         raise ProbesError(f"{path} is not valid TOML: {err}") from None
 
 
-def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Claim:
+def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Claim | EssayClaim:
     """``[L, H]`` -> (L, H) head; ``"top_attention:3"`` -> ("top_attention", 3); a claim as people write it,
     ``"7.0: pronoun -> antecedent vs distractor"`` -> that :class:`Claim` (its own roles, which may differ from
-    the spec's)."""
+    the spec's); an essay claim (``"self-update 5"``, ``"depth: pronoun -> antecedent from 6"``, see
+    :mod:`probes.claims.essay`) -> that claim, settled on its own."""
     if isinstance(item, list) and len(item) == 2 and all(_whole(x) and x >= 0 for x in item):
         return (item[0], item[1])
+    essay = parse_essay(item) if isinstance(item, str) else None
+    if essay is not None:
+        return essay
     if isinstance(item, str) and "->" in item:
         from probes.claims.types import Claim  # only for claims written as sentences: keeps validation light
 
@@ -257,8 +266,8 @@ def parse_selector(item, where: str) -> tuple[str, int] | tuple[int, int] | Clai
         if name in SELECTORS and count.isdecimal() and count.isascii() and int(count) > 0:
             return (name, int(count))
     raise ProbesError(
-        f"{where}: claim {item!r:.80} is neither a head [layer, head], 'top_attention:K' / 'top_effect:K', nor "
-        "'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]'"
+        f"{where}: claim {item!r:.80} is neither a head [layer, head], 'top_attention:K' / 'top_effect:K', "
+        f"'LAYER.HEAD: SOURCE -> TARGET [vs FOIL]', nor an essay claim ({'; '.join(k.FORM for k in ESSAY_KINDS)})"
     )
 
 

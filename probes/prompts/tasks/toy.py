@@ -99,3 +99,13 @@ def marked_name_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -
         torch.tensor(clean), torch.tensor(corrupt), torch.tensor(answer), torch.tensor(foil),
         {"name": torch.tensor(at)}, task="marked_name", labels={"template": at},
     )
+def token_sequences(toy: ToyModel, n: int, seed: int = 0, length: int = 12) -> PromptSet:
+    """``<bos>`` and ``length`` random names and fillers: the self-update model's prompts
+    (:func:`probes.models.toy.build_self_update`). No task: corrupt equals clean, answer and foil are the last two
+    tokens; each prompt is its own group."""
+    check_n(n)
+    rng = random.Random(seed)
+    rows = [[BOS, *rng.choices(list(NON_SPECIAL), k=length)] for _ in range(n)]
+    clean = torch.tensor(rows)
+    return PromptSet.from_tokens(clean, clean.clone(), clean[:, -1], clean[:, -2],
+                                 {"end": torch.full((n,), length)}, task="token_sequences")
