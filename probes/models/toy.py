@@ -373,3 +373,45 @@ def processed(model: tl.HookedTransformer) -> tl.HookedTransformer:
         out.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Query and key (probes.evidence.querykey): a head that matches on gender, one that matches on name identity
+
+
+@dataclass(frozen=True)
+class QueryKeyHeads:
+    """The one-layer query/key model's heads: L0H0's query reads the pronoun's gender and its key the name's gender
+    (the planted direction), and it copies what it attends to; L0H1's query is constant and its key gives each name
+    its own fixed score (name identity, nothing about gender), with a zero OV circuit; L0H2 has small random weights."""
+
+    gender: tuple[int, int] = (0, 0)
+    identity: tuple[int, int] = (0, 1)
+    untouched: tuple[tuple[int, int], ...] = ((0, 2),)
+
+
+def _plant_name_identity(w: _HeadWeights, attn_scale: float, gen: torch.Generator) -> None:
+    """A constant query against one score per name: spread evenly over [0.98, 1.02] x SCORE and dealt to the names
+    by a seeded shuffle, so which name wins depends on which two names a prompt holds, never on their gender."""
+    names = [*FEMALE_NAMES, *MALE_NAMES]
+    scores = torch.linspace(0.98, 1.02, len(names))[torch.randperm(len(names), generator=gen)]
+    w.b_Q[0] = SCORE * attn_scale
+    w.W_K[[RESID_TOKEN.start + t for t in names], 0] = scores
+    _plant_sink(w, attn_scale, dim=1)
+
+
+def build_query_key(seed: int = 0) -> ToyModel:
+    """One layer: a gender-matching head and a name-identity head (see :class:`QueryKeyHeads`); ``seed`` sets the
+    identity head's name scores and the untouched head."""
+    model = _blank_model(n_layers=1, n_heads=3)
+    heads = QueryKeyHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        gender = _head(model, *heads.gender)
+        _plant_gender_match(gender, model.cfg.attn_scale)
+        _plant_copy_to_output(gender)
+        _plant_name_identity(_head(model, *heads.identity), model.cfg.attn_scale, gen)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))

@@ -8,8 +8,11 @@ import torch
 
 from probes.models.toy import AND, BOS, FEMALE_NAMES, FILLERS, HE, MALE_NAMES, NON_SPECIAL, SHE, ToyModel
 from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.counterfactual import NamePools
 from probes.prompts.tasks.random_tokens import induction
 from probes.prompts.tasks.words import check_n
+
+TOY_NAME_POOLS = NamePools(female=tuple(FEMALE_NAMES), male=tuple(MALE_NAMES))  # the toy's names, for name swaps
 
 
 def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) -> PromptSet:

@@ -1,0 +1,101 @@
+"""Name-swap counterfactuals of a pronoun prompt set: the minimal pairs a query/key claim needs.
+
+"The pronoun's query asks for a female name, the name's key offers one" predicts what happens when the names'
+genders change and nothing else does. :func:`gender_swaps` makes, from each clean prompt, two rewrites at the two
+name positions only:
+
+* ``swapped``: each name replaced by a name of the OTHER gender. The pronoun is untouched, so it now refers to the
+  other person: a head that matches on gender must move its attention to the other position;
+* ``same_gender``: each name replaced by another name of the SAME gender (the control). The referent stays: a head
+  matching on gender moves nothing, a head matching on name identity moves as much as under ``swapped``.
+
+Names are single tokens drawn from gendered pools (:func:`name_pools`), so a rewrite never changes a prompt's
+length or any other position. Replacements are dealt by a seeded :class:`~probes.prompts.tasks.words.Deck`, so
+the swaps are deterministic in ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from probes.core.errors import ProbesError
+from probes.models.protocol import HookedModel
+from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.words import (
+    FEMALE_NAMES,
+    MALE_NAMES,
+    Deck,
+    single_tokens,
+    tokenizer_of,
+)
+
+FEATURES = ("gender",)  # the features these rewrites flip
+
+
+@dataclass(frozen=True)
+class NamePools:
+    """Token ids of single-token names of each gender (with their leading space, as they sit mid-text)."""
+
+    female: tuple[int, ...]
+    male: tuple[int, ...]
+
+    def gender_of(self, token: int) -> str | None:
+        return "female" if token in self.female else "male" if token in self.male else None
+
+
+def name_pools(model: HookedModel, task: str = "query/key") -> NamePools:
+    """The task word lists' names that are one token for this model's tokenizer (toy models without a tokenizer:
+    pass :data:`probes.prompts.tasks.toy.TOY_NAME_POOLS`)."""
+    tokenizer = tokenizer_of(model, task)
+
+    def ids(words: list[str]) -> tuple[int, ...]:
+        kept = single_tokens(model, words, task)
+        return tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in kept)
+
+    return NamePools(female=ids(FEMALE_NAMES), male=ids(MALE_NAMES))
+
+
+@dataclass(frozen=True)
+class GenderSwaps:
+    """The clean prompts with both names' genders swapped, and with both names swapped within their gender."""
+
+    swapped: Int[Tensor, "prompt pos"]
+    same_gender: Int[Tensor, "prompt pos"]
+
+
+def check_feature(feature: str) -> None:
+    if feature not in FEATURES:
+        raise ProbesError(
+            f"feature '{feature}' cannot be flipped by these prompts: the name swaps flip {', '.join(FEATURES)} "
+            "(both names' genders swapped, so the pronoun refers to the other person)"
+        )
+
+
+def gender_swaps(prompts: PromptSet, pools: NamePools, dst: str, other: str, seed: int = 0) -> GenderSwaps:
+    """Rewrite the names at roles ``dst`` and ``other`` (which must hold one name of each gender) as the module
+    docstring says; a prompt whose names the pools do not know, or of one gender, is refused with its index."""
+    dst_pos, other_pos = prompts.role(dst), prompts.role(other)
+    rows = torch.arange(len(prompts))
+    names = torch.stack([prompts.clean[rows, dst_pos], prompts.clean[rows, other_pos]], dim=1).tolist()
+    genders = [[pools.gender_of(t) for t in pair] for pair in names]
+    for i, pair in enumerate(genders):
+        if None in pair or pair[0] == pair[1]:
+            raise ProbesError(
+                f"prompt {i}: feature 'gender' cannot be flipped: roles '{dst}' and '{other}' must hold one "
+                f"single-token name of each gender from the name pools (got genders {pair}); use "
+                "pronoun_resolution prompts"
+            )
+    rng = random.Random(seed)
+    decks = {"female": Deck(list(pools.female), rng), "male": Deck(list(pools.male), rng)}
+    flip = {"female": "male", "male": "female"}
+    swapped, same = prompts.clean.clone(), prompts.clean.clone()
+    for i, (pair, pair_genders) in enumerate(zip(names, genders)):
+        for pos, token, gender in zip((int(dst_pos[i]), int(other_pos[i])), pair, pair_genders):
+            swapped[i, pos] = decks[flip[gender]].one()
+            same[i, pos] = next(t for t in decks[gender].deal(2) if t != token)
+    return GenderSwaps(swapped=swapped, same_gender=same)
