@@ -61,6 +61,13 @@ _EXPORTS = {
     "ClaimResult": "probes.claims.types",
     "Composition": "probes.claims.types",
     "evaluate": "probes.claims.evaluation",
+    "query_key": "probes.evidence.querykey",
+    "QueryKeyResult": "probes.evidence.querykey",
+    "local_global": "probes.evidence.localglobal",
+    "LocalGlobalResult": "probes.evidence.localglobal",
+    "layer_types": "probes.evidence.localglobal",
+    "QueryKey": "probes.claims.querykey",
+    "LocalGlobal": "probes.claims.localglobal",
 }
 # short names for the stages' most used modules: ``probes.tasks``, ``probes.toy`` (the contract's names) ...
 _SUBMODULES = {
@@ -82,6 +89,8 @@ __all__ = ["ProbesError", *_EXPORTS, *_SUBMODULES]
 if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for type checkers and IDEs
     from probes import claims, evidence, models, prompts, report, run
     from probes.claims.evaluation import evaluate
+    from probes.claims.localglobal import LocalGlobal
+    from probes.claims.querykey import QueryKey
     from probes.claims.types import Claim, ClaimResult, Composition, Thresholds
     from probes.core import stats
     from probes.evidence import patching, probing
@@ -89,6 +98,8 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
     from probes.evidence.attribution import Screening, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import behaviour
+    from probes.evidence.localglobal import LocalGlobalResult, layer_types, local_global
+    from probes.evidence.querykey import QueryKeyResult, query_key
     from probes.evidence.circuits import (
         CircuitGraph, CircuitRunResult, EdgeAblationResult, circuit_graph, edge_ablation, run_circuit,
     )
