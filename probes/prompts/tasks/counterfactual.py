@@ -17,6 +17,7 @@ the swaps are deterministic in ``seed``.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,7 @@ def name_pools(model: HookedModel, task: str = "query/key") -> NamePools:
     pass :data:`probes.prompts.tasks.toy.TOY_NAME_POOLS`)."""
     tokenizer = tokenizer_of(model, task)
 
-    def ids(words: list[str]) -> tuple[int, ...]:
+    def ids(words: Sequence[str]) -> tuple[int, ...]:
         kept = single_tokens(model, words, task)
         return tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in kept)
 
@@ -82,13 +83,15 @@ def gender_swaps(prompts: PromptSet, pools: NamePools, dst: str, other: str, see
     dst_pos, other_pos = prompts.role(dst), prompts.role(other)
     rows = torch.arange(len(prompts))
     names = torch.stack([prompts.clean[rows, dst_pos], prompts.clean[rows, other_pos]], dim=1).tolist()
-    genders = [[pools.gender_of(t) for t in pair] for pair in names]
-    for i, pair in enumerate(genders):
-        if None in pair or pair[0] == pair[1]:
+    genders: list[list[str]] = []
+    for i, pair in enumerate(names):
+        known = [g for g in map(pools.gender_of, pair) if g is not None]
+        genders.append(known)
+        if len(known) < 2 or known[0] == known[1]:
             raise ProbesError(
                 f"prompt {i}: feature 'gender' cannot be flipped: roles '{dst}' and '{other}' must hold one "
-                f"single-token name of each gender from the name pools (got genders {pair}); use "
-                "pronoun_resolution prompts"
+                f"single-token name of each gender from the name pools (got {[pools.gender_of(t) for t in pair]}); "
+                "use pronoun_resolution prompts"
             )
     rng = random.Random(seed)
     decks = {"female": Deck(list(pools.female), rng), "male": Deck(list(pools.male), rng)}
