@@ -27,26 +27,35 @@ from torch import Tensor
 from probes.core.errors import ProbesError
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
-from probes.prompts.tasks.words import (
-    FEMALE_NAMES,
-    MALE_NAMES,
-    Deck,
-    single_tokens,
-    tokenizer_of,
-)
+from probes.prompts.tasks.words import FEMALE_NAMES, MALE_NAMES, Deck, tokenizer_of
 
 FEATURES = ("gender",)  # the features these rewrites flip
 
 
 @dataclass(frozen=True)
 class NamePools:
-    """Token ids of single-token names of each gender (with their leading space, as they sit mid-text)."""
+    """Token ids of single-token names of each gender: with their leading space, as they sit mid-text, and bare
+    (``*_bare``), as a name opening the text is tokenised. A name is replaced by one of the same form."""
 
     female: tuple[int, ...]
     male: tuple[int, ...]
+    female_bare: tuple[int, ...] = ()
+    male_bare: tuple[int, ...] = ()
+
+    def pool(self, gender: str, bare: bool) -> tuple[int, ...]:
+        return getattr(self, f"{gender}_bare" if bare else gender)
+
+    def form_of(self, token: int) -> tuple[str, bool] | None:
+        """(gender, bare) of a name token, None for any other token."""
+        for gender in ("female", "male"):
+            for bare in (False, True):
+                if token in self.pool(gender, bare):
+                    return gender, bare
+        return None
 
     def gender_of(self, token: int) -> str | None:
-        return "female" if token in self.female else "male" if token in self.male else None
+        form = self.form_of(token)
+        return None if form is None else form[0]
 
 
 def name_pools(model: HookedModel, task: str = "query/key") -> NamePools:
@@ -54,11 +63,12 @@ def name_pools(model: HookedModel, task: str = "query/key") -> NamePools:
     pass :data:`probes.prompts.tasks.toy.TOY_NAME_POOLS`)."""
     tokenizer = tokenizer_of(model, task)
 
-    def ids(words: Sequence[str]) -> tuple[int, ...]:
-        kept = single_tokens(model, words, task)
-        return tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in kept)
+    def ids(words: Sequence[str], prefix: str) -> tuple[int, ...]:
+        encoded = tokenizer([prefix + w for w in dict.fromkeys(words)], add_special_tokens=False)["input_ids"]
+        return tuple(ids[0] for ids in encoded if len(ids) == 1)
 
-    return NamePools(female=ids(FEMALE_NAMES), male=ids(MALE_NAMES))
+    return NamePools(female=ids(FEMALE_NAMES, " "), male=ids(MALE_NAMES, " "), female_bare=ids(FEMALE_NAMES, ""),
+                     male_bare=ids(MALE_NAMES, ""))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,22 +93,22 @@ def gender_swaps(prompts: PromptSet, pools: NamePools, dst: str, other: str, see
     dst_pos, other_pos = prompts.role(dst), prompts.role(other)
     rows = torch.arange(len(prompts))
     names = torch.stack([prompts.clean[rows, dst_pos], prompts.clean[rows, other_pos]], dim=1).tolist()
-    genders: list[list[str]] = []
+    forms: list[list[tuple[str, bool]]] = []
     for i, pair in enumerate(names):
-        known = [g for g in map(pools.gender_of, pair) if g is not None]
-        genders.append(known)
-        if len(known) < 2 or known[0] == known[1]:
+        known = [f for f in map(pools.form_of, pair) if f is not None]
+        forms.append(known)
+        if len(known) < 2 or known[0][0] == known[1][0]:
             raise ProbesError(
                 f"prompt {i}: feature 'gender' cannot be flipped: roles '{dst}' and '{other}' must hold one "
                 f"single-token name of each gender from the name pools (got {[pools.gender_of(t) for t in pair]}); "
                 "use pronoun_resolution prompts"
             )
     rng = random.Random(seed)
-    decks = {"female": Deck(list(pools.female), rng), "male": Deck(list(pools.male), rng)}
+    decks = {(g, bare): Deck(list(pools.pool(g, bare)), rng) for g in ("female", "male") for bare in (False, True)}
     flip = {"female": "male", "male": "female"}
     swapped, same = prompts.clean.clone(), prompts.clean.clone()
-    for i, (pair, pair_genders) in enumerate(zip(names, genders)):
-        for pos, token, gender in zip((int(dst_pos[i]), int(other_pos[i])), pair, pair_genders):
-            swapped[i, pos] = decks[flip[gender]].one()
-            same[i, pos] = next(t for t in decks[gender].deal(2) if t != token)
+    for i, (pair, pair_forms) in enumerate(zip(names, forms)):
+        for pos, token, (gender, bare) in zip((int(dst_pos[i]), int(other_pos[i])), pair, pair_forms):
+            swapped[i, pos] = decks[flip[gender], bare].one()
+            same[i, pos] = next(t for t in decks[gender, bare].deal(2) if t != token)
     return GenderSwaps(swapped=swapped, same_gender=same)
