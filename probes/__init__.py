@@ -75,6 +75,13 @@ _EXPORTS = {
     "SelfUpdate": "probes.claims.essay",
     "ResolutionDepth": "probes.claims.essay",
     "evaluate": "probes.claims.evaluation",
+    "query_key": "probes.evidence.querykey",
+    "QueryKeyResult": "probes.evidence.querykey",
+    "local_global": "probes.evidence.localglobal",
+    "LocalGlobalResult": "probes.evidence.localglobal",
+    "layer_types": "probes.evidence.localglobal",
+    "QueryKey": "probes.claims.querykey",
+    "LocalGlobal": "probes.claims.localglobal",
 }
 # short names for the stages' most used modules: ``probes.tasks``, ``probes.toy`` (the contract's names) ...
 _SUBMODULES = {
@@ -97,6 +104,8 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes import claims, evidence, models, prompts, report, run
     from probes.claims.essay import ResolutionDepth, SelfUpdate
     from probes.claims.evaluation import evaluate
+    from probes.claims.localglobal import LocalGlobal
+    from probes.claims.querykey import QueryKey
     from probes.claims.types import Claim, ClaimResult, Composition, Thresholds, Verdict
     from probes.core import stats
     from probes.evidence import patching, probing
@@ -104,6 +113,8 @@ if TYPE_CHECKING:  # the same names as _EXPORTS and _SUBMODULES, eagerly, for ty
     from probes.evidence.attention import head_score_samples, head_scores, norm_weighted_attention, role_attention
     from probes.evidence.attribution import Screening, ScreeningResult, attribute_heads, screen_then_verify
     from probes.evidence.behaviour import BehaviourResult, behaviour
+    from probes.evidence.localglobal import LocalGlobalResult, layer_types, local_global
+    from probes.evidence.querykey import QueryKeyResult, query_key
     from probes.evidence.circuits import (
         CircuitGraph, CircuitResult, CircuitRunResult, EdgeAblationResult, EdgeScores, circuit_graph, edge_ablation,
         edge_attribution, find_circuit, run_circuit,

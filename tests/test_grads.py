@@ -113,6 +113,14 @@ CASES: dict[str, Case] = {
                                      n_boot=50),
     ),
     "evaluate": (toy.build, lambda t, m, _: probes.evaluate(m, _pronouns(t), CLAIM)),
+    "query_key": (
+        toy.build_query_key,
+        lambda t, m, _: probes.query_key(m, tasks.pronoun_prompts(t, 48), (0, 0), pools=tasks.toy.TOY_NAME_POOLS),
+    ),
+    "local_global": (
+        toy.build_local_global, lambda t, m, _: probes.local_global(m, tasks.distant_pronoun_prompts(t, N))
+    ),
+    "layer_types": (toy.build_local_global, lambda t, m, _: probes.layer_types(m)),
 }
 # evaluate settles compositions (path patching) and the essay's claims through other paths: a case for each
 OTHER_PATHS: dict[str, Case] = {

@@ -47,6 +47,27 @@ def test_logits_match_plain_hf_model(name, fixture, request):
 
 
 @pytest.mark.real
+def test_gemma_logits_match_plain_hf_model_beyond_the_sliding_window(gemma):
+    """One prompt of ~620 tokens whose antecedent lies beyond Gemma-3's 512-token window: the local layers' masks
+    (and all else) must agree with transformers' on the last positions, whose window no longer holds the names. The
+    HF model is the packaged checkpoint (``packaged_hf_checkpoint``)."""
+    from transformers import AutoModelForCausalLM
+
+    from probes.models.bridge import packaged_hf_checkpoint
+
+    prompts = probes.tasks.distant_pronoun_resolution(gemma, 8, filler_tokens=(600,))
+    tokens = prompts.clean[:1, : int(prompts.end[0]) + 1]
+    assert int(prompts.role("pronoun")[0] - prompts.role("antecedent")[0]) > gemma.cfg.window_size
+    keep = 100
+    hf = AutoModelForCausalLM.from_pretrained(packaged_hf_checkpoint("gemma-3-270m"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(tokens, logits_to_keep=keep).logits[0]
+        resid = gemma(tokens, stop_at_layer=gemma.cfg.n_layers)[:, -keep:]
+        ours = gemma.unembed(gemma.ln_final(resid))[0]
+    assert (ours - theirs).abs().max().item() < 1e-3
+
+
+@pytest.mark.real
 @pytest.mark.parametrize("fixture", ["smollm2", "gemma"])
 def test_ioi_answer_is_top1(fixture, request):
     model = request.getfixturevalue(fixture)

@@ -11,7 +11,12 @@ Hook kinds:
 * ``z``: each head's output before ``W_O`` (the attention-weighted values), ``[row, head, d_head]``;
 * ``result``: each head's contribution to the residual stream, ``z @ W_O[head]``, ``[row, head, d_model]``,
   computed from ``z`` at the gathered rows only (TransformerLens's ``hook_result`` would materialise it at every
-  position of every prompt). The output bias ``b_O`` is shared by the heads, so it belongs to none and is left out.
+  position of every prompt). The output bias ``b_O`` is shared by the heads, so it belongs to none and is left out;
+* ``q`` / ``k``: each head's query / key as the projection makes it (TransformerLens's ``hook_q`` / ``hook_k``),
+  before any query/key norm (Gemma-3's) and before the rotary step (``hook_rot_q`` / ``hook_rot_k`` come after):
+  what a head asks and offers, not yet turned by position. ``q`` is ``[row, head, d_head]``; ``k`` is
+  ``[row, kv_head, d_head]``: in a grouped-query model one key head serves several query heads (Gemma-3-270m:
+  one serves all four), so a probe on ``k`` reads the key head query head ``h`` shares.
 
 On disk, a directory: ``shard-00000.safetensors``... each holding every hook's rows for one batch (stored under
 TransformerLens hook names, e.g. ``blocks.3.attn.hook_z``) plus per-row ``prompt``, ``position``, ``token`` and
@@ -39,14 +44,14 @@ from tqdm import tqdm
 from probes.core.errors import ProbesError
 from probes.core.io import atomic_dir
 from probes.core.memory import batches
-from probes.models.architecture import attention_bytes
+from probes.models.architecture import attention_bytes, n_kv_heads
 from probes.models.frozen import frozen_model
 from probes.models.hooks import HookPoint, get_act_name
 from probes.models.protocol import HookedModel
 from probes.prompts.promptset import PromptSet
 
 RESID_KINDS = ("resid_pre", "resid_post")
-HEAD_KINDS = ("z", "result")
+HEAD_KINDS = ("z", "result", "q", "k")
 HOOK_KINDS = RESID_KINDS + HEAD_KINDS
 ALL_POSITIONS = "all"  # ``at=ALL_POSITIONS``: every real position of every prompt (0..end), e.g. previous token
 MANIFEST = "manifest.json"
@@ -120,7 +125,7 @@ def _harvest_batch(
     by_source: dict[str, list[tuple[str, int]]] = {}
     for layer in layers:
         for kind in kinds:
-            source = hook_name("z" if kind in HEAD_KINDS else kind, layer)
+            source = hook_name("z" if kind == "result" else kind, layer)
             by_source.setdefault(source, []).append((kind, layer))
 
     def gather(act: Tensor, hook: HookPoint) -> None:
@@ -142,7 +147,7 @@ def hook_shape(model: HookedModel, kind: str) -> list[int]:
     """The shape of one stored row of a hook kind (as the module docstring lists them)."""
     cfg = model.cfg
     return {"resid_pre": [cfg.d_model], "resid_post": [cfg.d_model], "z": [cfg.n_heads, cfg.d_head],
-            "result": [cfg.n_heads, cfg.d_model]}[kind]
+            "result": [cfg.n_heads, cfg.d_model], "q": [cfg.n_heads, cfg.d_head], "k": [n_kv_heads(model), cfg.d_head]}[kind]
 
 
 def harvest_bytes(

@@ -584,3 +584,105 @@ def processed(model: tl.HookedTransformer) -> tl.HookedTransformer:
         out.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Query and key (probes.evidence.querykey): a head that matches on gender, one that matches on name identity
+
+
+@dataclass(frozen=True)
+class QueryKeyHeads:
+    """The one-layer query/key model's heads: L0H0's query reads the pronoun's gender and its key the name's gender
+    (the planted direction), and it copies what it attends to; L0H1's query is constant and its key gives each name
+    its own fixed score (name identity, nothing about gender), with a zero OV circuit; L0H2 has small random weights."""
+
+    gender: tuple[int, int] = (0, 0)
+    identity: tuple[int, int] = (0, 1)
+    untouched: tuple[tuple[int, int], ...] = ((0, 2),)
+
+
+def _plant_name_identity(w: _HeadWeights, attn_scale: float, gen: torch.Generator) -> None:
+    """A constant query against one score per name: spread evenly over [0.98, 1.02] x SCORE and dealt to the names
+    by a seeded shuffle, so which name wins depends on which two names a prompt holds, never on their gender."""
+    names = [*FEMALE_NAMES, *MALE_NAMES]
+    scores = torch.linspace(0.98, 1.02, len(names))[torch.randperm(len(names), generator=gen)]
+    w.b_Q[0] = SCORE * attn_scale
+    w.W_K[[RESID_TOKEN.start + t for t in names], 0] = scores
+    _plant_sink(w, attn_scale, dim=1)
+
+
+def build_query_key(seed: int = 0) -> ToyModel:
+    """One layer: a gender-matching head and a name-identity head (see :class:`QueryKeyHeads`); ``seed`` sets the
+    identity head's name scores and the untouched head."""
+    model = _blank_model(n_layers=1, n_heads=3)
+    heads = QueryKeyHeads()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        gender = _head(model, *heads.gender)
+        _plant_gender_match(gender, model.cfg.attn_scale)
+        _plant_copy_to_output(gender)
+        _plant_name_identity(_head(model, *heads.identity), model.cfg.attn_scale, gen)
+        for layer, head in heads.untouched:
+            _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local and global layers (probes.evidence.localglobal): long links through a global layer, or a local relay
+
+LOCAL_WINDOW = 4  # keys a local query sees, itself included: pronoun prompts with 3 fillers put both names beyond it
+
+
+@dataclass(frozen=True)
+class LocalGlobalHeads:
+    """The three-layer local/global model (layers local, local, global; window ``LOCAL_WINDOW``). Direct: L2H0 is
+    the antecedent head (gender match, copy), in the global layer. Relay: L0H0 at every position collects the names
+    within its window (token class) into the previous-token block; at the pronoun L1H0 (" she") and L1H1 (" he")
+    attend to positions holding a name of the pronoun's gender there and copy it out; the global layer holds only
+    small random heads. Every other head has small random weights."""
+
+    antecedent: tuple[int, int] | None
+    relay: tuple[tuple[int, int], ...]
+
+
+def _plant_relay_reader(w: _HeadWeights, attn_scale: float, names: range, sign: float) -> None:
+    """At a pronoun of gender ``sign`` (+1 she, -1 he), attend to positions whose previous-token block holds a name
+    of ``names`` (half a name's weight is enough to beat the sink) and copy that name into the output block."""
+    w.W_Q[RESID_PRONOUN_GENDER, 0] = sign * 2 * SCORE * attn_scale
+    for t in names:
+        w.W_K[RESID_PREVIOUS.start + t, 0] = 1.0
+        w.W_V[RESID_PREVIOUS.start + t, t] = 1.0
+        w.W_O[t, RESID_OUTPUT.start + t] = COPY
+    _plant_sink(w, attn_scale, dim=D_VOCAB)
+
+
+def build_local_global(relay: bool = False, seed: int = 0) -> ToyModel:
+    """Three layers, the first two local (window ``LOCAL_WINDOW``) and the last global; the antecedent reaches the
+    pronoun through the global layer's long link (``relay=False``) or through two local hops (``relay=True``), as
+    :class:`LocalGlobalHeads` says. ``seed`` sets the untouched heads."""
+    model = _blank_model(n_layers=3, n_heads=2, use_local_attn=True, attn_types=["local", "local", "global"],
+                         window_size=LOCAL_WINDOW)  # fmt: skip
+    heads = LocalGlobalHeads(antecedent=None if relay else (2, 0), relay=((0, 0), (1, 0), (1, 1)) if relay else ())
+    planted = set(heads.relay) | ({heads.antecedent} if heads.antecedent else set())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        _plant_embeddings(model)
+        if heads.antecedent is not None:
+            antecedent = _head(model, *heads.antecedent)
+            _plant_gender_match(antecedent, model.cfg.attn_scale)
+            _plant_copy_to_output(antecedent)
+        else:
+            collector = _head(model, 0, 0)
+            _plant_token_class(collector, model.cfg.attn_scale, range(FEMALE_NAMES.start, MALE_NAMES.stop))
+            eye = torch.eye(D_VOCAB)
+            eye[BOS, BOS] = 0.0
+            collector.W_V[RESID_TOKEN, :D_VOCAB] = eye
+            collector.W_O[:D_VOCAB, RESID_PREVIOUS] = torch.eye(D_VOCAB)
+            _plant_relay_reader(_head(model, 1, 0), model.cfg.attn_scale, FEMALE_NAMES, 1.0)
+            _plant_relay_reader(_head(model, 1, 1), model.cfg.attn_scale, MALE_NAMES, -1.0)
+        for layer in range(3):
+            for head in range(2):
+                if (layer, head) not in planted:
+                    _plant_untouched(_head(model, layer, head), gen)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))

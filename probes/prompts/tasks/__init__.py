@@ -28,12 +28,16 @@ from probes.prompts.tasks.pronoun import pronoun_max_distinct, pronoun_resolutio
 from probes.prompts.tasks.random_tokens import (
     RANDOM_SHAPES, class_pool, induction, ordinary_token_ids, previous_token, random_max_distinct,
 )
-from probes.prompts.tasks.toy import marked_name_prompts, pronoun_prompts, repeated_prompts, token_sequences
+from probes.prompts.tasks.distant import distant_pronoun_resolution
+from probes.prompts.tasks.toy import (
+    distant_pronoun_prompts, marked_name_prompts, pronoun_prompts, repeated_prompts, token_sequences,
+)
 from probes.prompts.tasks.words import check_n, single_tokens
 
 __all__ = [
-    "GENERATORS", "IOI_CORRUPTIONS", "RANDOM_SHAPES", "TEMPLATED", "check_distinct", "class_pool", "gender_tag", "generate",
-    "induction", "ioi", "marked_name_prompts", "ordinary_token_ids", "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
+    "GENERATORS", "IOI_CORRUPTIONS", "RANDOM_SHAPES", "TEMPLATED", "check_distinct", "class_pool", "distant_pronoun_prompts",
+    "distant_pronoun_resolution", "gender_tag", "generate", "induction", "ioi", "marked_name_prompts",
+    "ordinary_token_ids", "previous_token", "pronoun_prompts", "pronoun_resolution", "repeated_prompts", "single_tokens",
     "token_sequences",
 ]  # fmt: skip
 

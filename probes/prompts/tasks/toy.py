@@ -8,12 +8,17 @@ import torch
 
 from probes.models.toy import AND, BOS, FEMALE_NAMES, FILLERS, HE, MALE_NAMES, NON_SPECIAL, SHE, ToyModel
 from probes.prompts.promptset import PromptSet
+from probes.prompts.tasks.counterfactual import NamePools
 from probes.prompts.tasks.random_tokens import induction
 from probes.prompts.tasks.words import check_n
 
+TOY_NAME_POOLS = NamePools(female=tuple(FEMALE_NAMES), male=tuple(MALE_NAMES))  # the toy's names, for name swaps
 
-def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) -> PromptSet:
+
+def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False, n_fillers: int = 2) -> PromptSet:
     """``<bos> A and B filler filler PRONOUN``: the answer is the name whose gender matches the pronoun.
+
+    ``n_fillers`` sets how many fillers stand between the names and the pronoun (2 above; at most 8, distinct).
 
     Prompt ``i`` has a female antecedent when ``i`` is even and the antecedent first when ``i % 4 < 2``, so any
     four consecutive prompts cover every gender x order cell. The corrupt prompt flips the pronoun, which makes
@@ -33,7 +38,7 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) ->
         she, he = rng.choice(FEMALE_NAMES), rng.choice(MALE_NAMES)
         ante, other = (she, he) if female else (he, she)
         a, b = (ante, other) if first else (other, ante)
-        fillers = rng.sample([t for t in FILLERS if t != AND], 3 if echo else 2)
+        fillers = rng.sample([t for t in FILLERS if t != AND], n_fillers + 1 if echo else n_fillers)
         pronoun, flipped = (SHE, HE) if female else (HE, SHE)
         echo_filler = [fillers.pop()] if echo else []
         tail, tail_flipped = (echo_filler + [pronoun], echo_filler + [flipped]) if echo else ([], [])
@@ -63,6 +68,28 @@ def pronoun_prompts(toy: ToyModel, n: int, seed: int = 0, echo: bool = False) ->
         task="pronoun_resolution",
         labels={"antecedent_gender": genders, "antecedent": names, "distractor": others, "template": templates},
     )
+
+
+def distant_pronoun_prompts(toy: ToyModel, n: int, fillers: tuple[int, ...] = (0, 3), seed: int = 0) -> PromptSet:
+    """:func:`pronoun_prompts` with the antecedent at several distances: prompt ``i`` has ``fillers[i % k]``
+    fillers (each distance its own balanced pronoun set), right-padded with ``<bos>`` after its ``end``, which
+    nothing reads. Groups keep the prompts of one distance apart."""
+    sets = [pronoun_prompts(toy, n, seed=seed + j, n_fillers=f) for j, f in enumerate(fillers)]
+    order = [(i % len(sets), i // len(sets)) for i in range(n)]
+    width = max(s.clean.shape[1] for s in sets)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=BOS)
+
+    def pick(get) -> torch.Tensor:
+        return torch.stack([get(sets[j])[i] for j, i in order])
+
+    labels = {key: [sets[j].labels[key][i] for j, i in order] for key in sets[0].labels}
+    return PromptSet.from_tokens(
+        pick(lambda s: pad(s.clean)), pick(lambda s: pad(s.corrupt)), pick(lambda s: s.answer),
+        pick(lambda s: s.foil), {role: pick(lambda s, role=role: s.roles[role]) for role in sets[0].roles},
+        task="pronoun_resolution", labels=labels | {"fillers": [fillers[j] for j, _ in order]},
+    )  # fmt: skip
 
 
 def repeated_prompts(toy: ToyModel, n: int, seed: int = 0, length: int = 6) -> PromptSet:
