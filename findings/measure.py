@@ -164,24 +164,42 @@ class Analysis:
     model: str
     n: int
     measure: Callable[[HookedModel, int, int], list[Item]]
+    question: str  # what the analysis asks, for the docs page
 
 
+BASELINE = ("Does the model do the task? The claims' task gate: the answer beats the foil in at least 75% of the "
+            "groups, with a lower bound above 50% (every claim on a task the model fails is `inconclusive`).")
+PREVIOUS = ("\"Head L.H attends to the previous token\", tested where induction reads it (`BOS r r` sequences, at the "
+            "token after the first occurrence of the end token), noising: is the head's edge to the previous token "
+            "necessary? Attending alone (`attention_only`) is not using it.")
 ANALYSES = (
-    Analysis("baselines_gemma", "Task baselines, Gemma", "gemma-3-270m", 16, baselines(["ioi", "pronoun_resolution"])),
+    Analysis("baselines_gemma", "Task baselines, Gemma", "gemma-3-270m", 16, baselines(["ioi", "pronoun_resolution"]),
+             BASELINE),
     Analysis("baselines_smollm2", "Task baselines, SmolLM2", "smollm2-135m", 16,
-             baselines(["ioi", "pronoun_resolution"])),
+             baselines(["ioi", "pronoun_resolution"]), BASELINE),
     Analysis("coreference_gemma", "Coreference in Gemma: pronoun -> antecedent", "gemma-3-270m", 16,
-             coreference([(7, 0), (10, 3)])),
+             coreference([(7, 0), (10, 3)]),
+             "\"Head L.H attends from the pronoun to its antecedent\" (\"Alice and Bob went to the park. She gave the "
+             "ball to\" -> \" Bob\"; denoising: the clean pronoun restored) for the head that attends most (7.0) and "
+             "the head that matters most (10.3)."),
     Analysis("previous_token_gemma", "Previous-token heads in Gemma, at the induction target", "gemma-3-270m", 16,
-             previous_token([(10, 1), (2, 3)])),
+             previous_token([(10, 1), (2, 3)]), PREVIOUS),
     Analysis("previous_token_smollm2", "Previous-token heads in SmolLM2, at the induction target", "smollm2-135m",
-             16, previous_token([(16, 0), (11, 1)])),
+             16, previous_token([(16, 0), (11, 1)]), PREVIOUS),
     Analysis("composition_gemma", "Which keys do Gemma's previous-token heads feed (path patching)", "gemma-3-270m",
-             16, composition([((4, 1), (5, 0), "k"), ((2, 3), (5, 0), "k")])),
+             16, composition([((4, 1), (5, 0), "k"), ((2, 3), (5, 0), "k")]),
+             "Does layer 5's key/value head (serving heads 5.0-5.3) read a previous-token head's output through its "
+             "keys? Path patching on induction prompts, noising, Gemma's post-attention norm recomputed over the mixed "
+             "sum of heads."),
     Analysis("position_content_gemma", "Position or content, Gemma", "gemma-3-270m", 16,
-             position_content([(2, 3), (4, 1), (10, 1)], [(0, 0), (7, 0), (6, 0)])),
+             position_content([(2, 3), (4, 1), (10, 1)], [(0, 0), (7, 0), (6, 0)]),
+             POSITION := ("Does a head look at WHERE a token is or at WHAT it is? Positional share: the attention "
+                          "that survives swapping the token (`table`, `river`, ...); content share: the attention "
+                          "that follows it when fillers push it 1, 2, 4 tokens away. Previous-token heads at the "
+                          "induction target, pronoun -> antecedent heads on pronoun pairs; labels on the point "
+                          "estimates (`probes.evidence.position`).")),
     Analysis("position_content_smollm2", "Position or content, SmolLM2", "smollm2-135m", 16,
-             position_content([(16, 0), (11, 1), (2, 1)], [(9, 2), (9, 4), (13, 8)])),
+             position_content([(16, 0), (11, 1), (2, 1)], [(9, 2), (9, 4), (13, 8)]), POSITION),
 )
 BY_NAME = {a.name: a for a in ANALYSES}
 
