@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab docs position-content bench clean
+.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab docs position-content findings bench clean
 
 setup: $(STAMP)
 
@@ -92,6 +92,12 @@ position-content: setup
 	$(VENV)/bin/probes run analyses/position_content_smollm2.toml --out reports/position-content-smollm2 --overwrite
 	$(VENV)/bin/probes run analyses/previous_token_gemma.toml --out reports/previous-token-gemma --overwrite
 	$(VENV)/bin/probes run analyses/previous_token_smollm2.toml --out reports/previous-token-smollm2 --overwrite
+
+# The headline findings at the sizes CI re-checks (seeds 0 and 1), into findings/*.json, and docs/findings.md from
+# them; tests/test_findings.py (marker `findings`, part of `make test`) fails when one moves. FINDINGS="a b" for some.
+FINDINGS ?=
+findings: setup
+	$(PY) findings/measure.py $(FINDINGS)
 
 # Each benchmark times TransformerLens (and nnsight, the bench extra) and the kit in the same run, prints the
 # ratios and writes them to bench/results.json (TransformerLens's and nnsight's per-head loops take most of the time).

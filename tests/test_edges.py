@@ -138,7 +138,9 @@ def test_knockout_equals_plain_hooks_on_real_models(name: str, request) -> None:
 
 def test_knocking_out_the_only_visible_key_leaves_the_head_reading_nothing(toy_model: ToyModel) -> None:
     """At position 0 a head can only look at itself: with that weight knocked out there is nothing left to
-    renormalise, and the head's output there is zero (finite effects, no NaN)."""
+    renormalise, and the head's output there is zero. Reference: plain TransformerLens hooks zeroing each head's
+    ``hook_z`` at position 0, a change that moves the answer for the first layer's heads (so a knockout that left
+    the output as it was, or a NaN, cannot match it)."""
     model, prompts = toy_model.model, tasks.pronoun_prompts(toy_model, 4)
     first = torch.zeros(len(prompts), dtype=torch.long)
     result = edge_effects(model, prompts, first, first, progress=False)
@@ -149,6 +151,7 @@ def test_knocking_out_the_only_visible_key_leaves_the_head_reading_nothing(toy_m
         return logits[rows, prompts.end, prompts.answer] - logits[rows, prompts.end, prompts.foil]
 
     base = logit_diff(model(prompts.clean))
+    moved = 0.0
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             def zero_first(z, hook, head=head):  # reference: the head's output at position 0 set to zero
@@ -157,3 +160,5 @@ def test_knocking_out_the_only_visible_key_leaves_the_head_reading_nothing(toy_m
 
             silenced = logit_diff(model.run_with_hooks(prompts.clean, fwd_hooks=[(get_act_name("z", layer), zero_first)]))
             torch.testing.assert_close(result.effect[:, layer, head], (silenced - base).float(), atol=1e-5, rtol=0)
+            moved = max(moved, (silenced - base).abs().max().item())
+    assert moved > 1e-2  # the reference is not zero everywhere: matching it is not matching "no change"

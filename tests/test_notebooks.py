@@ -29,6 +29,14 @@ CELL_TIMEOUT_S = 600  # the slowest cell (two claim evaluations) took up to ~130
 KERNEL = "probes-notebook-test"
 VERDICT_TAG = "verdict"  # cells with this tag print verdict sentences
 VERDICT_WORD = re.compile(rf"\b({'|'.join(VERDICTS)})\b")
+SENTENCE_VERDICT = re.compile(rf"\]: ({'|'.join(VERDICTS)})$", re.MULTILINE)  # a result's sentence ends "[scope]: verdict"
+# The verdict each notebook's reading ("When we ran this notebook ...") states for each result it prints, in order.
+# 04's reading states no verdict (its labels are checked below instead): any verdict word passes there.
+READ_VERDICTS = {
+    "01_coreference.ipynb": ["inconclusive", "effect_only"],  # top attention 7.0, top effect 10.3
+    "02_previous_token.ipynb": ["supported", "attention_only"],  # most needed 16.0, least needed 1.2
+    "03_your_own_claim.ipynb": ["effect_only", "supported", "supported"],  # as stated; revised: my pairs, held out
+}
 LABELS_TAG = "labels"  # cells with this tag print "KIND head L.H: LABEL ..." for the heads a notebook walks through
 WALKED_LABEL = re.compile(r"^(\w+) head (\d+\.\d+): (\w+)", re.MULTILINE)
 WALKED = {"04_position_content.ipynb": {"positional", "content"}}  # the kinds of head each notebook walks through
@@ -74,6 +82,20 @@ def printed(cell) -> str:
     return "".join(o.get("text", "") for o in outputs(cell) if o.output_type == "stream" and o.name == "stdout")
 
 
+def printed_verdicts(cells) -> list[str]:
+    """The verdict of every result sentence the cells printed, in order."""
+    return [verdict for cell in cells for verdict in SENTENCE_VERDICT.findall(printed(cell))]
+
+
+def test_the_verdict_check_reads_each_sentence_s_own_verdict():
+    """Only a sentence's closing verdict counts, not a verdict word inside it (a sentence explains the others)."""
+    text = ("[top attention] head 7.0 attends ... would be attention_only if the interval ... [12 held-out prompts]: "
+            "inconclusive\n\n[top effect] head 10.3 ... [12 held-out prompts]: effect_only\n\n")
+    cell = nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)])
+    assert printed_verdicts([cell]) == READ_VERDICTS["01_coreference.ipynb"]
+    assert printed_verdicts([cell]) != READ_VERDICTS["02_previous_token.ipynb"]
+
+
 def label_mismatches(text: str, kinds: set[str]) -> list[str]:
     """What is wrong with a labels cell's printout: a walked-through head of each kind, labelled as that kind."""
     found = {kind: (head, label) for kind, head, label in WALKED_LABEL.findall(text)}
@@ -113,6 +135,9 @@ def test_notebook_runs_shows_figures_and_reaches_verdicts(name, kernel_specs, re
     for cell in verdict_cells:
         text = printed(cell)
         assert VERDICT_WORD.search(text), f"{name}: a verdict cell printed no verdict: {text!r}"
+    if name in READ_VERDICTS:
+        verdicts = printed_verdicts(verdict_cells)
+        assert verdicts == READ_VERDICTS[name], f"{name}: the reading states {READ_VERDICTS[name]}, the run gave {verdicts}"
 
     if name in WALKED:
         labels = "".join(printed(cell) for cell in nb.cells if LABELS_TAG in cell.metadata.get("tags", []))
