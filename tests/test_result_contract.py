@@ -16,7 +16,7 @@ import pytest
 import probes
 
 # Result types whose names DESIGN.md's contract fixes (or that describe a structure, not a measurement).
-NAMED_BY_CONTRACT = {"EdgeScores", "CircuitGraph"}
+NAMED_BY_CONTRACT = {"EdgeScores", "CircuitGraph", "LayerTypes"}
 # Dataclasses exported functions return that are inputs to other functions, not results.
 NOT_RESULTS = {"Target"}  # a probe target (antecedent_gender, ...): what probe() reads, not what it found
 STAGES = ("probes.evidence", "probes.claims")

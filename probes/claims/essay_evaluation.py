@@ -10,17 +10,18 @@ words, are :data:`probes.claims.verdicts.ESSAY_RULES`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float, Int
 
 from probes.claims.essay import ResolutionDepth, SelfUpdate
-from probes.core.stats import split_groups
 from probes.claims.types import ClaimResult, Thresholds
 from probes.claims.verdicts import decide_depth, decide_self_update, depth_state, overall_self_update
 from probes.core.errors import ProbesError
 from probes.core.stats import (
+    split_groups,
     Estimate, bootstrap_mean, bootstrap_partial_spearman, level_text, n_units, percentile_interval, ratio_draws,
     resamples_for, simultaneous_confidence,
 )
@@ -111,15 +112,14 @@ def settle_self_update(
         spread = float(x.std())
         verdict = decide_self_update(ev["self_update_correlation"], spread >= MIN_SPREAD, thresholds)
         unit = SelfUpdate(layer, head)
-        result = ClaimResult(unit, verdict, "", ev, thresholds, family=family)
-        result.sentence = f"{_self_update_sentence(unit, ev, spread, verdict, len(m.prompt))} [{_scope(result, len(units))}]: {verdict}"
+        said = _self_update_sentence(unit, ev, spread, verdict, len(m.prompt))
+        result = ClaimResult(unit, verdict, f"{said} [{_scope(thresholds, family, len(units))}]: {verdict}", ev,
+                             thresholds, family=family)
         results.append(result)
         profile += [{"measure": name, "layer": layer, "head": -1 if head is None else head, "value": est.value,
                      "ci_low": est.ci_low, "ci_high": est.ci_high, "verdict": verdict} for name, est in ev.items()]
     if len(results) == 1:
-        (result,) = results
-        result.profile = pd.DataFrame(profile)
-        return result
+        return replace(results[0], profile=pd.DataFrame(profile))
     layer_rows = [r for r in results if r.claim.head is None]
     verdict = layer_rows[0].verdict if claim.layer is not None else overall_self_update([r.verdict for r in layer_rows])
     lead = layer_rows[0] if claim.layer is not None else None
@@ -136,15 +136,13 @@ def settle_self_update(
         layers_said = ", ".join(f"{r.claim.layer}: {r.verdict}" for r in layer_rows)
         sentence = f"{claim}: per layer (heads' mean self-attention against the block's update) {layers_said}; {summary}"
     evidence = lead.evidence if lead is not None else {}
-    out = ClaimResult(claim, verdict, "", evidence, thresholds, heads=results, family=family,
-                      profile=pd.DataFrame(profile))
-    out.sentence = f"{sentence} [{_scope(out, len(units))}]: {verdict}"
-    return out
+    return ClaimResult(claim, verdict, f"{sentence} [{_scope(thresholds, family, len(units))}]: {verdict}", evidence,
+                       thresholds, heads=results, family=family, profile=pd.DataFrame(profile))
 
 
-def _scope(result: ClaimResult, units: int, held_out: str = "") -> str:
-    level = simultaneous_confidence(result.thresholds.alpha, result.family * units)
-    return (f"{held_out or 'tested on all prompts'}; one of {result.family} claims tested together, {units} units "
+def _scope(thresholds: Thresholds, family: int, units: int, held_out: str = "") -> str:
+    level = simultaneous_confidence(thresholds.alpha, family * units)
+    return (f"{held_out or 'tested on all prompts'}; one of {family} claims tested together, {units} units "
             f"inside it; intervals {level_text(level)} each, over groups of prompts")
 
 
@@ -213,10 +211,6 @@ def settle_depth(
          "ci_high": est.ci_high, "verdict": states[layer] if name == "depth_selectivity" else ""}
         for name, curve in curves.items() for layer, est in enumerate(curve)
     ])
-    result = ClaimResult(claim, verdict, "", evidence, thresholds, family=family, profile=profile,
-                         selected=discovery is not None,
-                         discovery=None if discovery is None else discovery.tolist(),
-                         confirmation=None if discovery is None else rows.tolist())
     reads = [layer for layer, s in enumerate(states) if s == "reads"]
     chance = [layer for layer, s in enumerate(states) if s == "at chance"]
     sel, acc = selectivity[at], curves["depth_accuracy"][at]
@@ -234,8 +228,10 @@ def settle_depth(
     )
     held_out = "" if discovery is None else (f"depth chosen on {len(discovery)} discovery prompts, tested on "
                                              f"{len(rows)} held-out prompts")
-    result.sentence = f"{sentence} [{_scope(result, n_layers, held_out)}]: {verdict}"
-    return result
+    return ClaimResult(claim, verdict, f"{sentence} [{_scope(thresholds, family, n_layers, held_out)}]: {verdict}",
+                       evidence, thresholds, family=family, profile=profile, selected=discovery is not None,
+                       discovery=None if discovery is None else discovery.tolist(),
+                       confirmation=None if discovery is None else rows.tolist())
 
 
 SETTLE: dict[type, Callable[..., ClaimResult]] = {SelfUpdate: settle_self_update, ResolutionDepth: settle_depth}

@@ -63,6 +63,15 @@ class LayerTypes:
     def layers(self, kind: str) -> list[int]:
         return [layer for layer, t in enumerate(self.types) if t == kind]
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: ``layer``, ``type`` (local or global), ``window`` (None for a global layer)."""
+        return pd.DataFrame({"layer": range(len(self.types)), "type": list(self.types),
+                             "window": [self.window if t == "local" else None for t in self.types]})
+
+    def _repr_html_(self) -> str:
+        return result_html("attention per layer", f"window {self.window}; global layers {self.layers('global')}",
+                           {"layers": str(len(self.types))})
+
 
 def layer_types(model: HookedModel) -> LayerTypes:
     """Read from the config (TransformerLens: ``use_local_attn``, ``attn_types``, ``window_size``); all global when

@@ -195,7 +195,7 @@ def _key_probe(
     if not {"antecedent_gender", "antecedent"} <= set(prompts.labels):
         return None
     target = functools.partial(antecedent_gender, group_by="antecedent")
-    table = probe(model, prompts, [target], kinds=("k",), layers=[layer], at=dst, seed=seed)
+    table = probe(model, prompts, [target], kinds=("k",), layers=[layer], at=dst, seed=seed).table
     row = table[table["head"] == kv_head].iloc[0]
     return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in PROBE_FIELDS}
 

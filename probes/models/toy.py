@@ -444,6 +444,7 @@ def build_redundant() -> ToyModel:
         reader.W_K[RESID_MARKER, 0] = 1.0
         _plant_sink(reader, 2 * scale, dim=1)  # at SCORE, not SINK_SCORE: an unmarked name's leak is e^-20
         _plant_copy_to_output(reader)
+    return ToyModel(model=model, heads=heads, vocab=list(VOCAB))
 
 
 # The essay's claims (probes.claims.essay): a self-update model and a resolution-depth model
