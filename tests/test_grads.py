@@ -143,8 +143,9 @@ def _takes_a_model(obj: object) -> bool:
         except (TypeError, ValueError):
             return False
 
-    if inspect.isclass(obj):
-        return any(has_model(getattr(obj, name)) for name in vars(obj) if not name.startswith("_"))
+    if inspect.isclass(obj):  # its methods (a dataclass field's default, e.g. SweepOptions.metric, is not one)
+        fields = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+        return any(has_model(getattr(obj, name)) for name in vars(obj) if not name.startswith("_") and name not in fields)
     return has_model(obj)
 
 
