@@ -60,7 +60,9 @@ def test_each_result_keeps_the_contract(name):
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, f"{name} is not a frozen dataclass"
     assert typing.get_type_hints(cls.to_frame, vars(importlib.import_module(cls.__module__)))["return"] is pd.DataFrame
     assert callable(getattr(cls, "_repr_html_", None)), f"{name} has no _repr_html_"
-    assert hasattr(cls, "save") == hasattr(cls, "load"), f"{name}: save and load come as a pair"
+    # the class's own methods: nnsight (a bench dependency) mounts a `save` on every object once imported
+    defines = {method: any(method in vars(k) for k in cls.__mro__[:-1]) for method in ("save", "load")}
+    assert defines["save"] == defines["load"], f"{name}: save and load come as a pair"
 
 
 def test_stage_functions_return_results_or_tensors_not_bare_tables():
